@@ -1,0 +1,1 @@
+"""Tessera: a datacenter operating system."""
