@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def parse_port_ranges(text: str) -> tuple[PortRange, ...]:
             raise ResourceFormatError(f"ports: cannot parse range {part.strip()!r}")
         ranges.append(PortRange(int(match.group(1)), int(match.group(2))))
     ranges.sort(key=lambda r: r.begin)
-    for before, after in zip(ranges, ranges[1:], strict=False):
+    for before, after in itertools.pairwise(ranges):
         if after.begin <= before.end:
             raise ResourceFormatError(
                 f"ports: ranges {before.begin}-{before.end} and {after.begin}-{after.end} overlap"

@@ -1,0 +1,230 @@
+"""The master's end of the agent stream: registration, heartbeats, launches and status updates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+
+from tessera.master.config import MasterConfig
+from tessera.master.join_token import token_matches
+from tessera.master.state import ClusterState
+from tessera.model.agent import Agent, AgentState
+from tessera.model.clock import Clock
+from tessera.model.protocol import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_DUPLICATE_AGENT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNREACHABLE,
+    StatusUpdate,
+)
+from tessera.model.resources import ResourceFormatError, Resources
+from tessera.model.task import Task, TaskState
+from tessera.reconcile.task_status import apply_status, mark_lost
+
+log = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT = 10.0
+
+
+class AgentSession:
+    """One connected agent; messages to it go through a queue so sends never interleave."""
+
+    def __init__(self, agent_id: str, websocket: WebSocket, now: float) -> None:
+        self.agent_id = agent_id
+        self.websocket = websocket
+        self.last_seen = now
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self._outbox.put_nowait(None)
+
+    async def pump(self) -> None:
+        while (message := await self._outbox.get()) is not None:
+            await self.websocket.send_text(json.dumps(message))
+
+
+class AgentChannel:
+    def __init__(
+        self,
+        state: ClusterState,
+        config: MasterConfig,
+        clock: Clock,
+        join_token: str,
+        on_change: Callable[[], None],
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.clock = clock
+        self.join_token = join_token
+        self.on_change = on_change
+        self.sessions: dict[str, AgentSession] = {}
+        self.started_at = clock.monotonic()
+
+    # ---- sending -------------------------------------------------------------------
+
+    def send_launch(self, task: Task) -> bool:
+        session = self.sessions.get(task.agent_id or "")
+        if session is None:
+            return False
+        session.send({"type": "launch", "task": launch_payload(task)})
+        return True
+
+    def send_kill(self, task: Task) -> bool:
+        session = self.sessions.get(task.agent_id or "")
+        if session is None:
+            return False
+        session.send({"type": "kill", "task_id": task.id, "grace": task.spec.kill_grace_seconds})
+        return True
+
+    def last_seen(self, agent_id: str) -> float:
+        session = self.sessions.get(agent_id)
+        if session is not None:
+            return session.last_seen
+        # An agent the master has not heard from since it started gets the
+        # re-registration window, measured from the master's start.
+        return self.started_at + self.config.reregistration_timeout
+
+    def disconnect(self, agent_id: str) -> None:
+        session = self.sessions.pop(agent_id, None)
+        if session is not None:
+            session.close()
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().create_task(
+                    session.websocket.close(CLOSE_UNREACHABLE, "missed heartbeats")
+                )
+
+    # ---- serving -------------------------------------------------------------------
+
+    async def serve(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        presented = _bearer(websocket.headers.get("authorization"))
+        if not token_matches(self.join_token, presented):
+            await websocket.close(CLOSE_BAD_TOKEN, "invalid or missing cluster join token")
+            return
+        try:
+            raw = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT)
+            message = json.loads(raw)
+            if message.get("type") != "register":
+                raise ValueError("the first message must be register")
+            agent = self._agent_from_registration(message)
+        except (TimeoutError, ValueError, KeyError, TypeError, ResourceFormatError) as error:
+            await websocket.close(CLOSE_PROTOCOL_ERROR, f"bad registration: {error}"[:120])
+            return
+        except WebSocketDisconnect:
+            return
+        if agent.id in self.sessions:
+            await websocket.close(
+                CLOSE_DUPLICATE_AGENT,
+                f"agent ID {agent.id} is already registered and connected; "
+                "each agent needs its own --work-dir",
+            )
+            return
+        session = AgentSession(agent.id, websocket, self.clock.monotonic())
+        self.sessions[agent.id] = session
+        pump = asyncio.create_task(session.pump())
+        try:
+            await self._register(session, agent, message.get("tasks", []))
+            await self._receive(session)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self.sessions.get(agent.id) is session:
+                del self.sessions[agent.id]
+            session.close()
+            with contextlib.suppress(Exception):
+                await pump
+
+    def _agent_from_registration(self, message: dict[str, Any]) -> Agent:
+        now = self.clock.wall()
+        agent_id = str(message["agent_id"])
+        if not agent_id:
+            raise ValueError("agent_id is empty")
+        previous = self.state.agents.get(agent_id)
+        return Agent(
+            id=agent_id,
+            hostname=str(message["hostname"]),
+            resources=Resources.from_json(message["resources"]),
+            attributes={str(k): str(v) for k, v in message.get("attributes", {}).items()},
+            state=AgentState.ACTIVE,
+            registered_at=previous.registered_at if previous else now,
+            http_url=message.get("http_url"),
+            last_seen_at=now,
+            isolation=message.get("isolation", {}),
+            version=message.get("version"),
+        )
+
+    async def _register(
+        self, session: AgentSession, agent: Agent, reported: list[dict[str, Any]]
+    ) -> None:
+        now = self.clock.wall()
+        reported_ids = {str(entry["task_id"]) for entry in reported}
+        changed: list[Task] = []
+        for entry in reported:
+            task = self.state.tasks.get(str(entry["task_id"]))
+            if task is None:
+                # A task no one asked for (e.g. launched before a lost master write):
+                # nothing may run that the master does not know about.
+                session.send({"type": "kill", "task_id": entry["task_id"], "grace": 3.0})
+            elif task.state is TaskState.TASK_UNREACHABLE and entry.get("state"):
+                changed.append(task.with_changes(state=TaskState(entry["state"]), updated_at=now))
+        for task in self.state.active_tasks_on(agent.id):
+            if task.id in reported_ids:
+                continue
+            if task.state is TaskState.TASK_STAGING:
+                continue  # never reached the agent: launched again below
+            changed.append(mark_lost(task, "agent re-registered without this task", now))
+        await self.state.save(tasks=changed, agents=[agent])
+        session.send(
+            {
+                "type": "registered",
+                "agent_id": agent.id,
+                "heartbeat_interval": self.config.heartbeat_interval,
+            }
+        )
+        for task in self.state.active_tasks_on(agent.id):
+            if task.state is TaskState.TASK_STAGING and task.id not in reported_ids:
+                self.send_launch(task)
+            elif task.state is TaskState.TASK_KILLING:
+                self.send_kill(task)
+        log.info("agent %s registered from %s (%d tasks)", agent.id, agent.hostname, len(reported))
+        self.on_change()
+
+    async def _receive(self, session: AgentSession) -> None:
+        while True:
+            message = json.loads(await session.websocket.receive_text())
+            session.last_seen = self.clock.monotonic()
+            kind = message.get("type")
+            if kind == "status":
+                await self._on_status(session, StatusUpdate.from_json(message))
+            elif kind != "heartbeat":
+                log.warning("agent %s sent unknown message type %r", session.agent_id, kind)
+
+    async def _on_status(self, session: AgentSession, update: StatusUpdate) -> None:
+        task = self.state.tasks.get(update.task_id)
+        if task is not None and task.agent_id == session.agent_id:
+            updated = apply_status(task, update, self.clock.wall())
+            if updated is not None:
+                await self.state.save(tasks=[updated])
+                if updated.state.terminal:
+                    self.on_change()
+        # Acknowledge even unknown or duplicate updates, or the agent resends them forever.
+        session.send({"type": "ack", "uuid": update.uuid, "task_id": update.task_id})
+
+
+def launch_payload(task: Task) -> dict[str, Any]:
+    return {"id": task.id, "spec": task.spec.to_json(), "ports": list(task.ports)}
+
+
+def _bearer(header: str | None) -> str | None:
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return None

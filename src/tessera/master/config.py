@@ -1,0 +1,27 @@
+"""Master settings; every field is a `tessera master` flag and a `TESSERA_<FLAG>` variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class MasterConfig:
+    work_dir: Path
+    port: int = 5050
+    bind: str = "127.0.0.1"
+    store: str = "sqlite"
+    heartbeat_interval: float = 5.0
+    # An agent that misses this many heartbeats in a row is marked unreachable.
+    max_missed_heartbeats: int = 3
+    # After a master restart, agents get this long to re-register before the liveness
+    # check may mark them unreachable.
+    reregistration_timeout: float = 30.0
+    # How often queued tasks are retried against the cluster when nothing else wakes the
+    # planner (a new agent or a finished task wakes it at once).
+    placement_retry_interval: float = 2.0
+
+    @property
+    def join_token_path(self) -> Path:
+        return self.work_dir / "join-token"

@@ -1,0 +1,79 @@
+"""The master's view of the cluster: in memory for reads, written through to the store.
+
+The master process is the single writer. A change is applied to memory at once (so that
+concurrent handlers always see the latest state and never overwrite each other with stale
+copies) and the caller awaits its durable commit before acknowledging anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from tessera.model.agent import Agent
+from tessera.model.task import Task, TaskState
+from tessera.store import Put, StateStore
+
+AGENTS = "agents"
+TASKS = "tasks"
+
+
+class ClusterState:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.agents: dict[str, Agent] = {}
+        self.tasks: dict[str, Task] = {}
+        self._tasks_by_agent: dict[str, set[str]] = {}
+        # Queued task IDs in arrival order (dicts keep insertion order).
+        self._queued: dict[str, None] = {}
+        # Set whenever anything changes; watchers (long polls, the planner) wait on it.
+        self._changed = asyncio.Condition()
+
+    async def load(self) -> None:
+        for data in (await self.store.load(AGENTS)).values():
+            agent = Agent.from_json(data)
+            self.agents[agent.id] = agent
+        for data in (await self.store.load(TASKS)).values():
+            self._index(Task.from_json(data))
+
+    async def save(self, tasks: Iterable[Task] = (), agents: Iterable[Agent] = ()) -> None:
+        """Apply to memory now; return once the store has made the change durable."""
+        operations: list[Put] = []
+        for task in tasks:
+            self._index(task)
+            operations.append(Put(TASKS, task.id, task.to_json()))
+        for agent in agents:
+            self.agents[agent.id] = agent
+            operations.append(Put(AGENTS, agent.id, agent.to_json()))
+        if not operations:
+            return
+        await self.store.commit(operations)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _index(self, task: Task) -> None:
+        previous = self.tasks.get(task.id)
+        if previous is not None and previous.agent_id and previous.agent_id != task.agent_id:
+            self._tasks_by_agent.get(previous.agent_id, set()).discard(task.id)
+        self.tasks[task.id] = task
+        if task.state is TaskState.TASK_QUEUED:
+            self._queued[task.id] = None
+        else:
+            self._queued.pop(task.id, None)
+        if task.agent_id:
+            self._tasks_by_agent.setdefault(task.agent_id, set()).add(task.id)
+
+    def tasks_on(self, agent_id: str) -> list[Task]:
+        return [self.tasks[task_id] for task_id in self._tasks_by_agent.get(agent_id, ())]
+
+    def active_tasks_on(self, agent_id: str) -> list[Task]:
+        return [task for task in self.tasks_on(agent_id) if task.state.active]
+
+    def queued_tasks(self) -> list[Task]:
+        return [self.tasks[task_id] for task_id in self._queued]

@@ -1,0 +1,64 @@
+"""The master's record of an agent: what the machine offers and whether it is reachable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from tessera.model.resources import Resources
+
+
+class AgentState(StrEnum):
+    ACTIVE = "ACTIVE"
+    UNREACHABLE = "UNREACHABLE"
+    DRAINING = "DRAINING"
+    GONE = "GONE"
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    hostname: str
+    resources: Resources
+    attributes: Mapping[str, str]
+    state: AgentState
+    registered_at: float
+    http_url: str | None = None
+    # Wall-clock time of the last heartbeat; liveness itself runs on the monotonic clock.
+    last_seen_at: float | None = None
+    isolation: Mapping[str, Any] = field(default_factory=dict)
+    version: str | None = None
+
+    def with_changes(self, **changes: Any) -> Agent:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "hostname": self.hostname,
+            "resources": self.resources.to_json(),
+            "attributes": dict(self.attributes),
+            "state": self.state.value,
+            "registered_at": self.registered_at,
+            "http_url": self.http_url,
+            "last_seen_at": self.last_seen_at,
+            "isolation": dict(self.isolation),
+            "version": self.version,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Agent:
+        return Agent(
+            id=data["id"],
+            hostname=data["hostname"],
+            resources=Resources.from_json(data["resources"]),
+            attributes=dict(data.get("attributes", {})),
+            state=AgentState(data["state"]),
+            registered_at=data["registered_at"],
+            http_url=data.get("http_url"),
+            last_seen_at=data.get("last_seen_at"),
+            isolation=dict(data.get("isolation", {})),
+            version=data.get("version"),
+        )
