@@ -1,0 +1,295 @@
+"""The agent daemon: dials the master, registers, heartbeats, runs what it is told to run and
+reports every status change at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import tessera
+from tessera.agent.config import AgentConfig
+from tessera.agent.environment import task_environment
+from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
+from tessera.agent.journal import StatusJournal
+from tessera.model.clock import Clock, SystemClock
+from tessera.model.protocol import (
+    AGENT_STREAM_PATH,
+    CLOSE_BAD_TOKEN,
+    CLOSE_DUPLICATE_AGENT,
+    StatusUpdate,
+)
+from tessera.model.task import TaskSpec, TaskState
+
+log = logging.getLogger(__name__)
+
+# Unacknowledged updates are sent again after this long (the master may have missed them).
+RESEND_AFTER = 5.0
+
+
+class AgentRefused(Exception):
+    """The master refused this agent for a reason retrying cannot fix (token, duplicate ID)."""
+
+
+@dataclass
+class LocalTask:
+    task_id: str
+    state: TaskState
+    ports: tuple[int, ...] = ()
+
+
+def load_agent_id(work_dir: Path, hostname: str) -> str:
+    """The agent's ID is made once and kept in its work dir, so a restart keeps it."""
+    path = work_dir / "agent-id"
+    if path.exists():
+        return path.read_text().strip()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    agent_id = f"{hostname}-{uuid.uuid4().hex[:8]}"
+    path.write_text(agent_id + "\n")
+    return agent_id
+
+
+class AgentDaemon:
+    def __init__(
+        self, config: AgentConfig, executor: Executor | None = None, clock: Clock | None = None
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.agent_id = load_agent_id(config.work_dir, config.hostname)
+        self.executor = executor or Executor(
+            config.work_dir,
+            cgroup_prefix=f"tessera/{self.agent_id}",
+            default_user=config.task_user,
+            isolation=config.isolation,
+        )
+        self.journal = StatusJournal(config.work_dir / "journal")
+        self.tasks: dict[str, LocalTask] = {}
+        self.http_url: str | None = None
+        self.heartbeat_interval = 5.0
+        self._connection: ClientConnection | None = None
+        self._sent_at: dict[str, float] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self.registered = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Re-adopt the tasks still running from before a restart of this agent."""
+        for recovered in await self.executor.recover():
+            self.tasks[recovered.task_id] = LocalTask(recovered.task_id, TaskState.TASK_RUNNING)
+            self._watch(recovered.task_id)
+        for update in self.journal.pending():
+            known = self.tasks.setdefault(update.task_id, LocalTask(update.task_id, update.state))
+            if update.state.terminal:
+                known.state = update.state
+
+    async def run(self) -> None:
+        """Stay connected to a master until cancelled; raises AgentRefused when refused."""
+        delay = 0.2
+        while True:
+            for master in self.config.masters:
+                try:
+                    await self._session(master)
+                    delay = 0.2
+                except AgentRefused:
+                    raise
+                except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as error:
+                    log.warning("master %s: %s", master, error or type(error).__name__)
+                finally:
+                    self.registered.clear()
+                    self._connection = None
+            await asyncio.sleep(delay * (1 + random.random() / 2))
+            delay = min(delay * 2, self.config.reconnect_max_delay)
+
+    async def shutdown(self) -> None:
+        if self.config.kill_tasks_on_exit:
+            await asyncio.gather(
+                *(self.executor.kill(task_id) for task_id in self.executor.running()),
+                return_exceptions=True,
+            )
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        await self.executor.close()
+        self.journal.close()
+
+    # ---- the master connection -----------------------------------------------------------
+
+    async def _session(self, master: str) -> None:
+        url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        headers = {"Authorization": f"Bearer {self.config.join_token}"}
+        async with connect(
+            url + AGENT_STREAM_PATH, additional_headers=headers, open_timeout=5, max_size=2**24
+        ) as connection:
+            await connection.send(json.dumps(self._registration()))
+            try:
+                reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
+            except ConnectionClosed as closed:
+                self._raise_if_refused(closed)
+                raise
+            if reply.get("type") != "registered":
+                raise OSError(f"unexpected reply to registration: {reply.get('type')!r}")
+            self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
+            self._connection = connection
+            self.registered.set()
+            log.info("registered with %s as %s", master, self.agent_id)
+            self._sent_at.clear()
+            await self._resend(older_than=0.0)
+            heartbeat = asyncio.create_task(self._heartbeats(connection))
+            try:
+                async for raw in connection:
+                    await self._on_message(json.loads(raw))
+            except ConnectionClosed as closed:
+                self._raise_if_refused(closed)
+                raise
+            finally:
+                heartbeat.cancel()
+            if connection.close_code is not None:
+                self._raise_if_refused_code(connection.close_code, connection.close_reason)
+
+    def _raise_if_refused(self, closed: ConnectionClosed) -> None:
+        if closed.rcvd is not None:
+            self._raise_if_refused_code(closed.rcvd.code, closed.rcvd.reason)
+
+    @staticmethod
+    def _raise_if_refused_code(code: int | None, reason: str | None) -> None:
+        if code in (CLOSE_BAD_TOKEN, CLOSE_DUPLICATE_AGENT):
+            raise AgentRefused(f"master refused this agent: {reason}")
+
+    def _registration(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "type": "register",
+            "agent_id": self.agent_id,
+            "hostname": config.hostname,
+            "resources": config.resources.to_json(),
+            "attributes": dict(config.attributes),
+            "http_url": self.http_url,
+            "isolation": self.executor.isolation_info(),
+            "version": tessera.__version__,
+            "tasks": [
+                {"task_id": task.task_id, "state": task.state.value}
+                for task in self.tasks.values()
+                if not task.state.terminal or self.journal.latest_for(task.task_id) is not None
+            ],
+        }
+
+    async def _heartbeats(self, connection: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await connection.send('{"type": "heartbeat"}')
+            await self._resend(older_than=RESEND_AFTER)
+
+    async def _resend(self, older_than: float) -> None:
+        now = self.clock.monotonic()
+        for update in self.journal.pending():
+            if now - self._sent_at.get(update.uuid, -1e9) >= older_than:
+                await self._send(update)
+
+    async def _send(self, update: StatusUpdate) -> None:
+        connection = self._connection
+        if connection is None:
+            return  # journaled; sent when the agent is registered again
+        self._sent_at[update.uuid] = self.clock.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(json.dumps(update.to_json()))
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "launch":
+            await self._launch(message["task"])
+        elif kind == "kill":
+            await self._kill(str(message["task_id"]), message.get("grace"))
+        elif kind == "ack":
+            self.journal.acknowledge(str(message["uuid"]))
+            self._sent_at.pop(str(message["uuid"]), None)
+        else:
+            log.warning("unknown message from master: %r", kind)
+
+    # ---- tasks -------------------------------------------------------------------------
+
+    async def report(
+        self,
+        task_id: str,
+        state: TaskState,
+        reason: str | None = None,
+        message: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        update = StatusUpdate(
+            uuid=str(uuid.uuid4()),
+            task_id=task_id,
+            state=state,
+            timestamp=self.clock.wall(),
+            reason=reason,
+            message=message,
+            exit_code=exit_code,
+        )
+        local = self.tasks.setdefault(task_id, LocalTask(task_id, state))
+        local.state = state
+        self.journal.record(update)
+        await self._send(update)
+
+    async def _launch(self, payload: dict[str, Any]) -> None:
+        task_id = str(payload["id"])
+        if task_id in self.tasks:
+            return  # a resent launch: this agent already has the task
+        spec = TaskSpec.from_json(payload["spec"])
+        ports = tuple(int(port) for port in payload.get("ports", ()))
+        self.tasks[task_id] = LocalTask(task_id, TaskState.TASK_STAGING, ports)
+        launch = LaunchSpec(
+            task_id=task_id,
+            command=spec.cmd,
+            args=spec.args,
+            env=task_environment(task_id, spec, ports, self.config.hostname),
+            cpus=spec.cpus,
+            mem=spec.mem,
+            disk=spec.disk,
+            cpu_hard_limit=spec.cpu_hard_limit,
+            user=spec.user,
+            kill_grace_seconds=spec.kill_grace_seconds,
+        )
+        try:
+            await self.executor.launch(launch)
+        except LaunchFailed as error:
+            await self.report(
+                task_id, TaskState.TASK_FAILED, "REASON_COMMAND_EXECUTOR_FAILED", str(error)
+            )
+            return
+        await self.report(task_id, TaskState.TASK_RUNNING)
+        self._watch(task_id)
+
+    def _watch(self, task_id: str) -> None:
+        watcher = asyncio.create_task(self._await_exit(task_id))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _await_exit(self, task_id: str) -> None:
+        result: TaskExit = await self.executor.wait(task_id)
+        await self.report(
+            task_id, TaskState(result.state), result.reason, result.message, result.exit_code
+        )
+
+    async def _kill(self, task_id: str, grace: float | None) -> None:
+        local = self.tasks.get(task_id)
+        if local is None:
+            # Never launched here (the launch was lost): report it killed so the master
+            # can close the record.
+            await self.report(task_id, TaskState.TASK_KILLED, message="task unknown to agent")
+            return
+        if local.state.terminal:
+            latest = self.journal.latest_for(task_id)
+            if latest is not None:
+                await self._send(latest)
+            return
+        if task_id in self.executor.running():
+            local.state = TaskState.TASK_KILLING
+            await self.executor.kill(task_id, grace)

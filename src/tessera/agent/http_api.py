@@ -1,0 +1,130 @@
+"""The agent's HTTP API: task sandboxes (list, read with offset, follow) and cgroup usage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+import tessera
+from tessera.http_errors import ApiError, install_error_handlers
+
+if TYPE_CHECKING:
+    from tessera.agent.daemon import AgentDaemon
+
+READ_LIMIT = 1024 * 1024
+FOLLOW_POLL_SECONDS = 0.2
+
+
+def create_agent_app(daemon: AgentDaemon) -> FastAPI:
+    app = FastAPI(title="Tessera agent", version=tessera.__version__)
+    install_error_handlers(app)
+
+    def sandbox_of(task_id: str) -> Path:
+        if task_id not in daemon.tasks:
+            raise ApiError(404, f"Task '{task_id}' is not known on this agent")
+        sandbox: Path = daemon.executor.sandbox(task_id)
+        return sandbox
+
+    def file_in(task_id: str, path: str) -> Path:
+        sandbox = sandbox_of(task_id).resolve()
+        target = (sandbox / path).resolve()
+        if not target.is_relative_to(sandbox):
+            raise ApiError(422, "path must stay inside the sandbox")
+        if not target.is_file():
+            raise ApiError(404, f"File '{path}' does not exist in the sandbox of '{task_id}'")
+        return target
+
+    @app.get("/v1/info")
+    async def info() -> dict[str, Any]:
+        return {
+            "id": daemon.agent_id,
+            "hostname": daemon.config.hostname,
+            "version": tessera.__version__,
+            "isolation": daemon.executor.isolation_info(),
+            "resources": daemon.config.resources.to_json(),
+            "attributes": dict(daemon.config.attributes),
+            "tasks": {task_id: t.state.value for task_id, t in daemon.tasks.items()},
+        }
+
+    @app.get("/v1/sandboxes/{task_id}/files")
+    async def list_files(task_id: str) -> dict[str, Any]:
+        sandbox = sandbox_of(task_id)
+        entries = []
+        for path in sorted(sandbox.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                stat = path.stat()
+                entries.append(
+                    {
+                        "path": str(path.relative_to(sandbox)),
+                        "size": stat.st_size,
+                        "mtime": stat.st_mtime,
+                    }
+                )
+        return {"files": entries}
+
+    @app.get("/v1/sandboxes/{task_id}/files/read")
+    async def read_file(
+        task_id: str,
+        path: Annotated[str, Query()] = "stdout",
+        offset: Annotated[int, Query(ge=0)] = 0,
+        length: Annotated[int, Query(ge=0, le=READ_LIMIT)] = READ_LIMIT,
+    ) -> dict[str, Any]:
+        target = file_in(task_id, path)
+        size = target.stat().st_size
+        with open(target, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length)
+        return {
+            "path": path,
+            "offset": offset,
+            "size": size,
+            "nextOffset": offset + len(data),
+            "data": data.decode("utf-8", errors="replace"),
+        }
+
+    @app.get("/v1/sandboxes/{task_id}/files/follow")
+    async def follow_file(
+        task_id: str,
+        path: Annotated[str, Query()] = "stdout",
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> StreamingResponse:
+        target = file_in(task_id, path)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            position = offset
+            while True:
+                finished = daemon.tasks[task_id].state.terminal
+                data = _read_from(target, position)
+                position += len(data)
+                if data:
+                    yield data
+                elif finished:
+                    return  # everything written before the task ended has been sent
+                else:
+                    await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @app.get("/v1/tasks/{task_id}/usage")
+    async def usage(task_id: str) -> JSONResponse:
+        sandbox_of(task_id)
+        if task_id not in daemon.executor.running():
+            raise ApiError(409, f"Task '{task_id}' is not running")
+        return JSONResponse(daemon.executor.usage(task_id).to_json())
+
+    return app
+
+
+def _read_from(path: Path, position: int) -> bytes:
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size <= position:
+            return b""
+        handle.seek(position)
+        return handle.read(min(size - position, READ_LIMIT))

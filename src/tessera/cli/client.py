@@ -1,0 +1,85 @@
+"""How the CLI finds and talks to the master, and turns failures into one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+
+from tessera.local.paths import running_cluster_url
+
+err = Console(stderr=True, highlight=False)
+
+START_HINT = (
+    "start a local cluster with `tessera up`, or point the CLI at a master with "
+    "--master URL or TESSERA_MASTER"
+)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def resolve_master(flag: str | None) -> str:
+    """--master, then TESSERA_MASTER, then the running local cluster."""
+    url = flag or os.environ.get("TESSERA_MASTER") or running_cluster_url()
+    if not url:
+        fail(f"no master to talk to: {START_HINT}")
+    # Several comma-separated masters are accepted; the first reachable one answers.
+    return url.split(",")[0].rstrip("/")
+
+
+def describe_error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, ValueError):
+        return f"HTTP {response.status_code}: {response.text.strip()[:200]}"
+    message = str(body.get("message", f"HTTP {response.status_code}"))
+    details = body.get("details") or []
+    parts = [f"{d.get('path')}: {', '.join(d.get('errors', []))}" for d in details]
+    return message + (" (" + "; ".join(parts) + ")" if parts else "")
+
+
+class MasterClient:
+    def __init__(self, master: str | None, timeout: float = 10.0) -> None:
+        self.url = resolve_master(master)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            fail(f"cannot reach the master at {self.url}: connection refused; {START_HINT}")
+        except httpx.TimeoutException:
+            fail(f"the master at {self.url} did not answer in time")
+        except httpx.HTTPError as error:
+            fail(f"cannot talk to the master at {self.url}: {error}")
+        if response.status_code >= 400:
+            fail(describe_error(response))
+        return response.json()
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, json=body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        fail(f"cannot read the join token file {path}: {error.strerror}")

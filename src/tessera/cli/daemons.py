@@ -1,0 +1,103 @@
+"""Running the daemons in the foreground: `tessera master` and `tessera agent`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from tessera.agent.config import AgentConfig
+from tessera.agent.daemon import AgentDaemon, AgentRefused
+from tessera.agent.http_api import create_agent_app
+from tessera.master.app import create_app
+from tessera.master.config import MasterConfig
+
+log = logging.getLogger("tessera")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_master(config: MasterConfig, log_level: str = "info") -> None:
+    """Serve until SIGTERM or SIGINT; uvicorn drains requests and runs the shutdown hooks."""
+    app = create_app(config)
+    server_config = uvicorn.Config(
+        app,
+        host=config.bind,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        ws_ping_interval=None,
+    )
+    log.info(
+        "master listening on http://%s:%d (work dir %s)", config.bind, config.port, config.work_dir
+    )
+    uvicorn.Server(server_config).run()
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server inside a program that handles its own signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_agent(config: AgentConfig) -> int:
+    """Run the agent until SIGTERM/SIGINT; returns the process exit code."""
+    daemon = AgentDaemon(config)
+    isolation = daemon.executor.isolation_info()
+    if isolation.get("warning"):
+        log.warning("!!! %s", isolation["warning"])
+    else:
+        log.info("isolation: %s", isolation)
+    await daemon.recover()
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((config.http_bind, config.http_port))
+    host, port = listener.getsockname()[:2]
+    daemon.http_url = f"http://{host}:{port}"
+    server = _EmbeddedServer(
+        uvicorn.Config(create_agent_app(daemon), log_level="warning", lifespan="off")
+    )
+    http = asyncio.create_task(server.serve(sockets=[listener]))
+    connection = asyncio.create_task(daemon.run())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    log.info("agent %s serving sandboxes on %s", daemon.agent_id, daemon.http_url)
+    await asyncio.wait({connection, stopper}, return_when=asyncio.FIRST_COMPLETED)
+
+    code = 0
+    if connection.done() and not connection.cancelled():
+        error = connection.exception()
+        if isinstance(error, AgentRefused):
+            log.error("%s", error)
+            code = 2
+        elif error is not None:
+            log.error("agent stopped: %r", error)
+            code = 1
+    connection.cancel()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await connection
+    await daemon.shutdown()
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await http
+    log.info("agent %s stopped", daemon.agent_id)
+    return code

@@ -1,0 +1,98 @@
+"""`tessera up` and `tessera down`: a whole cluster on this machine in one command."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tessera.cli.client import MasterClient, err, fail
+from tessera.cli.render import out
+from tessera.local.cluster import ClusterError, LocalCluster, start_cluster, stop_cluster
+from tessera.local.demo import DEMO_TASKS
+from tessera.local.paths import default_work_dir
+from tessera.model.resources import ResourceFormatError, parse_resources
+
+
+def up(
+    agents: Annotated[int, typer.Option(min=1, max=64, help="How many agents to start.")] = 3,
+    port: Annotated[int, typer.Option(help="Master port.")] = 5050,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Where the cluster keeps its files (~/.tessera/local).")
+    ] = None,
+    agent_resources: Annotated[
+        str | None,
+        typer.Option(help='Resources of each agent, e.g. "cpus:2;mem:4096" (default: a share).'),
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option(help="Start and return; stop with `tessera down`.")
+    ] = False,
+    demo: Annotated[bool, typer.Option(help="Launch a few demo tasks once it is up.")] = False,
+) -> None:
+    """Start a master and N agents on this machine; Ctrl-C stops everything it started."""
+    directory = (work_dir or default_work_dir()).resolve()
+    try:
+        override = parse_resources(agent_resources) if agent_resources else None
+    except ResourceFormatError as error:
+        fail(str(error))
+    err.print(f"starting a master and {agents} agents in {directory} ...")
+    try:
+        cluster = start_cluster(directory, agents, port, override)
+    except ClusterError as error:
+        fail(str(error))
+    if demo:
+        _launch_demo(cluster)
+    _print_where_to_look(cluster, detach)
+    if detach:
+        return
+    _wait_for_interrupt()
+    err.print("stopping the cluster and every task it started ...")
+    stopped = stop_cluster(directory)
+    err.print(f"stopped: {', '.join(stopped)}")
+
+
+def down(
+    work_dir: Annotated[
+        Path | None, typer.Option(help="The work dir given to `tessera up` (~/.tessera/local).")
+    ] = None,
+) -> None:
+    """Stop a local cluster started with `tessera up --detach`, and every task it ran."""
+    directory = (work_dir or default_work_dir()).resolve()
+    try:
+        stopped = stop_cluster(directory)
+    except ClusterError as error:
+        fail(str(error))
+    typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+def _launch_demo(cluster: LocalCluster) -> None:
+    client = MasterClient(cluster.master_url)
+    for body in DEMO_TASKS:
+        task = client.post("/v1/tasks", body)
+        err.print(f"demo task [bold]{body['name']}[/bold]: {task['id']}")
+
+
+def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
+    url = cluster.master_url
+    out.print(f"\n[bold green]Tessera is up[/bold green]: master at [bold]{url}[/bold]")
+    out.print(f"  API docs     {url}/docs   (OpenAPI: {url}/openapi.json)")
+    out.print(f"  agents       tessera agent list      ({url}/v1/agents)")
+    out.print(f"  tasks        tessera task list       ({url}/v1/tasks)")
+    out.print(f"  capacity     {url}/v1/cluster/summary")
+    out.print("  run a task   tessera run --wait -- echo hello")
+    out.print(f"  logs         {cluster.work_dir}/*.log")
+    if detach:
+        out.print("  stop         tessera down\n")
+    else:
+        out.print("  stop         Ctrl-C\n")
+
+
+def _wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass

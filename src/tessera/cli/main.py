@@ -1,0 +1,198 @@
+"""`tessera`: the command line for people — local clusters, daemons, tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tessera.cli import tasks
+from tessera.cli.client import MasterClient, fail, print_json, read_token_file
+from tessera.cli.render import agents_table
+from tessera.model.resources import ResourceFormatError, parse_attributes, parse_resources
+
+app = typer.Typer(
+    name="tessera",
+    help="Tessera: a datacenter operating system. Start with `tessera up`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+agent_app = typer.Typer(
+    help="Run an agent (`tessera agent --master URL`) or list agents (`tessera agent list`).",
+    invoke_without_command=True,
+)
+app.add_typer(agent_app, name="agent")
+app.add_typer(tasks.task_app, name="task")
+app.command("run", context_settings={"allow_interspersed_args": False})(tasks.run)
+
+MasterOption = Annotated[
+    str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else local).")
+]
+
+
+@app.command()
+def master(
+    port: Annotated[int, typer.Option(envvar="TESSERA_PORT")] = 5050,
+    work_dir: Annotated[Path, typer.Option(envvar="TESSERA_WORK_DIR")] = Path("master-data"),
+    bind: Annotated[str, typer.Option(envvar="TESSERA_BIND")] = "127.0.0.1",
+    store: Annotated[
+        str, typer.Option(envvar="TESSERA_STORE", help="sqlite (default) or sqlite:///path")
+    ] = "sqlite",
+    heartbeat_interval: Annotated[
+        float, typer.Option(envvar="TESSERA_HEARTBEAT_INTERVAL", min=0.05)
+    ] = 5.0,
+    max_missed_heartbeats: Annotated[
+        int, typer.Option(envvar="TESSERA_MAX_MISSED_HEARTBEATS", min=1)
+    ] = 3,
+    reregistration_timeout: Annotated[
+        float, typer.Option(envvar="TESSERA_REREGISTRATION_TIMEOUT", min=0)
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
+) -> None:
+    """Run a master in the foreground until SIGTERM or Ctrl-C."""
+    from tessera.cli.daemons import run_master, setup_logging
+    from tessera.master.config import MasterConfig
+
+    setup_logging(log_level)
+    config = MasterConfig(
+        work_dir=work_dir.resolve(),
+        port=port,
+        bind=bind,
+        store=store,
+        heartbeat_interval=heartbeat_interval,
+        max_missed_heartbeats=max_missed_heartbeats,
+        reregistration_timeout=reregistration_timeout,
+    )
+    try:
+        run_master(config, log_level.lower())
+    except (OSError, ValueError) as error:
+        fail(f"master cannot start: {error}")
+
+
+@agent_app.callback()
+def agent(
+    ctx: typer.Context,
+    master: Annotated[
+        str | None,
+        typer.Option(envvar="TESSERA_MASTER", help="Master URL(s), comma-separated."),
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(envvar="TESSERA_WORK_DIR")] = Path("agent-data"),
+    resources: Annotated[
+        str | None,
+        typer.Option(envvar="TESSERA_RESOURCES", help='e.g. "cpus:4;mem:8192;ports:[31000-32000]"'),
+    ] = None,
+    attributes: Annotated[
+        str | None, typer.Option(envvar="TESSERA_ATTRIBUTES", help='e.g. "zone:a;rack:r1"')
+    ] = None,
+    join_token_file: Annotated[Path | None, typer.Option(envvar="TESSERA_JOIN_TOKEN_FILE")] = None,
+    hostname: Annotated[str | None, typer.Option(envvar="TESSERA_HOSTNAME")] = None,
+    http_port: Annotated[int, typer.Option(envvar="TESSERA_HTTP_PORT")] = 0,
+    task_user: Annotated[
+        str | None, typer.Option(envvar="TESSERA_TASK_USER", help="Run tasks as this user.")
+    ] = None,
+    isolation: Annotated[
+        str, typer.Option(envvar="TESSERA_ISOLATION", help="auto, cgroups or none")
+    ] = "auto",
+    kill_tasks_on_exit: Annotated[bool, typer.Option(envvar="TESSERA_KILL_TASKS_ON_EXIT")] = False,
+    log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
+) -> None:
+    """Run an agent in the foreground: it dials the master and runs tasks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tessera.agent.config import AgentConfig
+    from tessera.agent.detect import detect_hostname, detect_resources
+    from tessera.cli.daemons import serve_agent, setup_logging
+
+    if not master:
+        fail("--master URL (or TESSERA_MASTER) is required to run an agent")
+    token = os.environ.get("TESSERA_JOIN_TOKEN")
+    if join_token_file is not None:
+        token = read_token_file(join_token_file)
+    if not token:
+        fail(
+            "a cluster join token is required: --join-token-file F or TESSERA_JOIN_TOKEN "
+            "(the master writes it to <its work dir>/join-token)"
+        )
+    if isolation not in ("auto", "cgroups", "none"):
+        fail("--isolation must be auto, cgroups or none")
+    work_dir = work_dir.resolve()
+    try:
+        detected = detect_resources(work_dir)
+        offered = parse_resources(resources, base=detected) if resources else detected
+        attrs = parse_attributes(attributes) if attributes else {}
+    except ResourceFormatError as error:
+        fail(str(error))
+    host = hostname or detect_hostname()
+    setup_logging(log_level)
+    config = AgentConfig(
+        masters=tuple(url.strip() for url in master.split(",") if url.strip()),
+        work_dir=work_dir,
+        join_token=token,
+        resources=offered,
+        attributes=attrs,
+        hostname=host,
+        http_bind=host if hostname else "127.0.0.1",
+        http_port=http_port,
+        task_user=task_user,
+        isolation=isolation,
+        kill_tasks_on_exit=kill_tasks_on_exit,
+    )
+    try:
+        code = asyncio.run(serve_agent(config))
+    except OSError as error:
+        fail(f"agent cannot start: {error}")
+    raise typer.Exit(code)
+
+
+@agent_app.command("list")
+def agent_list(
+    master: MasterOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the agents the master knows."""
+    data = MasterClient(master).get("/v1/agents")
+    if json_output:
+        print_json(data["agents"])
+    else:
+        agents_table(data["agents"])
+
+
+@agent_app.command("show")
+def agent_show(
+    agent_id: str,
+    master: MasterOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one agent."""
+    data = MasterClient(master).get(f"/v1/agents/{agent_id}")
+    if json_output:
+        print_json(data)
+    else:
+        agents_table([data])
+
+
+def _register_optional_commands() -> None:
+    from tessera.cli.local import down, up
+
+    app.command()(up)
+    app.command()(down)
+    try:
+        from tessera.cli.simulate import simulate
+    except ImportError:  # the simulator lands with the placement engine
+        return
+    app.command()(simulate)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app(prog_name="tessera")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""`tessera run` and `tessera task ...`: one-off tasks, their state and their output."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from tessera.cli.client import MasterClient, err, fail, print_json
+from tessera.cli.render import task_details, tasks_table
+
+task_app = typer.Typer(help="List, inspect, read the logs of and kill tasks.", no_args_is_help=True)
+
+MasterOption = Annotated[
+    str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else local).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+_POLL_SECONDS = 0.2
+_FAILED_EXIT = 1
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="CMD ARGS... (one argument: a shell line)")],
+    cpus: Annotated[float, typer.Option(help="CPU shares (Marathon units).")] = 0.1,
+    mem: Annotated[float, typer.Option(help="Memory limit in MiB.")] = 32.0,
+    disk: Annotated[float, typer.Option(help="Disk in MiB.")] = 0.0,
+    name: Annotated[str, typer.Option(help="Task name; the ID starts with it.")] = "task",
+    port: Annotated[
+        list[str] | None, typer.Option(help="Ask for a host port: NAME or NAME:NUMBER.")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Stream the output and exit with the task's exit code.")
+    ] = False,
+    master: MasterOption = None,
+) -> None:
+    """Launch a one-off task and print its ID."""
+    body: dict[str, Any] = {"name": name, "cpus": cpus, "mem": mem, "disk": disk}
+    if len(command) == 1:
+        body["cmd"] = command[0]
+    else:
+        body["args"] = command
+    body["env"] = dict(_pair(item, "=", "--env") for item in env or [])
+    body["portDefinitions"] = [_port(item) for item in port or []]
+    client = MasterClient(master)
+    task = client.post("/v1/tasks", body)
+    if not wait:
+        typer.echo(task["id"])
+        return
+    err.print(f"[dim]task {task['id']}[/dim]")
+    raise typer.Exit(_wait_and_stream(client, task["id"]))
+
+
+def _pair(item: str, separator: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition(separator)
+    if not sep or not key:
+        fail(f"{flag} expects KEY{separator}VALUE, got {item!r}")
+    return key, value
+
+
+def _port(item: str) -> dict[str, Any]:
+    name, _, number = item.partition(":")
+    if number and not number.isdigit():
+        fail(f"--port expects NAME or NAME:NUMBER, got {item!r}")
+    return {"name": name, "port": int(number or 0)}
+
+
+def _wait_and_stream(client: MasterClient, task_id: str) -> int:
+    task = _wait_until_started(client, task_id)
+    if task.get("agentUrl") and task.get("agentId"):
+        asyncio.run(_follow_both(task["agentUrl"], task_id))
+    while task["state"] not in _TERMINAL:
+        time.sleep(_POLL_SECONDS)
+        task = client.get(f"/v1/tasks/{task_id}")
+    if task["state"] == "TASK_FINISHED":
+        return 0
+    err.print(f"[red]{task['state']}[/red] {task.get('message') or ''}".rstrip())
+    code = task.get("exitCode")
+    return code if isinstance(code, int) and code > 0 else _FAILED_EXIT
+
+
+_TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_LOST", "TASK_GONE"}
+
+
+def _wait_until_started(client: MasterClient, task_id: str) -> dict[str, Any]:
+    said_queued = False
+    while True:
+        task: dict[str, Any] = client.get(f"/v1/tasks/{task_id}")
+        if task["state"] not in ("TASK_QUEUED", "TASK_STAGING"):
+            return task
+        if task["state"] == "TASK_QUEUED" and task.get("queuedReasons") and not said_queued:
+            reasons = ", ".join(f"{k} x{v}" for k, v in sorted(task["queuedReasons"].items()))
+            err.print(f"[yellow]queued[/yellow]: no agent fits yet ({reasons})")
+            said_queued = True
+        time.sleep(_POLL_SECONDS)
+
+
+async def _follow(agent_url: str, task_id: str, path: str, sink: Any, offset: int = 0) -> None:
+    url = f"{agent_url}/v1/sandboxes/{task_id}/files/follow"
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http,
+        http.stream("GET", url, params={"path": path, "offset": offset}) as response,
+    ):
+        if response.status_code >= 400:
+            return
+        async for chunk in response.aiter_bytes():
+            sink.write(chunk)
+            sink.flush()
+
+
+async def _follow_both(agent_url: str, task_id: str) -> None:
+    try:
+        await asyncio.gather(
+            _follow(agent_url, task_id, "stdout", sys.stdout.buffer),
+            _follow(agent_url, task_id, "stderr", sys.stderr.buffer),
+        )
+    except httpx.HTTPError as error:
+        err.print(f"[yellow]lost the output stream from {agent_url}: {error}[/yellow]")
+
+
+@task_app.command("list")
+def task_list(
+    state: Annotated[list[str] | None, typer.Option(help="Only tasks in this state.")] = None,
+    master: MasterOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List tasks, oldest first."""
+    params = [("state", s if s.startswith("TASK_") else f"TASK_{s.upper()}") for s in state or []]
+    data = MasterClient(master).get("/v1/tasks", params=params)
+    if json_output:
+        print_json(data["tasks"])
+    else:
+        tasks_table(data["tasks"])
+
+
+@task_app.command("show")
+def task_show(task_id: str, master: MasterOption = None, json_output: JsonOption = False) -> None:
+    """Show one task, including why it is still queued."""
+    data = MasterClient(master).get(f"/v1/tasks/{task_id}")
+    if json_output:
+        print_json(data)
+    else:
+        task_details(data)
+
+
+@task_app.command("kill")
+def task_kill(task_id: str, master: MasterOption = None, json_output: JsonOption = False) -> None:
+    """Kill a task: SIGTERM to its whole process tree, then SIGKILL after the grace period."""
+    data = MasterClient(master).delete(f"/v1/tasks/{task_id}")
+    if json_output:
+        print_json(data)
+    else:
+        typer.echo(f"{data['id']}: {data['state']}")
+
+
+@task_app.command("logs")
+def task_logs(
+    task_id: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output.")
+    ] = False,
+    stderr: Annotated[
+        bool, typer.Option("--stderr", help="Read stderr instead of stdout.")
+    ] = False,
+    master: MasterOption = None,
+) -> None:
+    """Print a task's stdout (or stderr) from its sandbox."""
+    task = MasterClient(master).get(f"/v1/tasks/{task_id}")
+    agent_url = task.get("agentUrl")
+    if not agent_url:
+        fail(f"task {task_id} has no sandbox yet (state {task['state']})")
+    path = "stderr" if stderr else "stdout"
+    if follow:
+        try:
+            asyncio.run(_follow(agent_url, task_id, path, sys.stdout.buffer))
+        except httpx.HTTPError as error:
+            fail(f"cannot read the logs from the agent at {agent_url}: {error}")
+        return
+    offset = 0
+    with httpx.Client(timeout=10) as http:
+        while True:
+            try:
+                response = http.get(
+                    f"{agent_url}/v1/sandboxes/{task_id}/files/read",
+                    params={"path": path, "offset": offset},
+                )
+            except httpx.HTTPError as error:
+                fail(f"cannot read the logs from the agent at {agent_url}: {error}")
+            if response.status_code >= 400:
+                fail(f"agent at {agent_url}: {response.json().get('message', response.text)}")
+            chunk = response.json()
+            sys.stdout.write(chunk["data"])
+            offset = chunk["nextOffset"]
+            if offset >= chunk["size"] or not chunk["data"]:
+                break
+    sys.stdout.flush()

@@ -1,0 +1,228 @@
+"""Tessera's native API under /v1: agents, one-off tasks and the cluster summary."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tessera.http_errors import ApiError
+from tessera.master.core import Master
+from tessera.model.agent import Agent, AgentState
+from tessera.model.task import PortDefinition, Task, TaskSpec, TaskState, new_task_id
+
+router = APIRouter(prefix="/v1")
+
+_NAME = r"^[a-z0-9]([a-z0-9_\-.]*[a-z0-9])?$"
+
+
+class PortDefinitionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    port: int = Field(0, ge=0, le=65535)
+    name: str | None = Field(None, pattern=r"^[a-z][a-z0-9\-]*$", max_length=63)
+    protocol: Literal["tcp", "udp", "udp,tcp"] = "tcp"
+
+
+class TaskLaunch(BaseModel):
+    """A one-off task. Resource fields and defaults follow Marathon's app definition."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("task", pattern=_NAME, max_length=128)
+    cmd: str | None = Field(None, min_length=1)
+    args: list[str] | None = Field(None, min_length=1)
+    cpus: float = Field(0.1, ge=0.001)
+    mem: float = Field(32.0, ge=1)
+    disk: float = Field(0.0, ge=0)
+    gpus: int = Field(0, ge=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    portDefinitions: list[PortDefinitionIn] = Field(default_factory=list, max_length=64)
+    requirePorts: bool = False
+    user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_\-]*\$?$", max_length=32)
+    killGracePeriodSeconds: float = Field(3.0, ge=0, le=3600)
+    cpuHardLimit: bool = False
+
+    @model_validator(mode="after")
+    def _one_command(self) -> TaskLaunch:
+        if (self.cmd is None) == (self.args is None):
+            raise ValueError("exactly one of cmd and args must be given")
+        for key in self.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"env: invalid variable name {key!r}")
+        fixed = [p.port for p in self.portDefinitions if p.port]
+        if len(fixed) != len(set(fixed)):
+            raise ValueError("portDefinitions: the same port is asked for twice")
+        return self
+
+    def to_spec(self) -> TaskSpec:
+        return TaskSpec(
+            name=self.name,
+            cmd=self.cmd,
+            args=tuple(self.args) if self.args is not None else None,
+            cpus=self.cpus,
+            mem=self.mem,
+            disk=self.disk,
+            gpus=self.gpus,
+            env=dict(self.env),
+            port_definitions=tuple(
+                PortDefinition(p.port, p.name, p.protocol) for p in self.portDefinitions
+            ),
+            require_ports=self.requirePorts,
+            user=self.user,
+            kill_grace_seconds=self.killGracePeriodSeconds,
+            cpu_hard_limit=self.cpuHardLimit,
+        )
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_view(task: Task, agent: Agent | None) -> dict[str, Any]:
+    spec = task.spec
+    return {
+        "id": task.id,
+        "name": spec.name,
+        "state": task.state.value,
+        "agentId": task.agent_id,
+        "host": task.hostname,
+        "agentUrl": agent.http_url if agent else None,
+        "ports": list(task.ports),
+        "cmd": spec.cmd,
+        "args": list(spec.args) if spec.args is not None else None,
+        "cpus": spec.cpus,
+        "mem": spec.mem,
+        "disk": spec.disk,
+        "gpus": spec.gpus,
+        "env": dict(spec.env),
+        "portDefinitions": [
+            {"port": p.port, "name": p.name, "protocol": p.protocol} for p in spec.port_definitions
+        ],
+        "user": spec.user,
+        "createdAt": iso(task.created_at),
+        "startedAt": iso(task.started_at),
+        "finishedAt": iso(task.finished_at),
+        "updatedAt": iso(task.updated_at),
+        "exitCode": task.exit_code,
+        "reason": task.reason,
+        "message": task.message,
+        "queuedReasons": dict(task.queued_reasons),
+    }
+
+
+def agent_view(agent: Agent, master: Master) -> dict[str, Any]:
+    allocated = master.allocated(agent.id)
+    return {
+        "id": agent.id,
+        "hostname": agent.hostname,
+        "state": agent.state.value,
+        "url": agent.http_url,
+        "resources": agent.resources.to_json(),
+        "allocated": allocated,
+        "attributes": dict(agent.attributes),
+        "registeredAt": iso(agent.registered_at),
+        "lastSeenAt": iso(agent.last_seen_at),
+        "isolation": dict(agent.isolation),
+        "version": agent.version,
+        "tasks": len(master.state.active_tasks_on(agent.id)),
+    }
+
+
+def _master(request: Request) -> Master:
+    master: Master = request.app.state.master
+    return master
+
+
+@router.get("/agents")
+async def list_agents(request: Request) -> dict[str, Any]:
+    master = _master(request)
+    agents = sorted(master.state.agents.values(), key=lambda a: a.id)
+    return {"agents": [agent_view(agent, master) for agent in agents]}
+
+
+@router.get("/agents/{agent_id}")
+async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
+    master = _master(request)
+    agent = master.state.agents.get(agent_id)
+    if agent is None:
+        raise ApiError(404, f"Agent '{agent_id}' does not exist")
+    return agent_view(agent, master)
+
+
+@router.post("/tasks", status_code=201)
+async def launch_task(body: TaskLaunch, request: Request) -> dict[str, Any]:
+    master = _master(request)
+    task = await master.submit(new_task_id(body.name), body.to_spec())
+    return task_view(task, None)
+
+
+@router.get("/tasks")
+async def list_tasks(
+    request: Request,
+    state: Annotated[list[TaskState] | None, Query()] = None,
+    agent_id: Annotated[str | None, Query(alias="agentId")] = None,
+) -> dict[str, Any]:
+    master = _master(request)
+    wanted = {s.value for s in state or ()}
+    tasks = [
+        task
+        for task in master.state.tasks.values()
+        if (not wanted or task.state.value in wanted)
+        and (agent_id is None or task.agent_id == agent_id)
+    ]
+    tasks.sort(key=lambda task: task.created_at)
+    agents = master.state.agents
+    return {"tasks": [task_view(task, agents.get(task.agent_id or "")) for task in tasks]}
+
+
+@router.get("/tasks/{task_id}")
+async def show_task(task_id: str, request: Request) -> dict[str, Any]:
+    master = _master(request)
+    task = master.state.tasks.get(task_id)
+    if task is None:
+        raise ApiError(404, f"Task '{task_id}' does not exist")
+    return task_view(task, master.state.agents.get(task.agent_id or ""))
+
+
+@router.delete("/tasks/{task_id}", status_code=202)
+async def kill_task(task_id: str, request: Request) -> dict[str, Any]:
+    master = _master(request)
+    if task_id not in master.state.tasks:
+        raise ApiError(404, f"Task '{task_id}' does not exist")
+    task = await master.kill(task_id)
+    return task_view(task, master.state.agents.get(task.agent_id or ""))
+
+
+@router.get("/cluster/summary")
+async def cluster_summary(request: Request) -> dict[str, Any]:
+    master = _master(request)
+    capacity = {"cpus": 0.0, "mem": 0.0, "disk": 0.0, "gpus": 0.0}
+    allocated = dict.fromkeys(capacity, 0.0)
+    agents_by_state: dict[str, int] = {}
+    for agent in master.state.agents.values():
+        agents_by_state[agent.state.value] = agents_by_state.get(agent.state.value, 0) + 1
+        if agent.state is not AgentState.ACTIVE:
+            continue
+        for name, value in agent.resources.scalars().items():
+            capacity[name] += value
+        for name, value in master.allocated(agent.id).items():
+            allocated[name] += value
+    tasks_by_state: dict[str, int] = {}
+    for task in master.state.tasks.values():
+        tasks_by_state[task.state.value] = tasks_by_state.get(task.state.value, 0) + 1
+    return {
+        "capacity": _rounded(capacity),
+        "allocated": _rounded(allocated),
+        "free": _rounded({name: capacity[name] - allocated[name] for name in capacity}),
+        "agents": agents_by_state,
+        "tasks": tasks_by_state,
+    }
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 6) for name, value in values.items()}
