@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from tessera.placement.tasks import AppCounts, RunningTask, TaskTable
 from tessera.placement.types import RESOURCE_NAMES, BoolArray, FloatArray
 
 UNRESERVED = "*"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,12 @@ class Snapshot:
             if column is None:
                 column = self._missing[name] = AttributeColumn([None] * self.n_agents)
         return column
+
+    def cached(self, key: object, compute: Callable[[], _T]) -> _T:
+        """Memoise something derived from columns that never change (states, attributes)."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return cast(_T, self.cache[key])
 
     def allocated(self, role: str) -> FloatArray:
         """Resources held by the role's running and planned tasks."""

@@ -1,0 +1,18 @@
+"""What one request carries through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.placement.request import Request
+from tessera.placement.snapshot import Snapshot
+from tessera.placement.types import FloatArray
+
+
+@dataclass(slots=True)
+class Context:
+    snapshot: Snapshot
+    request: Request
+    demand: FloatArray
+    remaining: int
+    """Tasks of the request still to place in this pass."""

@@ -1,0 +1,102 @@
+"""Turn per-agent room into a group placement: best agents first, or round-robin.
+
+Everything here works on agents already sorted best first, so that "best first" inside
+an attribute value and across values mean the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tessera.placement.attributes import MISSING
+from tessera.placement.types import FloatArray, IntArray
+
+Limits = Sequence[tuple[IntArray, IntArray, bool]]
+"""Per value limit: (value code of each ordered agent, remaining per value, one agent per value)."""
+Fill = Callable[[IntArray, Limits, int], IntArray]
+
+
+def water_fill(existing: IntArray, count: int, preference: FloatArray) -> IntArray:
+    """Add `count` to the lowest entries first, ending as level as possible.
+
+    When the level cannot be even, the extra units go to the entries with the highest
+    `preference` (ties: lowest index).
+    """
+    add = np.zeros(len(existing), dtype=np.int64)
+    if count <= 0 or len(existing) == 0:
+        return add
+    low, high = int(existing.min()), int(existing.min()) + count
+    while low < high:  # the highest level reachable with `count` units
+        middle = (low + high + 1) // 2
+        if int(np.maximum(middle - existing, 0).sum()) <= count:
+            low = middle
+        else:
+            high = middle - 1
+    add = np.maximum(low - existing, 0)
+    extra = count - int(add.sum())
+    if extra:
+        at_level = np.flatnonzero(existing <= low)
+        best = at_level[np.argsort(-preference[at_level], kind="stable")[:extra]]
+        add[best] += 1
+    return add
+
+
+def clip_to_limit(alloc: IntArray, codes: IntArray, remaining: IntArray, unique: bool) -> IntArray:
+    """Keep each value within its remaining limit, earlier (better) agents served first."""
+    limit = np.where(codes != MISSING, remaining[codes], 0)
+    if unique:
+        return np.minimum(alloc, limit)
+    order = np.argsort(codes, kind="stable")
+    grouped, sizes = codes[order], alloc[order]
+    running = np.cumsum(sizes) - sizes
+    starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+    lengths = np.diff(np.append(starts, len(order)))
+    before = running - np.repeat(running[starts], lengths)
+    clipped = np.empty_like(alloc)
+    clipped[order] = np.clip(limit[order] - before, 0, sizes)
+    return clipped
+
+
+def cut(alloc: IntArray, count: int) -> IntArray:
+    """Take from the front until `count` tasks are placed."""
+    before = np.cumsum(alloc) - alloc
+    taken: IntArray = np.clip(count - before, 0, alloc)
+    return taken
+
+
+def take(alloc: IntArray, limits: Limits, count: int) -> IntArray:
+    """Respect every value limit, then the count; charges what is taken to the limits."""
+    for codes, remaining, unique in limits:
+        alloc = clip_to_limit(alloc, codes, remaining, unique)
+    alloc = cut(alloc, count)
+    for codes, remaining, _ in limits:
+        chosen = alloc > 0
+        remaining -= np.bincount(
+            codes[chosen], weights=alloc[chosen], minlength=len(remaining)
+        ).astype(np.int64)
+    return alloc
+
+
+def fill_binpack(caps: IntArray, limits: Limits, count: int) -> IntArray:
+    """Best agents first, each as full as it will go."""
+    return take(caps, limits, count)
+
+
+def fill_spread(caps: IntArray, limits: Limits, count: int) -> IntArray:
+    """Round-robin: every agent gets an equal share per round, best agents take the rest."""
+    alloc = np.zeros_like(caps)
+    while count > 0:
+        room = caps - alloc
+        open_agents = int(np.count_nonzero(room))
+        if open_agents == 0:
+            break
+        share = max(1, count // open_agents)
+        step = take(np.minimum(room, share), limits, count)
+        placed = int(step.sum())
+        if placed == 0:
+            break
+        alloc += step
+        count -= placed
+    return alloc

@@ -1,0 +1,113 @@
+"""The whole placement chain in one place: who may run a task, what fits, who is best."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tessera.placement import rules
+from tessera.placement.context import Context
+from tessera.placement.fill import Fill, Limits, fill_binpack, fill_spread
+from tessera.placement.filters import (
+    AgentStateFilter,
+    ConstraintFilter,
+    Filter,
+    PortFilter,
+    ResourceFilter,
+    RoleFilter,
+)
+from tessera.placement.request import Policy, Strategy
+from tessera.placement.scorers import AvoidGpuAgents, BinpackScorer, Scorer, SpreadScorer
+from tessera.placement.types import UNLIMITED, BoolArray, FloatArray, IndexArray, IntArray, Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    filters: tuple[Filter, ...]
+    scorers: tuple[tuple[Scorer, float], ...]
+    fill: Fill
+
+
+def build_pipeline(policy: Policy) -> Pipeline:
+    """Cheap structural checks first, then resources, then scoring and the group fill.
+
+    Value limits of UNIQUE, MAX_PER, GROUP_BY and CLUSTER apply between filters and fill
+    (see `rules.value_limits`); the packing scorer dominates, GPU avoidance breaks ties.
+    """
+    binpack = policy.strategy is Strategy.BINPACK
+    return Pipeline(
+        filters=(
+            AgentStateFilter(),
+            RoleFilter(),
+            ConstraintFilter(),
+            ResourceFilter(0, Reason.INSUFFICIENT_CPUS),
+            ResourceFilter(1, Reason.INSUFFICIENT_MEMORY),
+            ResourceFilter(2, Reason.INSUFFICIENT_DISK),
+            ResourceFilter(3, Reason.INSUFFICIENT_GPUS),
+            PortFilter(),
+        ),
+        scorers=((BinpackScorer() if binpack else SpreadScorer(), 1.0), (AvoidGpuAgents(), 0.25)),
+        fill=fill_binpack if binpack else fill_spread,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """One request against the current snapshot: each filter's answer and the room left."""
+
+    copies: tuple[IntArray | None, ...]
+    caps: IntArray
+    eligible: BoolArray
+
+    @property
+    def candidates(self) -> IndexArray:
+        return np.flatnonzero(self.caps > 0)
+
+
+def _minimum(parts: list[IntArray], n_agents: int) -> IntArray:
+    if not parts:
+        return np.full(n_agents, UNLIMITED, dtype=np.int64)
+    result = parts[0]
+    for part in parts[1:]:
+        result = np.minimum(result, part)
+    return result
+
+
+def evaluate(pipeline: Pipeline, ctx: Context) -> Evaluation:
+    copies = tuple(f.copies(ctx) for f in pipeline.filters)
+    n_agents = ctx.snapshot.n_agents
+    structural = [c for f, c in zip(pipeline.filters, copies, strict=True) if f.structural]
+    eligible = _minimum([c for c in structural if c is not None], n_agents) > 0
+    caps = np.clip(_minimum([c for c in copies if c is not None], n_agents), 0, ctx.remaining)
+    return Evaluation(copies, caps, eligible)
+
+
+def score(pipeline: Pipeline, ctx: Context, rows: IndexArray) -> FloatArray:
+    total = np.zeros(len(rows))
+    for scorer, weight in pipeline.scorers:
+        scores = scorer.scores(ctx, rows)
+        if scores is not None:
+            total += weight * scores
+    return total
+
+
+def choose(pipeline: Pipeline, ctx: Context, evaluation: Evaluation) -> tuple[IndexArray, IntArray]:
+    """Agents and how many tasks each gets, best first; empty when nothing fits."""
+    rows = evaluation.candidates
+    if len(rows) == 0:
+        return rows, np.zeros(0, dtype=np.int64)
+    limits = rules.value_limits(
+        ctx.snapshot, ctx.request, ctx.remaining, evaluation.caps, evaluation.eligible
+    )
+    scores = score(pipeline, ctx, rows)
+    if not limits and ctx.remaining == 1:
+        best = rows[int(np.argmax(scores))]
+        return np.array([best]), np.ones(1, dtype=np.int64)
+    ordered = rows[np.argsort(-scores, kind="stable")]
+    ordered_limits: Limits = [
+        (limit.column.codes[ordered], limit.remaining, limit.column.unique) for limit in limits
+    ]
+    alloc = pipeline.fill(evaluation.caps[ordered], ordered_limits, ctx.remaining)
+    chosen = alloc > 0
+    return ordered[chosen], alloc[chosen]
