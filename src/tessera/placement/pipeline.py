@@ -18,7 +18,7 @@ from tessera.placement.filters import (
     RoleFilter,
 )
 from tessera.placement.request import Policy, Strategy
-from tessera.placement.scorers import AvoidGpuAgents, BinpackScorer, Scorer, SpreadScorer
+from tessera.placement.scorers import AvoidGpuAgents, Scorer, binpack_scorer, spread_scorer
 from tessera.placement.types import UNLIMITED, BoolArray, FloatArray, IndexArray, IntArray, Reason
 
 
@@ -47,7 +47,7 @@ def build_pipeline(policy: Policy) -> Pipeline:
             ResourceFilter(3, Reason.INSUFFICIENT_GPUS),
             PortFilter(),
         ),
-        scorers=((BinpackScorer() if binpack else SpreadScorer(), 1.0), (AvoidGpuAgents(), 0.25)),
+        scorers=((binpack_scorer() if binpack else spread_scorer(), 1.0), (AvoidGpuAgents(), 0.25)),
         fill=fill_binpack if binpack else fill_spread,
     )
 

@@ -2,35 +2,82 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from tessera.placement import scoring
 from tessera.placement.context import Context
+from tessera.placement.snapshot import Snapshot
 from tessera.placement.types import FloatArray, IndexArray
 
 GPUS = 3
+SCORE_CACHE_SIZE = 64
+"""Distinct task shapes whose scores are kept between requests."""
+
+ScoreFunction = Callable[[FloatArray, FloatArray, FloatArray], FloatArray]
 
 
 class Scorer(Protocol):
     def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None: ...
 
 
-class BinpackScorer:
+class _Scores:
+    __slots__ = ("values", "version")
+
+    def __init__(self, values: FloatArray, version: int) -> None:
+        self.values = values
+        self.version = version
+
+
+def _score_cache(snapshot: Snapshot) -> OrderedDict[object, _Scores]:
+    return snapshot.cached("scores", OrderedDict)
+
+
+class PackingScorer:
+    """Scores from `scoring.py`, kept per task shape and recomputed only on changed agents.
+
+    Scores are row-wise (an agent's score depends on its own row), so after placing a
+    task only the agents touched since the last call need scoring again; a stream of
+    identical requests costs O(changed agents) scoring instead of O(all agents).
+    """
+
+    def __init__(self, name: str, function: ScoreFunction) -> None:
+        self.name = name
+        self.function = function
+
+    def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None:
+        snapshot = ctx.snapshot
+        cache = _score_cache(snapshot)
+        key = (self.name, ctx.demand.tobytes())
+        entry = cache.get(key)
+        if entry is None:
+            entry = _Scores(
+                self.function(snapshot.free, snapshot.total, ctx.demand), snapshot.version
+            )
+            cache[key] = entry
+            if len(cache) > SCORE_CACHE_SIZE:
+                cache.popitem(last=False)
+        elif entry.version < snapshot.version:
+            stale = np.flatnonzero(snapshot.row_version > entry.version)
+            entry.values[stale] = self.function(
+                snapshot.free[stale], snapshot.total[stale], ctx.demand
+            )
+            entry.version = snapshot.version
+            cache.move_to_end(key)
+        return entry.values[rows]
+
+
+def binpack_scorer() -> PackingScorer:
     """Fill agents up so that whole agents stay free for large tasks."""
-
-    def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None:
-        snapshot = ctx.snapshot
-        return scoring.binpack_scores(snapshot.free[rows], snapshot.total[rows], ctx.demand)
+    return PackingScorer("binpack", scoring.binpack_scores)
 
 
-class SpreadScorer:
+def spread_scorer() -> PackingScorer:
     """Prefer the least allocated agents."""
-
-    def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None:
-        snapshot = ctx.snapshot
-        return scoring.spread_scores(snapshot.free[rows], snapshot.total[rows], ctx.demand)
+    return PackingScorer("spread", scoring.spread_scores)
 
 
 class AvoidGpuAgents:

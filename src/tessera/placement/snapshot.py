@@ -13,7 +13,7 @@ from tessera.model.resources import Resources
 from tessera.placement.attributes import AttributeColumn
 from tessera.placement.ports import PortTable
 from tessera.placement.tasks import AppCounts, RunningTask, TaskTable
-from tessera.placement.types import RESOURCE_NAMES, BoolArray, FloatArray
+from tessera.placement.types import RESOURCE_NAMES, BoolArray, FloatArray, IntArray
 
 UNRESERVED = "*"
 _T = TypeVar("_T")
@@ -75,6 +75,10 @@ class Snapshot:
         self.role_allocated: dict[str, FloatArray] = {}
         self._missing: dict[str, AttributeColumn] = {}
         self.cache: dict[object, object] = {}
+        # Bumped on every change to an agent, so derived per-agent values refresh only there.
+        self.version = 0
+        self.row_version: IntArray = np.zeros(len(described), dtype=np.int64)
+        self._total_capacity: FloatArray = self.total[self.active].sum(axis=0)
         for row, agent in enumerate(described):
             for task in agent.tasks:
                 self.add_task(row, task)
@@ -98,7 +102,7 @@ class Snapshot:
 
     def total_capacity(self) -> FloatArray:
         """Summed resources of the agents that can take work (the DRF denominator)."""
-        return self.total[self.active].sum(axis=0)  # type: ignore[no-any-return]
+        return self._total_capacity
 
     def attribute(self, name: str) -> AttributeColumn:
         """The column for an attribute; one no agent has is all MISSING."""
@@ -122,8 +126,13 @@ class Snapshot:
             allocated = self.role_allocated[role] = np.zeros(len(RESOURCE_NAMES))
         return allocated
 
+    def touch(self, row: int) -> None:
+        self.version += 1
+        self.row_version[row] = self.version
+
     def add_task(self, row: int, task: RunningTask) -> None:
         """Record a running task: its resources, ports, app count and role share."""
+        self.touch(row)
         demand = task.demand()
         self.free[row] -= demand
         self._take_ports(row, task.ports)
@@ -140,6 +149,7 @@ class Snapshot:
 
     def commit(self, row: int, key: str, role: str, demand: FloatArray, copies: int) -> None:
         """Charge `copies` tasks of app `key` to agent `row` (ports are taken separately)."""
+        self.touch(row)
         self.free[row] -= demand * copies
         self.apps.add(key, row, copies)
         self.allocated(role)[:] += demand * copies
@@ -148,6 +158,7 @@ class Snapshot:
         """Remove running task `index` of the task table, returning what it held."""
         task = self.tasks.tasks[index]
         row = self.tasks.agent[index]
+        self.touch(row)
         demand = task.demand()
         self.free[row] += demand
         self.ports.release(row, task.ports)
