@@ -1,0 +1,621 @@
+"""The agent's task executor: runs each task as an isolated process tree, watches, kills, recovers.
+
+A task is `/bin/sh tessera-task.sh` (see `exec_spawn`) in its own session and cgroup(s), in
+`<work_dir>/sandboxes/<task_id>/` with `stdout` and `stderr` there, as an unprivileged user.
+The agent watches each wrapper with a pidfd on the event loop (no thread, no polling), which
+works for processes that are not its children too: after an agent restart, `recover()`
+re-adopts the live tasks and reads how the others ended from their checkpoint directory.
+Tasks never die with the agent; `close()` only stops watching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from tessera.agent.cgroup_files import CgroupLimits
+from tessera.agent.cgroups import TaskCgroup, clean_prefix, select_driver
+from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
+from tessera.agent.exec_outcome import Evidence, decide_exit, last_line, parse_status
+from tessera.agent.exec_spawn import (
+    WRAPPER_NAME,
+    WRAPPER_SCRIPT,
+    RunAs,
+    command_line,
+    current_user,
+    lookup_user,
+    spawn_wrapper,
+    task_environment,
+)
+from tessera.agent.exec_types import (
+    DEFAULT_TASK_USER,
+    REASON_AGENT_RESTARTED,
+    LaunchFailed,
+    LaunchSpec,
+    RecoveredTask,
+    RunningTask,
+    TaskExit,
+    TaskUsage,
+    UnknownTask,
+    check_task_id,
+)
+
+__all__ = [
+    "Executor",
+    "LaunchFailed",
+    "LaunchSpec",
+    "RecoveredTask",
+    "RunningTask",
+    "TaskExit",
+    "TaskUsage",
+    "UnknownTask",
+]
+
+log = logging.getLogger(__name__)
+
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_LEFTOVER_DEADLINE = 10.0
+_ISOLATIONS = ("auto", "cgroups", "none")
+
+
+class _Task:
+    """The executor's live record of one task (mutable: it follows the task's life)."""
+
+    __slots__ = ("cgroup", "checkpoint", "done", "exited", "kill_requested", "killer", "pidfd")
+
+    def __init__(self, checkpoint: TaskCheckpoint, cgroup: TaskCgroup | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.checkpoint = checkpoint
+        self.cgroup = cgroup
+        self.pidfd: int | None = None
+        self.exited: asyncio.Future[None] = loop.create_future()  # the wrapper ended
+        self.done: asyncio.Future[TaskExit] = loop.create_future()  # nothing of it is left
+        self.kill_requested = False
+        self.killer: asyncio.Task[None] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.checkpoint.task_id
+
+    @property
+    def pid(self) -> int:
+        return self.checkpoint.pid
+
+
+class Executor:
+    """Launches and supervises the tasks of one agent.
+
+    `default_user`: who tasks run as when their spec names nobody; None means "nobody".
+    A root agent switches users with `setpriv`; an agent that is not root cannot, so every
+    task runs as the agent's own user and `isolation_info()` says so. `isolation`: "auto"
+    uses cgroups when a writable hierarchy exists and warns otherwise, "cgroups" refuses to
+    start without them (CgroupsUnavailable), "none" uses process groups only.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        cgroup_prefix: str = "tessera",
+        default_user: str | None = None,
+        isolation: str = "auto",
+    ) -> None:
+        if isolation not in _ISOLATIONS:
+            raise ValueError(f"isolation must be one of {', '.join(_ISOLATIONS)}")
+        self._sandboxes = Path(work_dir) / "sandboxes"
+        self._sandboxes.mkdir(parents=True, exist_ok=True)
+        self._meta = MetaStore(Path(work_dir) / "meta" / "tasks")
+        self._wrapper = self._install_wrapper(Path(work_dir) / "meta" / WRAPPER_NAME)
+        detection = select_driver(isolation, clean_prefix(cgroup_prefix))
+        self._driver = detection.driver
+        self._cgroup_note = detection.reason
+        self._me = current_user()
+        self._can_switch = self._me.uid == 0
+        self._setpriv = shutil.which("setpriv") if self._can_switch else None
+        self._default_user = (default_user or DEFAULT_TASK_USER) if self._can_switch else None
+        self._requested_user = default_user
+        self._users: dict[str, RunAs] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._exits: dict[str, TaskExit] = {}
+        self._finishers: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def _install_wrapper(path: Path) -> str:
+        if not path.exists() or path.read_text() != WRAPPER_SCRIPT:
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(WRAPPER_SCRIPT)
+            os.replace(temporary, path)
+        return str(path)
+
+    # ---- what the agent reports ----------------------------------------------------------
+
+    def isolation_info(self) -> dict[str, object]:
+        """How tasks are isolated here; `warning` is set when isolation is weaker than asked."""
+        warnings = []
+        if self._driver is None:
+            warnings.append(
+                f"NO CGROUP ISOLATION ({self._cgroup_note}): tasks run in process groups only, "
+                "without cpu, memory or pids limits, and a task that leaves its session "
+                "escapes kill"
+            )
+        if not self._can_switch:
+            warnings.append(
+                f"the agent is not root: every task runs as {self._me.name!r}"
+                + (f", not {self._requested_user!r}" if self._requested_user else "")
+            )
+        elif self._setpriv is None:
+            warnings.append("setpriv (util-linux) not found: tasks cannot switch user")
+        return {
+            "cgroups": self._driver.version if self._driver else None,
+            "cgroup_detail": self._driver.describe() if self._driver else None,
+            "user_switching": self._can_switch and self._setpriv is not None,
+            "default_user": self._default_user or self._me.name,
+            "warning": "; ".join(warnings) or None,
+        }
+
+    def running(self) -> list[str]:
+        return list(self._tasks)
+
+    def sandbox(self, task_id: str) -> Path:
+        return self._sandboxes / check_task_id(task_id)
+
+    def usage(self, task_id: str) -> TaskUsage:
+        task = self._live(task_id)
+        if task.cgroup is not None:
+            used = task.cgroup.usage()
+            return TaskUsage(
+                used.cpu_seconds, used.mem_bytes, used.mem_limit_bytes, used.pids, "cgroup"
+            )
+        return _procfs_usage(task.pid)
+
+    # ---- launch ----------------------------------------------------------------------------
+
+    async def launch(self, spec: LaunchSpec) -> RunningTask:
+        """Start the task; returns once its process tree exists (a launch is idempotent by ID).
+
+        Raises LaunchFailed when nothing could start: unknown user, missing executable (args
+        form), sandbox, cgroup or checkpoint failure, or the ID was used before. A command
+        run through the shell (`command`) that is not found starts a shell, which exits 127:
+        that ends TASK_FAILED with the shell's error through `wait()`.
+        """
+        known = self._tasks.get(spec.task_id)
+        if known is not None:
+            return self._describe(known)
+        try:
+            task = self._start(spec)
+        except LaunchFailed as failure:
+            self._exits.setdefault(spec.task_id, failure.exit)
+            raise
+        self._tasks[spec.task_id] = task
+        self._watch(task)
+        return self._describe(task)
+
+    def _start(self, spec: LaunchSpec) -> _Task:
+        run_as = self._run_as(spec.user)
+        switch = self._setpriv if run_as.uid != self._me.uid else None
+        argv = command_line(spec, run_as, switch)
+        try:
+            self._meta.create(spec.task_id)
+        except FileExistsError:
+            raise LaunchFailed(f"task {spec.task_id} was already launched on this agent") from None
+        except OSError as error:
+            raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
+        try:
+            return self._spawn(spec, run_as, argv)
+        except BaseException:
+            self._meta.forget(spec.task_id)
+            raise
+
+    def _spawn(self, spec: LaunchSpec, run_as: RunAs, argv: list[str]) -> _Task:
+        sandbox = self.sandbox(spec.task_id)
+        stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as)
+        cgroup = None
+        try:
+            cgroup = self._make_cgroup(spec)
+            pid = spawn_wrapper(
+                self._wrapper,
+                status_file=str(self._meta.status_path(spec.task_id)),
+                sandbox=str(sandbox),
+                procs_files=cgroup.procs_files if cgroup else (),
+                argv=argv,
+                env=task_environment(spec, run_as, str(sandbox)),
+                stdout_fd=stdout_fd,
+                stderr_fd=stderr_fd,
+            )
+        except OSError as error:
+            if cgroup is not None:
+                cgroup.remove()
+            raise LaunchFailed(f"cannot start the task: {error}") from None
+        finally:
+            os.close(stdout_fd)
+            os.close(stderr_fd)
+        checkpoint = TaskCheckpoint(
+            task_id=spec.task_id,
+            pid=pid,
+            start_ticks=process_start_ticks(pid),
+            boot_id=boot_id(),
+            sandbox=str(sandbox),
+            cgroups=cgroup.paths if cgroup else (),
+            user=run_as.name,
+            mem_mib=spec.mem,
+            kill_grace_seconds=spec.kill_grace_seconds,
+            started_at=time.time(),
+        )
+        try:
+            self._meta.write_checkpoint(checkpoint)
+        except OSError as error:
+            _abort(pid, cgroup)
+            raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
+        return _Task(checkpoint, cgroup)
+
+    def _run_as(self, user: str | None) -> RunAs:
+        if not self._can_switch:
+            return self._me
+        name = user or self._default_user or DEFAULT_TASK_USER
+        run_as = self._users.get(name)
+        if run_as is None:
+            run_as = self._users[name] = lookup_user(name)
+        if run_as.uid != self._me.uid and self._setpriv is None:
+            raise LaunchFailed(f"cannot run as {name!r}: setpriv (util-linux) is not installed")
+        return run_as
+
+    def _make_sandbox(self, sandbox: Path, run_as: RunAs) -> tuple[int, int]:
+        chown = run_as.uid != self._me.uid
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sandbox, 0o750)
+            if chown:
+                os.chown(sandbox, run_as.uid, run_as.gid)
+            stdout_fd = os.open(sandbox / "stdout", _LOG_FLAGS, 0o640)
+        except OSError as error:
+            raise LaunchFailed(f"cannot create the sandbox {sandbox}: {error.strerror}") from None
+        try:
+            stderr_fd = os.open(sandbox / "stderr", _LOG_FLAGS, 0o640)
+            if chown:
+                os.fchown(stdout_fd, run_as.uid, run_as.gid)
+                os.fchown(stderr_fd, run_as.uid, run_as.gid)
+        except OSError as error:
+            os.close(stdout_fd)
+            raise LaunchFailed(f"cannot create the sandbox {sandbox}: {error.strerror}") from None
+        return stdout_fd, stderr_fd
+
+    def _make_cgroup(self, spec: LaunchSpec) -> TaskCgroup | None:
+        if self._driver is None:
+            return None
+        limits = CgroupLimits(spec.cpus, spec.mem, spec.cpu_hard_limit, spec.pids_limit)
+        try:
+            return self._driver.create(spec.task_id, limits)
+        except OSError as error:
+            raise LaunchFailed(f"cannot create the task's cgroup: {error}") from None
+
+    def _describe(self, task: _Task) -> RunningTask:
+        checkpoint = task.checkpoint
+        return RunningTask(
+            task_id=checkpoint.task_id,
+            pid=checkpoint.pid,
+            sandbox=Path(checkpoint.sandbox),
+            cgroups=checkpoint.cgroups,
+            started_at=checkpoint.started_at,
+            user=checkpoint.user,
+        )
+
+    # ---- watching and the end of a task ----------------------------------------------------
+
+    def _watch(self, task: _Task) -> None:
+        """Watch the wrapper's pidfd; raises ProcessLookupError when it is already gone."""
+        task.pidfd = os.pidfd_open(task.pid)
+        asyncio.get_running_loop().add_reader(task.pidfd, self._on_wrapper_exit, task)
+
+    def _unwatch(self, task: _Task) -> None:
+        if task.pidfd is not None:
+            asyncio.get_running_loop().remove_reader(task.pidfd)
+            os.close(task.pidfd)
+            task.pidfd = None
+
+    def _on_wrapper_exit(self, task: _Task) -> None:
+        self._unwatch(task)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(task.pid, os.WNOHANG)  # reap it if it is our child
+        if not task.exited.done():
+            task.exited.set_result(None)
+        finisher = asyncio.get_running_loop().create_task(self._finish(task))
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finished)
+
+    def _finished(self, finisher: asyncio.Task[None]) -> None:
+        self._finishers.discard(finisher)
+        if not finisher.cancelled() and finisher.exception() is not None:
+            log.error("finishing a task failed", exc_info=finisher.exception())
+
+    async def _finish(self, task: _Task) -> None:
+        """Kill what is left of the task, decide how it ended, checkpoint that, free its cgroup."""
+        evidence = self._evidence(task.checkpoint, task.cgroup, task.kill_requested)
+        await _kill_leftovers(task)
+        result = decide_exit(evidence)
+        try:
+            self._meta.write_exit(task.task_id, result)
+        except OSError as error:
+            log.error("task %s: cannot checkpoint its exit: %s", task.task_id, error)
+        if task.cgroup is not None and not task.cgroup.remove():
+            log.warning("task %s: cgroup still busy, left in place", task.task_id)
+        self._tasks.pop(task.task_id, None)
+        self._exits[task.task_id] = result
+        if not task.done.done():
+            task.done.set_result(result)
+
+    def _evidence(
+        self, checkpoint: TaskCheckpoint, cgroup: TaskCgroup | None, kill_requested: bool
+    ) -> Evidence:
+        text = self._meta.read_status(checkpoint.task_id)
+        status = parse_status(text) if text else None
+        evidence = Evidence(
+            status=status,
+            kill_requested=kill_requested or self._meta.kill_requested(checkpoint.task_id),
+            oom_kills=cgroup.oom_kills() if cgroup else 0,
+            limit_hits=cgroup.limit_hits() if cgroup else 0,
+            mem_mib=checkpoint.mem_mib,
+            wrapper_pid=checkpoint.pid,
+        )
+        if status is None or status.setup_failed or status.exit_status in (126, 127):
+            tail = last_line(_tail(Path(checkpoint.sandbox) / "stderr"))
+            evidence = replace(evidence, stderr_tail=tail)
+        return evidence
+
+    async def wait(self, task_id: str) -> TaskExit:
+        """How the task ended, once nothing of it runs any more (its cgroup is gone)."""
+        result = self._exits.get(task_id)
+        if result is not None:
+            return result
+        return await asyncio.shield(self._live(task_id).done)
+
+    # ---- kill --------------------------------------------------------------------------------
+
+    async def kill(self, task_id: str, grace: float | None = None) -> None:
+        """SIGTERM every process of the task, wait `grace` (default: the spec's) for it to
+        end, then SIGKILL until nothing is left. `wait()` then yields TASK_KILLED."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            if task_id in self._exits:
+                return
+            raise UnknownTask(task_id)
+        if task.killer is None:
+            task.killer = asyncio.get_running_loop().create_task(self._kill(task, grace))
+        await asyncio.shield(task.killer)
+
+    async def _kill(self, task: _Task, grace: float | None) -> None:
+        task.kill_requested = True
+        try:
+            self._meta.mark_kill(task.task_id)
+        except OSError as error:
+            log.error("task %s: cannot checkpoint the kill: %s", task.task_id, error)
+        if grace is None:
+            grace = task.checkpoint.kill_grace_seconds
+        if not task.exited.done():
+            _signal_task(task, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(task.exited), max(grace, 0.0))
+            except TimeoutError:
+                _signal_task(task, signal.SIGKILL)
+        await asyncio.shield(task.done)
+
+    def _live(self, task_id: str) -> _Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTask(task_id)
+        return task
+
+    # ---- agent restart -----------------------------------------------------------------------
+
+    def checkpointed(self) -> list[RecoveredTask]:
+        """Every task in the checkpoint, and whether it still runs (a read, changes nothing).
+
+        A task whose wrapper is gone carries its real exit: the exit status its wrapper
+        recorded, the OOM counters of its cgroup, or TASK_LOST when the host rebooted.
+        """
+        found = []
+        for task_id in self._meta.task_ids():
+            checkpoint = self._meta.read_checkpoint(task_id)
+            if checkpoint is not None:
+                found.append(self._inspect(checkpoint))
+        return found
+
+    def _inspect(self, checkpoint: TaskCheckpoint) -> RecoveredTask:
+        task_id = checkpoint.task_id
+        result = self._exits.get(task_id) or self._meta.read_exit(task_id)
+        alive = result is None and task_id in self._tasks
+        if result is None and not alive:
+            if checkpoint.boot_id != boot_id():
+                result = _lost(checkpoint)
+            elif _same_process(checkpoint):
+                alive = True
+            else:
+                result = decide_exit(self._evidence(checkpoint, self._attach(checkpoint), False))
+        return RecoveredTask(task_id, checkpoint.pid, Path(checkpoint.sandbox), alive, result)
+
+    async def recover(self) -> list[RecoveredTask]:
+        """Re-adopt live tasks (same pids) and settle the ones that ended while we were down.
+
+        Afterwards `running()`, `wait()`, `kill()` and `usage()` work for every task returned;
+        `wait()` on a task that ended meanwhile returns its real exit at once. Also kills
+        orphans: processes in cgroups under our prefix that no checkpoint accounts for.
+        """
+        recovered = self.checkpointed()
+        for found in recovered:
+            if found.task_id in self._tasks or found.task_id in self._exits:
+                continue
+            checkpoint = self._meta.read_checkpoint(found.task_id)
+            assert checkpoint is not None
+            task = _Task(checkpoint, self._attach(checkpoint))
+            if found.alive and self._adopt(task):
+                continue
+            settled = self._meta.read_exit(found.task_id)
+            if settled is None and found.exit is not None and found.exit.state == "TASK_LOST":
+                settled = found.exit
+                self._meta.write_exit(found.task_id, settled)
+            if settled is None:
+                task.exited.set_result(None)
+                await self._finish(task)
+                continue
+            if task.cgroup is not None:  # a cleanup cut short by the agent's death
+                await _empty(task.cgroup, found.task_id)
+                task.cgroup.remove()
+            self._exits[found.task_id] = settled
+        await self._kill_orphans()
+        return [self._inspect_known(found) for found in recovered]
+
+    def _inspect_known(self, found: RecoveredTask) -> RecoveredTask:
+        result = self._exits.get(found.task_id)
+        if found.alive and result is None:
+            return found
+        return RecoveredTask(found.task_id, found.pid, found.sandbox, False, result)
+
+    def _adopt(self, task: _Task) -> bool:
+        try:
+            self._watch(task)
+        except ProcessLookupError:
+            return False
+        # The pidfd pins the pid: checking the start time now is free of races.
+        if not _same_process(task.checkpoint):
+            self._unwatch(task)
+            return False
+        self._tasks[task.task_id] = task
+        return True
+
+    def _attach(self, checkpoint: TaskCheckpoint) -> TaskCgroup | None:
+        if self._driver is None or not checkpoint.cgroups:
+            return None
+        return self._driver.attach(checkpoint.task_id)
+
+    async def _kill_orphans(self) -> None:
+        if self._driver is None:
+            return
+        for name in self._driver.names():
+            if name in self._tasks:
+                continue
+            cgroup = self._driver.attach(name)
+            if cgroup is None:
+                continue
+            if cgroup.pids():
+                log.warning("killing orphan processes in cgroup %s", cgroup.paths[0])
+            await _empty(cgroup, name)
+            cgroup.remove()
+
+    def forget(self, task_id: str) -> None:
+        """Drop an ended task's checkpoint (after its terminal update was acknowledged)."""
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} is still running")
+        self._exits.pop(task_id, None)
+        self._meta.forget(check_task_id(task_id))
+
+    async def close(self) -> None:
+        """Stop watching. Tasks keep running; a new Executor's `recover()` adopts them."""
+        for task in list(self._tasks.values()):
+            self._unwatch(task)
+            if task.killer is not None:
+                task.killer.cancel()
+            task.done.cancel()
+        for finisher in list(self._finishers):
+            finisher.cancel()  # safe: the exit is checkpointed before the cgroup goes
+        self._tasks.clear()
+
+
+# ---- helpers without executor state ---------------------------------------------------------
+
+
+def _signal_task(task: _Task, sig: signal.Signals) -> None:
+    """SIGTERM spares the wrapper (it must record the exit status); SIGKILL spares nothing.
+
+    In its first instants the wrapper may not have joined its cgroup yet, or not have started
+    the command: then its process group (the whole task so far) is signalled instead.
+    """
+    if task.cgroup is not None:
+        if sig == signal.SIGKILL:
+            task.cgroup.kill()
+        elif task.cgroup.signal(sig, spare=task.pid):
+            return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(task.pid, sig)  # the wrapper traps SIGTERM once it runs the command
+
+
+async def _kill_leftovers(task: _Task) -> None:
+    if task.cgroup is not None:
+        await _empty(task.cgroup, task.task_id)
+        return
+    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(task.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    log.warning("task %s: process group %d survives SIGKILL", task.task_id, task.pid)
+
+
+async def _empty(cgroup: TaskCgroup, name: str) -> None:
+    """SIGKILL everything in the cgroup until it is empty (bounded by a deadline)."""
+    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
+    while cgroup.kill():
+        if time.monotonic() > deadline:
+            log.warning("task %s: processes survive SIGKILL in %s", name, cgroup.paths[0])
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _abort(pid: int, cgroup: TaskCgroup | None) -> None:
+    """Undo a launch that cannot be checkpointed: kill the fresh task and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    if cgroup is not None:
+        cgroup.kill()
+        cgroup.remove()
+
+
+def _same_process(checkpoint: TaskCheckpoint) -> bool:
+    """Is the checkpointed wrapper still running, and not another process with its pid?"""
+    ticks = process_start_ticks(checkpoint.pid)
+    return ticks is not None and ticks == checkpoint.start_ticks
+
+
+def _lost(checkpoint: TaskCheckpoint) -> TaskExit:
+    message = f"the host rebooted since the task started (pid {checkpoint.pid}); it is gone"
+    return TaskExit("TASK_LOST", REASON_AGENT_RESTARTED, message)
+
+
+def _procfs_usage(pid: int) -> TaskUsage:
+    """Usage without cgroups: the wrapper and its descendants (escapees are not counted)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return TaskUsage(0.0, 0, None, 0, "procfs")
+    cpu, memory, count = 0.0, 0, 0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            cpu += times.user + times.system
+            memory += process.memory_info().rss
+            count += 1
+        except psutil.Error:
+            continue
+    return TaskUsage(cpu, memory, None, count, "procfs")
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - size))
+            return handle.read().decode(errors="replace")
+    except OSError:
+        return ""
