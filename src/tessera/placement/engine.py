@@ -35,7 +35,7 @@ def _commit(ctx: Context, rows: IndexArray, copies: IntArray, plan: _PlanBuilder
     instance = request.first_instance + request.count - ctx.remaining
     placed = 0
     for row, count in zip(rows.tolist(), copies.tolist(), strict=True):
-        snapshot.commit(row, request.key, request.role, ctx.demand, count)
+        snapshot.commit(row, request.app, request.role, ctx.demand, count)
         agent_id = snapshot.agent_ids[row]
         if request.ports:
             for _ in range(count):

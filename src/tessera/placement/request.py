@@ -24,7 +24,8 @@ class Request:
 
     `ports` are Marathon's `portDefinitions[].port`: without `require_ports` each one asks
     for a dynamic host port; with it, non-zero ports are the exact host ports to use.
-    Instances are numbered from `first_instance`.
+    Instances are numbered from `first_instance`. Constraints count the running tasks of
+    `app_id` (default: `key`), so several requests of one app may use distinct keys.
     """
 
     key: str
@@ -36,6 +37,7 @@ class Request:
     role: str = "*"
     priority: int = 0
     first_instance: int = 0
+    app_id: str = ""
 
     def __post_init__(self) -> None:
         if self.count < 0:
@@ -49,6 +51,11 @@ class Request:
         fixed = self.fixed_ports
         if len(set(fixed)) != len(fixed):
             raise ValueError(f"request {self.key}: required host ports must be distinct")
+
+    @property
+    def app(self) -> str:
+        """The app whose tasks constraints count."""
+        return self.app_id or self.key
 
     @property
     def fixed_ports(self) -> tuple[int, ...]:

@@ -84,7 +84,7 @@ def static_mask(snapshot: Snapshot, request: Request) -> BoolArray | None:
             )
         ]
         if constraint.operator is Operator.CLUSTER and constraint.value is None:
-            masks.append(_cluster_existing(snapshot, column, request.key))
+            masks.append(_cluster_existing(snapshot, column, request.app))
         for part in masks:
             if part is not None:
                 mask = part if mask is None else mask & part
@@ -143,7 +143,7 @@ def value_limits(
         if operator not in _PER_VALUE and not clustered:
             continue
         column = snapshot.attribute(constraint.field)
-        existing = column.counts_per_value(snapshot.apps.per_agent(request.key))
+        existing = column.counts_per_value(snapshot.apps.per_agent(request.app))
         if operator is Operator.UNIQUE:
             remaining = (existing == 0).astype(np.int64)
         elif operator is Operator.MAX_PER:

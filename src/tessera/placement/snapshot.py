@@ -147,11 +147,11 @@ class Snapshot:
         if held:
             self.ports.take(row, held, 0)
 
-    def commit(self, row: int, key: str, role: str, demand: FloatArray, copies: int) -> None:
-        """Charge `copies` tasks of app `key` to agent `row` (ports are taken separately)."""
+    def commit(self, row: int, app_id: str, role: str, demand: FloatArray, copies: int) -> None:
+        """Charge `copies` tasks of an app to agent `row` (ports are taken separately)."""
         self.touch(row)
         self.free[row] -= demand * copies
-        self.apps.add(key, row, copies)
+        self.apps.add(app_id, row, copies)
         self.allocated(role)[:] += demand * copies
 
     def evict(self, index: int) -> RunningTask:
