@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tessera.placement.attributes import MISSING
 from tessera.placement.types import FloatArray, IntArray
 
 Limits = Sequence[tuple[IntArray, IntArray, bool]]
@@ -45,7 +44,7 @@ def water_fill(existing: IntArray, count: int, preference: FloatArray) -> IntArr
 
 def clip_to_limit(alloc: IntArray, codes: IntArray, remaining: IntArray, unique: bool) -> IntArray:
     """Keep each value within its remaining limit, earlier (better) agents served first."""
-    limit = np.where(codes != MISSING, remaining[codes], 0)
+    limit: IntArray = np.append(remaining, 0)[codes]  # the appended 0 answers MISSING (-1)
     if unique:
         return np.minimum(alloc, limit)
     order = np.argsort(codes, kind="stable")

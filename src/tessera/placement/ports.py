@@ -57,6 +57,6 @@ class PortTable:
         return chosen
 
     def release(self, row: int, ports: Iterable[int]) -> None:
-        columns = [c for c in self._columns(ports) if not self.free[row, c]]
+        columns = sorted({c for c in self._columns(ports) if not self.free[row, c]})
         self.free[row, columns] = True
         self.counts[row] += len(columns)

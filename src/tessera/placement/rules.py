@@ -160,5 +160,6 @@ def value_limits(
 
 def per_agent_limit(limit: ValueLimit) -> IntArray:
     """The value limit seen from each agent (0 for agents lacking the attribute)."""
-    codes = limit.column.codes
-    return np.where(codes != MISSING, limit.remaining[codes], 0)
+    # The appended 0 answers for MISSING (-1) codes.
+    per_agent: IntArray = np.append(limit.remaining, 0)[limit.column.codes]
+    return per_agent

@@ -143,7 +143,9 @@ class Snapshot:
     def _take_ports(self, row: int, ports: tuple[int, ...]) -> None:
         columns = self.ports.free.shape[1]
         base = self.ports.base
-        held = [p for p in ports if 0 <= p - base < columns and self.ports.free[row, p - base]]
+        held = sorted(
+            {p for p in ports if 0 <= p - base < columns and self.ports.free[row, p - base]}
+        )
         if held:
             self.ports.take(row, held, 0)
 

@@ -1,0 +1,140 @@
+"""The engine end to end: group placement, binpack vs spread, snapshot reuse, numbering."""
+
+from collections import Counter
+
+import numpy as np
+
+from tessera.model.resources import Resources
+from tessera.placement import (
+    AgentDescription,
+    Plan,
+    Policy,
+    Request,
+    RunningTask,
+    Snapshot,
+    Strategy,
+    place,
+)
+from tessera.placement.context import Context
+from tessera.placement.scorers import binpack_scorer
+
+
+def agents(n: int, cpus: float = 4) -> list[AgentDescription]:
+    return [AgentDescription(f"a{i}", f"h{i}", Resources(cpus=cpus, mem=4096)) for i in range(n)]
+
+
+def per_agent(plan: Plan) -> Counter[str]:
+    return Counter(p.agent_id for p in plan.placements)
+
+
+def test_binpack_fills_agents_one_after_another() -> None:
+    plan = place(Snapshot.build(agents(4)), [Request("/x", 6, Resources(cpus=1))])
+    assert sorted(per_agent(plan).values()) == [2, 4]
+
+
+def test_binpack_prefers_the_fuller_agent() -> None:
+    snapshot = Snapshot.build(
+        [
+            AgentDescription("empty", "h0", Resources(cpus=4, mem=4096)),
+            AgentDescription(
+                "half", "h1", Resources(cpus=4, mem=4096), used=Resources(cpus=2, mem=2048)
+            ),
+        ]
+    )
+    plan = place(snapshot, [Request("/x", 1, Resources(cpus=1, mem=100))])
+    assert plan.placements[0].agent_id == "half"
+
+
+def test_spread_deals_tasks_evenly() -> None:
+    plan = place(
+        Snapshot.build(agents(4)), [Request("/x", 6, Resources(cpus=1))], Policy(Strategy.SPREAD)
+    )
+    assert sorted(per_agent(plan).values()) == [1, 1, 2, 2]
+
+
+def test_spread_prefers_the_emptier_agent() -> None:
+    snapshot = Snapshot.build(
+        [
+            AgentDescription(
+                "half", "h1", Resources(cpus=4, mem=4096), used=Resources(cpus=2, mem=2048)
+            ),
+            AgentDescription("empty", "h0", Resources(cpus=4, mem=4096)),
+        ]
+    )
+    plan = place(snapshot, [Request("/x", 1, Resources(cpus=1, mem=100))], Policy(Strategy.SPREAD))
+    assert plan.placements[0].agent_id == "empty"
+
+
+def test_gpu_agents_are_kept_for_gpu_tasks() -> None:
+    snapshot = Snapshot.build(
+        [
+            AgentDescription(
+                "gpu", "h0", Resources(cpus=4, mem=4096, gpus=1), used=Resources(cpus=3)
+            ),
+            AgentDescription("cpu", "h1", Resources(cpus=4, mem=4096)),
+        ]
+    )
+    plan = place(
+        snapshot, [Request("/x", 1, Resources(cpus=1)), Request("/g", 1, Resources(cpus=1, gpus=1))]
+    )
+    assert {p.key: p.agent_id for p in plan.placements} == {"/x": "cpu", "/g": "gpu"}
+
+
+def test_the_snapshot_carries_placements_into_the_next_call() -> None:
+    snapshot = Snapshot.build(agents(1))
+    assert len(place(snapshot, [Request("/x", 3, Resources(cpus=1))]).placements) == 3
+    second = place(snapshot, [Request("/x", 3, Resources(cpus=1))])
+    assert len(second.placements) == 1
+    assert float(snapshot.free[0, 0]) == 0.0
+
+
+def test_instances_are_numbered_from_first_instance() -> None:
+    plan = place(
+        Snapshot.build(agents(2)), [Request("/x", 5, Resources(cpus=1), first_instance=10)]
+    )
+    assert [p.instance for p in plan.placements] == [10, 11, 12, 13, 14]
+
+
+def test_empty_and_zero_requests() -> None:
+    snapshot = Snapshot.build(agents(1))
+    assert place(snapshot, []) == Plan()
+    assert place(snapshot, [Request("/x", 0, Resources(cpus=1))]) == Plan()
+    assert (
+        place(Snapshot.build([]), [Request("/x", 1, Resources(cpus=1))]).unplaced[0].reasons == {}
+    )
+
+
+def test_tasks_without_resources_still_place() -> None:
+    plan = place(Snapshot.build(agents(2)), [Request("/x", 3, Resources())])
+    assert len(plan.placements) == 3
+
+
+def test_score_cache_follows_changes_to_agents() -> None:
+    snapshot = Snapshot.build(agents(3))
+    request = Request("/x", 1, Resources(cpus=1))
+    context = Context(snapshot, request, request.demand(), 1)
+    scorer = binpack_scorer()
+    rows = np.arange(3)
+    before = scorer.scores(context, rows)
+    assert before is not None
+    snapshot.add_task(1, RunningTask("t", "/y", Resources(cpus=2)))
+    after = scorer.scores(context, rows)
+    fresh = binpack_scorer().function(snapshot.free, snapshot.total, request.demand())
+    assert after is not None
+    assert np.allclose(after, fresh)
+    assert after[1] > before[1]
+
+
+def test_plan_to_json() -> None:
+    plan = place(Snapshot.build(agents(1)), [Request("/x", 5, Resources(cpus=1))])
+    data = plan.to_json()
+    assert data["placements"][0] == {"app": "/x", "instance": 0, "agent": "a0", "ports": []}
+    assert data["unplaced"] == [{"app": "/x", "count": 1, "reasons": {"InsufficientCpus": 1}}]
+    assert data["evictions"] == []
+
+
+def test_duplicate_agent_ids_are_rejected() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unique"):
+        Snapshot.build(agents(1) * 2)
