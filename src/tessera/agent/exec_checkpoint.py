@@ -31,10 +31,11 @@ def boot_id() -> str:
     return _boot_id
 
 
-def process_start_ticks(pid: int) -> int | None:
+def process_start_ticks(pid: int, *, running_only: bool = False) -> int | None:
     """The process' start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
 
-    Together with the boot ID it tells our task from an unrelated process that reused its pid.
+    Together with the boot ID it tells our task from an unrelated process that reused its
+    pid. `running_only` treats a zombie (ended, not yet reaped) as gone.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -43,6 +44,8 @@ def process_start_ticks(pid: int) -> int | None:
         return None
     # The command name may contain spaces and parentheses; fields after the last ')' are fixed.
     fields = stat.rpartition(b")")[2].split()
+    if running_only and fields[:1] == [b"Z"]:
+        return None
     try:
         return int(fields[19])
     except (IndexError, ValueError):

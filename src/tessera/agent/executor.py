@@ -345,8 +345,8 @@ class Executor:
             self._meta.write_exit(task.task_id, result)
         except OSError as error:
             log.error("task %s: cannot checkpoint its exit: %s", task.task_id, error)
-        if task.cgroup is not None and not task.cgroup.remove():
-            log.warning("task %s: cgroup still busy, left in place", task.task_id)
+        if task.cgroup is not None:
+            await _remove(task.cgroup, task.task_id)
         self._tasks.pop(task.task_id, None)
         self._exits[task.task_id] = result
         if not task.done.done():
@@ -462,12 +462,13 @@ class Executor:
                 settled = found.exit
                 self._meta.write_exit(found.task_id, settled)
             if settled is None:
+                _reap_if_ours(checkpoint)
                 task.exited.set_result(None)
                 await self._finish(task)
                 continue
             if task.cgroup is not None:  # a cleanup cut short by the agent's death
                 await _empty(task.cgroup, found.task_id)
-                task.cgroup.remove()
+                await _remove(task.cgroup, found.task_id)
             self._exits[found.task_id] = settled
         await self._kill_orphans()
         return [self._inspect_known(found) for found in recovered]
@@ -507,7 +508,7 @@ class Executor:
             if cgroup.pids():
                 log.warning("killing orphan processes in cgroup %s", cgroup.paths[0])
             await _empty(cgroup, name)
-            cgroup.remove()
+            await _remove(cgroup, name)
 
     def forget(self, task_id: str) -> None:
         """Drop an ended task's checkpoint (after its terminal update was acknowledged)."""
@@ -572,6 +573,17 @@ async def _empty(cgroup: TaskCgroup, name: str) -> None:
         delay = min(delay * 2, 0.1)
 
 
+async def _remove(cgroup: TaskCgroup, name: str) -> None:
+    """rmdir the cgroup; the kernel may hold it busy for a moment after its last process."""
+    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
+    while not cgroup.remove():
+        if time.monotonic() > deadline:
+            log.warning("task %s: cgroup %s stays busy, left in place", name, cgroup.paths[0])
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def _abort(pid: int, cgroup: TaskCgroup | None) -> None:
     """Undo a launch that cannot be checkpointed: kill the fresh task and reap it."""
     with contextlib.suppress(ProcessLookupError):
@@ -584,8 +596,16 @@ def _abort(pid: int, cgroup: TaskCgroup | None) -> None:
 
 def _same_process(checkpoint: TaskCheckpoint) -> bool:
     """Is the checkpointed wrapper still running, and not another process with its pid?"""
-    ticks = process_start_ticks(checkpoint.pid)
+    ticks = process_start_ticks(checkpoint.pid, running_only=True)
     return ticks is not None and ticks == checkpoint.start_ticks
+
+
+def _reap_if_ours(checkpoint: TaskCheckpoint) -> None:
+    """Reap the ended wrapper if this very process launched it (then it is our zombie)."""
+    ticks = process_start_ticks(checkpoint.pid)
+    if ticks is not None and ticks == checkpoint.start_ticks:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(checkpoint.pid, os.WNOHANG)
 
 
 def _lost(checkpoint: TaskCheckpoint) -> TaskExit:

@@ -1,0 +1,152 @@
+"""Task lifecycle on real processes, with cgroups and with process groups only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import eventually, needs_root, process_gone
+
+from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, UnknownTask
+
+ENV = {"PATH": "/usr/bin:/bin", "MESOS_TASK_ID": "t", "PORT0": "31000", "HOST": "h1"}
+
+
+@pytest.fixture(params=["cgroups", "none"])
+async def executor(
+    request: pytest.FixtureRequest, make_executor: Callable[..., Executor]
+) -> AsyncIterator[Executor]:
+    made = make_executor(request.param)
+    yield made
+    for task_id in made.running():
+        await made.kill(task_id, 0)
+    await made.close()
+
+
+async def test_exit_codes_map_to_states(executor: Executor) -> None:
+    await executor.launch(LaunchSpec("ok.1", command="exit 0", env=ENV))
+    await executor.launch(LaunchSpec("bad.1", command="exit 3", env=ENV))
+    finished, failed = await executor.wait("ok.1"), await executor.wait("bad.1")
+    assert (finished.state, finished.exit_code) == ("TASK_FINISHED", 0)
+    assert (failed.state, failed.reason) == ("TASK_FAILED", "REASON_COMMAND_EXECUTOR_FAILED")
+    assert failed.message == "Command exited with status 3"
+    assert failed.exit_code == 3
+    assert executor.running() == []
+
+
+async def test_output_lands_in_the_sandbox(executor: Executor) -> None:
+    command = "echo out; echo err >&2; pwd"
+    running = await executor.launch(LaunchSpec("logs.1", command=command, env=ENV))
+    await executor.wait("logs.1")
+    sandbox = executor.sandbox("logs.1")
+    assert running.sandbox == sandbox
+    assert (sandbox / "stdout").read_text() == f"out\n{sandbox}\n"
+    assert (sandbox / "stderr").read_text() == "err\n"
+
+
+async def test_environment_is_passed(executor: Executor) -> None:
+    command = 'echo "$MESOS_TASK_ID $PORT0 $HOST $MESOS_SANDBOX"'
+    await executor.launch(LaunchSpec("env.1", command=command, env=ENV))
+    await executor.wait("env.1")
+    sandbox = executor.sandbox("env.1")
+    assert (sandbox / "stdout").read_text() == f"t 31000 h1 {sandbox}\n"
+
+
+async def test_missing_executable_cannot_start(executor: Executor) -> None:
+    with pytest.raises(LaunchFailed, match="No such file or directory: 'nosuchcmd'") as caught:
+        await executor.launch(LaunchSpec("missing.1", args=("nosuchcmd",), env=ENV))
+    assert caught.value.exit.state == "TASK_FAILED"
+    assert await executor.wait("missing.1") == caught.value.exit
+    assert executor.running() == []
+
+
+async def test_missing_shell_command_fails_with_the_shell_error(executor: Executor) -> None:
+    await executor.launch(LaunchSpec("missing.2", command="nosuchcmd", env=ENV))
+    result = await executor.wait("missing.2")
+    assert (result.state, result.exit_code) == ("TASK_FAILED", 127)
+    assert "nosuchcmd: not found" in result.message
+
+
+async def test_unknown_user_cannot_start(executor: Executor) -> None:
+    needs_root()
+    with pytest.raises(LaunchFailed, match="unknown user 'no-such-user-x'"):
+        await executor.launch(LaunchSpec("user.0", command="true", user="no-such-user-x"))
+
+
+async def test_tasks_run_as_nobody_by_default(executor: Executor) -> None:
+    needs_root()
+    await executor.launch(LaunchSpec("user.1", command="id -un; id -u; touch mine", env=ENV))
+    assert (await executor.wait("user.1")).state == "TASK_FINISHED"
+    sandbox = executor.sandbox("user.1")
+    assert (sandbox / "stdout").read_text() == "nobody\n65534\n"
+    assert sandbox.stat().st_uid == 65534
+    assert (sandbox / "stdout").stat().st_uid == 65534
+    assert (sandbox / "mine").stat().st_uid == 65534
+    assert executor.isolation_info()["default_user"] == "nobody"
+
+
+async def test_run_as_a_named_user(executor: Executor) -> None:
+    needs_root()
+    await executor.launch(LaunchSpec("user.2", command="id -un", env=ENV, user="daemon"))
+    await executor.wait("user.2")
+    assert (executor.sandbox("user.2") / "stdout").read_text() == "daemon\n"
+
+
+async def test_kill_ends_the_task(executor: Executor) -> None:
+    tree = "trap '' TERM; sleep 300 & sleep 300; wait"
+    running = await executor.launch(LaunchSpec("kill.1", command=tree, env=ENV))
+    wrapper = psutil.Process(running.pid)
+    await eventually(lambda: len(wrapper.children(recursive=True)) >= 3)
+    members = [process.pid for process in wrapper.children(recursive=True)]
+    await executor.kill("kill.1", grace=0.2)
+    assert (await executor.wait("kill.1")).state == "TASK_KILLED"
+    assert all(process_gone(pid) for pid in [running.pid, *members])
+    await executor.kill("kill.1")  # killing an ended task is a no-op
+
+
+async def test_launch_is_idempotent_and_ids_are_single_use(executor: Executor) -> None:
+    spec = LaunchSpec("once.1", args=("sleep", "30"), env=ENV)
+    first = await executor.launch(spec)
+    assert await executor.launch(spec) == first
+    await executor.kill("once.1", 0)
+    with pytest.raises(LaunchFailed, match="already launched"):
+        await executor.launch(spec)
+
+
+async def test_unknown_task(executor: Executor) -> None:
+    with pytest.raises(UnknownTask):
+        await executor.wait("never.1")
+    with pytest.raises(UnknownTask):
+        await executor.kill("never.1")
+    with pytest.raises(UnknownTask):
+        executor.usage("never.1")
+
+
+async def test_usage_is_reported(executor: Executor) -> None:
+    running = await executor.launch(LaunchSpec("usage.2", args=("sleep", "30"), env=ENV))
+    await eventually(lambda: len(psutil.Process(running.pid).children()) == 1)
+    usage = executor.usage("usage.2")
+    assert usage.pids == 2
+    assert usage.mem_bytes > 0
+    assert usage.source == ("cgroup" if executor.isolation_info()["cgroups"] else "procfs")
+
+
+async def test_isolation_info_says_what_is_missing(executor: Executor) -> None:
+    info = executor.isolation_info()
+    if info["cgroups"] is None:
+        assert "NO CGROUP ISOLATION" in str(info["warning"])
+    else:
+        assert info["cgroups"] in ("v1", "v2")
+    if os.geteuid() == 0:
+        assert info["user_switching"] is True
+
+
+async def test_task_survives_close(executor: Executor, work_dir: Path) -> None:
+    running = await executor.launch(LaunchSpec("survive.1", args=("sleep", "30"), env=ENV))
+    await executor.close()
+    assert not process_gone(running.pid)
+    os.killpg(running.pid, 9)  # the fixture's executor no longer knows the task
+    os.waitpid(running.pid, 0)
