@@ -9,6 +9,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroup_v1 import CgroupV1Driver
 from tessera.agent.cgroup_v2 import CgroupV2Driver
@@ -153,9 +155,7 @@ def test_v1_failed_create_removes_what_it_made(tmp_path: Path) -> None:
     driver = CgroupV1Driver(mounts, "tessera")
     driver.prepare()
     (tmp_path / "memory/tessera/a").mkdir()  # a leftover makes mkdir fail midway
-    try:
+    with pytest.raises(FileExistsError):
         driver.create("a", LIMITS)
-    except FileExistsError:
-        pass
     assert not (tmp_path / "cpu/tessera/a").exists()
     assert (tmp_path / "memory/tessera/a").exists()
