@@ -125,3 +125,14 @@ def remove_dirs(paths: Iterable[str]) -> bool:
                 raise
             all_gone = False
     return all_gone
+
+
+def remove_prefix(mount: str, prefix: str) -> None:
+    """rmdir `<mount>/<prefix>` and its empty parents up to the mount; stops at the first busy."""
+    parts = prefix.split("/")
+    while parts:
+        try:
+            os.rmdir(os.path.join(mount, *parts))
+        except OSError:
+            return
+        parts.pop()

@@ -16,6 +16,7 @@ from tessera.agent.cgroup_files import (
     read_int,
     read_text,
     remove_dirs,
+    remove_prefix,
     signal_all,
     write_text,
 )
@@ -84,6 +85,8 @@ class CgroupV1Driver:
         if missing:
             raise ValueError(f"cgroup v1 controllers not mounted: {', '.join(missing)}")
         self._parents = {name: os.path.join(mounts[name], prefix) for name in REQUIRED_CONTROLLERS}
+        self._mounts = {name: mounts[name] for name in REQUIRED_CONTROLLERS}
+        self._prefix = prefix
         self._has_memsw = False
 
     def prepare(self) -> None:
@@ -91,6 +94,11 @@ class CgroupV1Driver:
         for parent in dict.fromkeys(self._parents.values()):
             os.makedirs(parent, exist_ok=True)
         self._has_memsw = os.path.exists(f"{self._parents['memory']}/memory.memsw.limit_in_bytes")
+
+    def release(self) -> None:
+        """Remove our prefix directories if no task cgroup is left in them."""
+        for mount in dict.fromkeys(self._mounts.values()):
+            remove_prefix(mount, self._prefix)
 
     def describe(self) -> dict[str, object]:
         return {"hierarchies": dict(self._parents), "swap_accounting": self._has_memsw}

@@ -15,6 +15,7 @@ from tessera.agent.cgroup_files import (
     read_int,
     read_text,
     remove_dirs,
+    remove_prefix,
     shares_to_weight,
     signal_all,
     write_text,
@@ -106,6 +107,10 @@ class CgroupV2Driver:
             enable_controllers(level, wanted)
         self._has_swap = os.path.exists(f"{self._parent}/memory.swap.max")
         self._can_kill = os.path.exists(f"{self._parent}/cgroup.kill")
+
+    def release(self) -> None:
+        """Remove our prefix directories if no task cgroup is left in them."""
+        remove_prefix(self._mount, self._prefix)
 
     def describe(self) -> dict[str, object]:
         return {

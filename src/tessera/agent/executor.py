@@ -111,10 +111,11 @@ class Executor:
     ) -> None:
         if isolation not in _ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(_ISOLATIONS)}")
-        self._sandboxes = Path(work_dir) / "sandboxes"
+        work_dir = Path(work_dir).absolute()  # the wrapper changes directory before using paths
+        self._sandboxes = work_dir / "sandboxes"
         self._sandboxes.mkdir(parents=True, exist_ok=True)
-        self._meta = MetaStore(Path(work_dir) / "meta" / "tasks")
-        self._wrapper = self._install_wrapper(Path(work_dir) / "meta" / WRAPPER_NAME)
+        self._meta = MetaStore(work_dir / "meta" / "tasks")
+        self._wrapper = self._install_wrapper(work_dir / "meta" / WRAPPER_NAME)
         detection = select_driver(isolation, clean_prefix(cgroup_prefix))
         self._driver = detection.driver
         self._cgroup_note = detection.reason
@@ -154,6 +155,11 @@ class Executor:
             )
         elif self._setpriv is None:
             warnings.append("setpriv (util-linux) not found: tasks cannot switch user")
+        elif not _traversable(self._sandboxes):
+            warnings.append(
+                f"{self._sandboxes} is not reachable by other users (a parent lacks o+x): "
+                "tasks can only use their sandbox as their working directory"
+            )
         return {
             "cgroups": self._driver.version if self._driver else None,
             "cgroup_detail": self._driver.describe() if self._driver else None,
@@ -527,6 +533,8 @@ class Executor:
         for finisher in list(self._finishers):
             finisher.cancel()  # safe: the exit is checkpointed before the cgroup goes
         self._tasks.clear()
+        if self._driver is not None:
+            self._driver.release()
 
 
 # ---- helpers without executor state ---------------------------------------------------------
@@ -598,6 +606,11 @@ def _same_process(checkpoint: TaskCheckpoint) -> bool:
     """Is the checkpointed wrapper still running, and not another process with its pid?"""
     ticks = process_start_ticks(checkpoint.pid, running_only=True)
     return ticks is not None and ticks == checkpoint.start_ticks
+
+
+def _traversable(path: Path) -> bool:
+    """Can any user walk down to `path` (every directory on the way has o+x)?"""
+    return all(os.stat(directory).st_mode & 0o001 for directory in [path, *path.parents])
 
 
 def _reap_if_ours(checkpoint: TaskCheckpoint) -> None:

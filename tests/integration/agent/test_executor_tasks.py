@@ -150,3 +150,31 @@ async def test_task_survives_close(executor: Executor, work_dir: Path) -> None:
     assert not process_gone(running.pid)
     os.killpg(running.pid, 9)  # the fixture's executor no longer knows the task
     os.waitpid(running.pid, 0)
+
+
+async def test_relative_work_dir(work_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(work_dir.parent)
+    executor = Executor(Path(work_dir.name), isolation="none")
+    await executor.launch(LaunchSpec("relative.1", command="exit 4", env=ENV))
+    assert (await executor.wait("relative.1")).exit_code == 4
+    await executor.close()
+
+
+async def test_unreachable_sandboxes_are_reported(work_dir: Path) -> None:
+    needs_root()
+    work_dir.chmod(0o700)
+    executor = Executor(work_dir, isolation="none")
+    assert "not reachable by other users" in str(executor.isolation_info()["warning"])
+    await executor.close()
+
+
+async def test_close_removes_an_empty_cgroup_prefix(
+    make_executor: Callable[..., Executor], cgroup_prefix: str
+) -> None:
+    executor = make_executor("cgroups")
+    running = await executor.launch(LaunchSpec("prefix.1", command="exit 0", env=ENV))
+    await executor.wait("prefix.1")
+    await executor.close()
+    parents = {os.path.dirname(path) for path in running.cgroups}
+    assert parents and not any(os.path.exists(parent) for parent in parents)
+    assert all(parent.endswith(cgroup_prefix) for parent in parents)
