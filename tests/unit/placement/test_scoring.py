@@ -1,0 +1,164 @@
+"""Packing scores, the balanced fill and the request order, with plain numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from tessera.placement import scoring
+
+# Columns: cpus, mem, disk, gpus. No agent has gpus: that column must never produce NaN.
+CAPACITY = np.array([[8.0, 32768.0, 1000.0, 0.0], [8.0, 32768.0, 1000.0, 0.0]])
+
+
+def test_binpack_prefers_the_fuller_agent_after_the_task() -> None:
+    free = np.array([[8.0, 32768.0, 1000.0, 0.0], [2.0, 8192.0, 1000.0, 0.0]])
+    demand = np.array([1.0, 4096.0, 10.0, 0.0])
+    scores = scoring.binpack_scores(free, CAPACITY, demand)
+    # Used after: empty agent 1/8 cpus and 4096/32768 mem; the other 7/8 and 28672/32768.
+    assert scores.tolist() == [0.125, 0.875]
+
+
+def test_spread_prefers_the_emptier_agent_after_the_task() -> None:
+    free = np.array([[8.0, 32768.0, 1000.0, 0.0], [2.0, 8192.0, 1000.0, 0.0]])
+    demand = np.array([1.0, 4096.0, 10.0, 0.0])
+    assert scoring.spread_scores(free, CAPACITY, demand).tolist() == [0.875, 0.125]
+
+
+def test_a_resource_an_agent_lacks_is_left_out_of_its_score() -> None:
+    capacity = np.array([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    free = capacity.copy()
+    demand = np.array([1.0, 0.0, 0.0, 0.0])
+    binpack = scoring.binpack_scores(free, capacity, demand)
+    spread = scoring.spread_scores(free, capacity, demand)
+    assert binpack.tolist() == [0.25, 0.0]
+    assert spread.tolist() == [0.75, 1.0]
+
+
+def test_copy_limits_keep_cpu_and_mem_usage_within_the_slack() -> None:
+    capacity = np.array([[10.0, 100.0, 0.0, 0.0]] * 4)
+    free = np.array(
+        [
+            [10.0, 100.0, 0.0, 0.0],  # empty
+            [5.0, 100.0, 0.0, 0.0],  # half its cpus used, no mem: gap +0.5
+            [10.0, 70.0, 0.0, 0.0],  # 30% of its mem used: gap -0.3
+            [10.0, 100.0, 0.0, 0.0],
+        ]
+    )
+    cpu_heavy = np.array([1.0, 3.0, 0.0, 0.0])  # per copy 0.1 cpu, 0.03 mem: drift +0.07
+    limits = scoring.binpack_copy_limits(free, capacity, cpu_heavy)
+    # Empty: 2 copies reach a gap of 0.14, a third 0.21 > 0.2. Already past: still 1.
+    # Mem-heavy agent: copies may pull it to +0.2, i.e. (0.2 + 0.3) / 0.07 = 7.
+    assert limits[:3].tolist() == [2, 1, 7]
+    balanced = np.array([1.0, 10.0, 0.0, 0.0])
+    assert (scoring.binpack_copy_limits(free, capacity, balanced) == scoring.UNLIMITED_COPIES).all()
+
+
+def test_balanced_fill_caps_the_first_pass_then_places_the_rest() -> None:
+    caps = np.array([5, 5, 5], dtype=np.int64)
+    limits = np.array([2, 1, 10], dtype=np.int64)
+    assert scoring.balanced_fill(caps, limits, 7).tolist() == [2, 1, 4]
+    assert scoring.balanced_fill(caps, limits, 12).tolist() == [5, 2, 5]
+    assert scoring.balanced_fill(caps, limits, 20).tolist() == [5, 5, 5]
+
+
+def test_without_agents_the_order_is_largest_share_first() -> None:
+    demands = np.array([[1.0, 1024.0, 0.0, 0.0], [4.0, 4096.0, 0.0, 0.0], [2.0, 512.0, 0.0, 0.0]])
+    total = np.array([16.0, 65536.0, 0.0, 0.0])
+    assert scoring.order_requests(demands, total).tolist() == [1, 2, 0]
+
+
+def test_requests_that_must_spread_go_first() -> None:
+    demands = np.array([[4.0, 4096.0, 0.0, 0.0], [1.0, 1024.0, 0.0, 0.0]])
+    capacity = np.array([[8.0, 32768.0, 0.0, 0.0]] * 4)
+    order = scoring.order_requests(
+        demands,
+        capacity.sum(axis=0),
+        counts=np.array([2, 3]),
+        free=capacity.copy(),
+        capacity=capacity,
+        max_per_agent=np.array([2, 1]),  # the small one is UNIQUE on hostname
+    )
+    assert order.tolist() == [1, 0]
+
+
+def _agents_used(order: list[int], demands: np.ndarray, capacity: np.ndarray) -> int:
+    """One task per request, each on its best binpack agent, as the engine does."""
+    free = capacity.copy()
+    for request in order:
+        fits = np.flatnonzero((free >= demands[request] - 1e-9).all(axis=1))
+        scores = scoring.binpack_scores(free[fits], capacity[fits], demands[request])
+        free[fits[int(np.argmax(scores))]] -= demands[request]
+    return int((free < capacity).any(axis=1).sum())
+
+
+def test_the_look_ahead_packs_where_largest_first_strands_room() -> None:
+    # Agents of (10 cpus, 10 mem); 26 cpus in all, so three agents at best.
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 5)
+    demands = np.array([[6.0, 1.0], [4.0, 3.0], [4.0, 4.0], [7.0, 6.0], [5.0, 2.0]]) @ np.eye(2, 4)
+    total = capacity.sum(axis=0)
+    largest_first = scoring.order_requests(demands, total)
+    looked = scoring.order_requests(
+        demands, total, counts=np.ones(5, dtype=np.int64), free=capacity.copy(), capacity=capacity
+    )
+    assert _agents_used(largest_first.tolist(), demands, capacity) == 4
+    assert _agents_used(looked.tolist(), demands, capacity) == 3
+
+
+matrices = st.integers(1, 6).flatmap(
+    lambda n: st.tuples(
+        arrays(np.float64, (n, 4), elements=st.sampled_from([0.0, 0.25, 1.0, 8.0, 4096.0])),
+        arrays(np.float64, (n, 4), elements=st.floats(0, 1)),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices, arrays(np.float64, 4, elements=st.floats(0, 16)))
+def test_scores_are_finite_and_within_zero_and_one(
+    agents: tuple[np.ndarray, np.ndarray], demand: np.ndarray
+) -> None:
+    capacity, used_fraction = agents
+    free = capacity * (1 - used_fraction)
+    for scores in (
+        scoring.binpack_scores(free, capacity, demand),
+        scoring.spread_scores(free, capacity, demand),
+    ):
+        assert scores.shape == (len(capacity),)
+        assert np.isfinite(scores).all()
+        assert ((scores >= 0) & (scores <= 1)).all()
+    limits = scoring.binpack_copy_limits(free, capacity, demand)
+    assert (limits >= 1).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 8).flatmap(
+        lambda n: st.tuples(
+            arrays(np.float64, (n, 4), elements=st.sampled_from([0.0, 0.5, 1.0, 2.0, 7.0])),
+            arrays(np.int64, n, elements=st.integers(1, 5)),
+            arrays(np.int64, n, elements=st.integers(1, 5)),
+        )
+    ),
+    st.integers(0, 5),
+)
+def test_order_is_always_a_permutation(
+    requests: tuple[np.ndarray, np.ndarray, np.ndarray], n_agents: int
+) -> None:
+    demands, counts, per_agent = requests
+    capacity = np.tile(np.array([8.0, 8.0, 0.0, 2.0]), (n_agents, 1))
+    expected = list(range(len(demands)))
+    plain = scoring.order_requests(demands, capacity.sum(axis=0))
+    looked = scoring.order_requests(
+        demands,
+        capacity.sum(axis=0),
+        counts=counts,
+        free=capacity.copy(),
+        capacity=capacity,
+        max_per_agent=per_agent,
+    )
+    assert sorted(plain.tolist()) == expected
+    assert sorted(looked.tolist()) == expected
+    assert looked.dtype == np.intp
