@@ -65,11 +65,40 @@ def cut(alloc: IntArray, count: int) -> IntArray:
     return taken
 
 
+def _take_one_by_one(alloc: IntArray, grouped: Limits, count: int) -> IntArray:
+    """Exact for several grouped limits: agent by agent, charging every limit as it goes."""
+    left = [remaining.tolist() for _, remaining, _ in grouped]
+    codes = [codes.tolist() for codes, _, _ in grouped]
+    taken = np.zeros_like(alloc)
+    for agent in np.flatnonzero(alloc).tolist():
+        room = min(int(alloc[agent]), count, *(left[k][codes[k][agent]] for k in range(len(left))))
+        if room > 0:
+            taken[agent] = room
+            count -= room
+            for k in range(len(left)):
+                left[k][codes[k][agent]] -= room
+        if count == 0:
+            break
+    return taken
+
+
 def take(alloc: IntArray, limits: Limits, count: int) -> IntArray:
-    """Respect every value limit, then the count; charges what is taken to the limits."""
+    """Respect every value limit, then the count; charges what is taken to the limits.
+
+    Limits with one agent per value are plain per-agent caps. One grouped limit is exact
+    when vectorised; with several, clipping them one after another could hand a value's
+    share to an agent another limit then refuses, so those go agent by agent.
+    """
+    grouped = [limit for limit in limits if not limit[2]]
     for codes, remaining, unique in limits:
-        alloc = clip_to_limit(alloc, codes, remaining, unique)
-    alloc = cut(alloc, count)
+        if unique:
+            alloc = clip_to_limit(alloc, codes, remaining, unique)
+    if len(grouped) > 1:
+        alloc = _take_one_by_one(alloc, grouped, count)
+    else:
+        for codes, remaining, unique in grouped:
+            alloc = clip_to_limit(alloc, codes, remaining, unique)
+        alloc = cut(alloc, count)
     for codes, remaining, _ in limits:
         chosen = alloc > 0
         remaining -= np.bincount(

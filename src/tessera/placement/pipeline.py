@@ -21,6 +21,9 @@ from tessera.placement.request import Policy, Strategy
 from tessera.placement.scorers import AvoidGpuAgents, Scorer, binpack_scorer, spread_scorer
 from tessera.placement.types import UNLIMITED, BoolArray, FloatArray, IndexArray, IntArray, Reason
 
+MAX_FILLS = 8
+"""Fills per pass when GROUP_BY must hold back values that others could not keep up with."""
+
 
 @dataclass(frozen=True, slots=True)
 class Pipeline:
@@ -105,9 +108,15 @@ def choose(pipeline: Pipeline, ctx: Context, evaluation: Evaluation) -> tuple[In
         best = rows[int(np.argmax(scores))]
         return np.array([best]), np.ones(1, dtype=np.int64)
     ordered = rows[np.argsort(-scores, kind="stable")]
-    ordered_limits: Limits = [
-        (limit.column.codes[ordered], limit.remaining, limit.column.unique) for limit in limits
-    ]
-    alloc = pipeline.fill(evaluation.caps[ordered], ordered_limits, ctx.remaining)
+    codes = [limit.column.codes[ordered] for limit in limits]
+    for _ in range(MAX_FILLS):
+        ordered_limits: Limits = [
+            (value_codes, limit.remaining.copy(), limit.column.unique)
+            for value_codes, limit in zip(codes, limits, strict=True)
+        ]
+        alloc = pipeline.fill(evaluation.caps[ordered], ordered_limits, ctx.remaining)
+        lowered = [limit.rebalance(c, alloc) for c, limit in zip(codes, limits, strict=True)]
+        if not any(lowered):
+            break
     chosen = alloc > 0
     return ordered[chosen], alloc[chosen]

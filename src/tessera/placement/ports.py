@@ -15,11 +15,12 @@ from tessera.placement.types import BoolArray, IntArray
 
 
 class PortTable:
-    __slots__ = ("base", "counts", "free")
+    __slots__ = ("base", "counts", "free", "ranges")
 
     def __init__(
         self, ranges: Sequence[Sequence[PortRange]], used: Sequence[Iterable[int]]
     ) -> None:
+        self.ranges = [tuple(agent) for agent in ranges]
         begins = [r.begin for agent in ranges for r in agent]
         ends = [r.end for agent in ranges for r in agent]
         self.base = min(begins) if begins else 1
@@ -57,6 +58,8 @@ class PortTable:
         return chosen
 
     def release(self, row: int, ports: Iterable[int]) -> None:
-        columns = sorted({c for c in self._columns(ports) if not self.free[row, c]})
+        """Give ports back; ports the agent does not offer stay unavailable."""
+        offered = [p for p in ports if any(p in r for r in self.ranges[row])]
+        columns = sorted({c for c in self._columns(offered) if not self.free[row, c]})
         self.free[row, columns] = True
         self.counts[row] += len(columns)

@@ -19,7 +19,7 @@ from tessera.placement.attributes import MISSING, AttributeColumn
 from tessera.placement.fill import water_fill
 from tessera.placement.request import Request
 from tessera.placement.snapshot import Snapshot
-from tessera.placement.types import BoolArray, IntArray
+from tessera.placement.types import BoolArray, IndexArray, IntArray
 
 _PER_VALUE = (Operator.UNIQUE, Operator.MAX_PER, Operator.GROUP_BY)
 
@@ -97,6 +97,24 @@ class ValueLimit:
 
     column: AttributeColumn
     remaining: IntArray
+    existing: IntArray
+    balanced: IndexArray | None = None
+    """GROUP_BY: the values whose counts may differ by at most one."""
+
+    def rebalance(self, codes: IntArray, taken: IntArray) -> bool:
+        """Lower the limits of values that `taken` (per agent, codes alike) lifts above the
+        least-served value plus one; True when something was lowered, so fill again."""
+        if self.balanced is None or len(self.balanced) == 0:
+            return False
+        chosen = taken > 0
+        added = np.bincount(codes[chosen], weights=taken[chosen], minlength=len(self.remaining))
+        achieved = self.existing + added.astype(np.int64)
+        ceiling = int(achieved[self.balanced].min()) + 1
+        over = self.balanced[achieved[self.balanced] > ceiling]
+        if len(over) == 0:
+            return False
+        self.remaining[over] = np.maximum(ceiling - self.existing[over], 0)
+        return True
 
 
 def _group_by(
@@ -106,7 +124,7 @@ def _group_by(
     caps: IntArray,
     eligible: BoolArray,
     expected: int,
-) -> IntArray:
+) -> tuple[IntArray, IndexArray]:
     """Even spread over the values of the eligible agents, whatever the order of agents.
 
     With `GROUP_BY n` and fewer than n values seen, the missing values count as empty
@@ -120,7 +138,7 @@ def _group_by(
     preference = np.concatenate([capacity[values], np.full(virtual, -1.0)])
     remaining = np.zeros(column.n_values, dtype=np.int64)
     remaining[values] = water_fill(slots, count, preference)[: len(values)]
-    return remaining
+    return remaining, values
 
 
 def _cluster_choice(column: AttributeColumn, count: int, caps: IntArray) -> IntArray:
@@ -144,17 +162,20 @@ def value_limits(
             continue
         column = snapshot.attribute(constraint.field)
         existing = column.counts_per_value(snapshot.apps.per_agent(request.app))
+        balanced = None
         if operator is Operator.UNIQUE:
             remaining = (existing == 0).astype(np.int64)
         elif operator is Operator.MAX_PER:
             remaining = np.maximum(constraint.count - existing, 0)
         elif operator is Operator.GROUP_BY:
-            remaining = _group_by(column, existing, count, caps, eligible, constraint.count)
+            remaining, balanced = _group_by(
+                column, existing, count, caps, eligible, constraint.count
+            )
         elif existing.any():
             continue  # CLUSTER with tasks running: the static mask already pins the value
         else:
             remaining = _cluster_choice(column, count, caps)
-        limits.append(ValueLimit(column, remaining))
+        limits.append(ValueLimit(column, remaining, existing, balanced))
     return limits
 
 

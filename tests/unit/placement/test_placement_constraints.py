@@ -193,3 +193,22 @@ def test_app_id_lets_requests_of_one_app_share_counts() -> None:
     ]
     plan = place(snapshot, requests, Policy())
     assert len({p.agent_id for p in plan.placements}) == len(plan.placements) == 2
+
+
+def test_group_by_with_max_per_host_uses_every_allowed_agent() -> None:
+    snapshot = cluster("aabb", cpus=8)
+    plan = place(snapshot, [request(8, ["zone", "GROUP_BY"], ["hostname", "MAX_PER", "2"])])
+    assert per(plan, snapshot, "zone") == {"a": 4, "b": 4}
+    assert set(per(plan, snapshot, "hostname").values()) == {2}
+
+
+def test_two_grouped_limits_together() -> None:
+    # Racks span zones: rack x = {a0, a2}, rack y = {a1, a3}; zones a = {a0, a1}, b = {a2, a3}.
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=8, mem=1024), {"zone": z, "rack": r})
+        for i, (z, r) in enumerate(["ax", "ay", "bx", "by"])
+    )
+    plan = place(snapshot, [request(8, ["zone", "GROUP_BY"], ["rack", "MAX_PER", "3"])])
+    assert len(plan.placements) == 6
+    assert per(plan, snapshot, "zone") == {"a": 3, "b": 3}
+    assert per(plan, snapshot, "rack") == {"x": 3, "y": 3}

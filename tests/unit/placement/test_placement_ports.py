@@ -83,3 +83,10 @@ def test_ports_are_freed_by_evictions() -> None:
     )
     snapshot.evict(0)
     assert np.array_equal(snapshot.ports.counts, [1])
+
+
+def test_released_ports_the_agent_does_not_offer_stay_unavailable() -> None:
+    table = PortTable([(PortRange(31000, 31001),), (PortRange(31005, 31006),)], [(), ()])
+    table.release(1, [31000])
+    assert table.counts.tolist() == [2, 2]
+    assert not table.free[1, 0]

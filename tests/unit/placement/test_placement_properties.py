@@ -97,10 +97,10 @@ CONSTRAINTS = st.one_of(
 
 
 @st.composite
-def requests(draw: st.DrawFn) -> list[Request]:
+def requests(draw: st.DrawFn, most_constraints: int = 1) -> list[Request]:
     result = []
     for i in range(draw(st.integers(1, 5))):
-        constraint = draw(CONSTRAINTS)
+        constraints = draw(st.lists(CONSTRAINTS, max_size=most_constraints))
         require = draw(st.booleans())
         result.append(
             Request(
@@ -114,7 +114,7 @@ def requests(draw: st.DrawFn) -> list[Request]:
                 ),
                 ports=draw(st.sampled_from([(), (0,), (0, 0), (31003,), (31001, 0)])),
                 require_ports=require,
-                constraints=() if constraint is None else (constraint,),
+                constraints=tuple(c for c in constraints if c is not None),
                 role=draw(st.sampled_from(["*", "dev"])),
                 priority=draw(st.integers(0, 4)),
             )
@@ -162,9 +162,8 @@ def _values(agents: dict[str, AgentDescription], field: str, agent_id: str) -> s
 
 
 def _check_constraint(
-    agents: dict[str, AgentDescription], request: Request, placed: list[str]
+    agents: dict[str, AgentDescription], request: Request, constraint: Constraint, placed: list[str]
 ) -> None:
-    (constraint,) = request.constraints
     values = [_values(agents, constraint.field, agent_id) for agent_id in placed]
     counts = Counter(values)
     op = constraint.operator
@@ -182,7 +181,7 @@ def _check_constraint(
         assert set(counts) <= {constraint.value}
     elif op is Operator.LIKE:
         assert all(constraint.pattern.fullmatch(str(v)) for v in values)
-    elif op is Operator.GROUP_BY:
+    elif op is Operator.GROUP_BY and len(request.constraints) == 1:
         eligible = {
             _values(agents, constraint.field, a.id)
             for a in agents.values()
@@ -190,6 +189,8 @@ def _check_constraint(
         } - {None}
         slots = max(constraint.count, len(eligible))
         assert max(counts.values(), default=0) <= ceil(request.count / max(slots, 1))
+        spread = [counts.get(value, 0) for value in eligible]
+        assert max(spread, default=0) - min(spread, default=0) <= 1
 
 
 def _check_quota_and_evictions(
@@ -223,7 +224,20 @@ def _check_quota_and_evictions(
 def test_plans_never_oversubscribe_or_break_constraints(
     described: list[AgentDescription], requests: list[Request], policy: Policy
 ) -> None:
-    plan = place(Snapshot.build(described), requests, policy)
+    _check_plan(described, requests, policy, place(Snapshot.build(described), requests, policy))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(described=agents(), requests=requests(most_constraints=3), policy=POLICIES)
+def test_several_constraints_at_once_all_hold(
+    described: list[AgentDescription], requests: list[Request], policy: Policy
+) -> None:
+    _check_plan(described, requests, policy, place(Snapshot.build(described), requests, policy))
+
+
+def _check_plan(
+    described: list[AgentDescription], requests: list[Request], policy: Policy, plan: Plan
+) -> None:
     by_id = {a.id: a for a in described}
     _check_resources_and_ports(described, requests, plan)
     _check_quota_and_evictions(described, requests, policy, plan)
@@ -236,8 +250,8 @@ def test_plans_never_oversubscribe_or_break_constraints(
             agent = by_id[agent_id]
             assert agent.state is AgentState.ACTIVE
             assert agent.role in ("*", request.role)
-        if request.constraints:
-            _check_constraint(by_id, request, placed)
+        for constraint in request.constraints:
+            _check_constraint(by_id, request, constraint, placed)
     for item in plan.unplaced:
         assert set(item.reasons) <= reason_names
         assert sum(item.reasons.values()) <= len(described)
