@@ -4,10 +4,10 @@ Each task runs under `/bin/sh tessera-task.sh`, started with posix_spawn (vfork:
 agent microseconds whatever its size) in a new session. The wrapper, still as the agent's
 user, writes its own pid into the task's cgroup.procs files before anything else runs, so
 every process of the task is born inside the cgroups; then runs the command (through
-`setpriv` to drop to the run-as user) and writes the command's exit status to the task's
-meta directory. It is not the agent's child after an agent restart, so that file is how a
-new agent learns how a task ended. It traps SIGTERM so that signalling the task's process
-group (no cgroups) still lets it record the status.
+`setpriv` and `env -i`: drop to the run-as user, only then take the task's environment) and
+writes the command's exit status to the task's meta directory. It is not the agent's child
+after an agent restart, so that file is how a new agent learns how a task ended. It traps
+SIGTERM so that signalling the task's process group (no cgroups) still lets it record it.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ status=$1
 cd -- "$2" || { echo "error cannot enter sandbox $2" > "$status"; exit 125; }
 shift 2
 while [ "$1" != -- ]; do
-\techo $$ > "$1" || { echo "error cannot join cgroup $1" > "$status"; exit 125; }
+\techo "$$" > "$1" || { echo "error cannot join cgroup $1" > "$status"; exit 125; }
 \tshift
 done
 shift
 trap : TERM INT HUP
 "$@"
 rc=$?
-echo $rc > "$status"
+echo "$rc" > "$status"
 exit $rc
 """
 
@@ -92,20 +92,38 @@ def find_executable(name: str, path: str | None) -> str | None:
     return None
 
 
-def command_line(spec: LaunchSpec, run_as: RunAs, setpriv: str | None) -> list[str]:
-    """The argv the wrapper runs: the command, behind `setpriv` when switching user."""
+@dataclass(frozen=True, slots=True)
+class SwitchTools:
+    """util-linux `setpriv` drops to the task user; coreutils `env -i` then sets its env."""
+
+    setpriv: str
+    env: str
+
+
+# The wrapper runs as root when it switches user: the task's environment must not reach it
+# (LD_PRELOAD and friends would run code as root), only the command after the switch.
+ROOT_WRAPPER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def command_line(
+    spec: LaunchSpec, run_as: RunAs, env: Mapping[str, str], switch: SwitchTools | None
+) -> list[str]:
+    """The argv the wrapper runs: the command, behind `setpriv` and `env -i` when switching."""
     if spec.args is not None:
-        if find_executable(spec.args[0], spec.env.get("PATH")) is None:
+        if find_executable(spec.args[0], env.get("PATH")) is None:
             raise LaunchFailed(f"No such file or directory: {spec.args[0]!r}")
         argv = list(spec.args)
     else:
         argv = ["/bin/sh", "-c", str(spec.command)]
-    if setpriv is None:
+    if switch is None:
         return argv
+    if "=" in argv[0]:
+        raise LaunchFailed(f"the executable name must not contain '=': {argv[0]!r}")
     groups = ",".join(str(gid) for gid in run_as.groups)
-    switch = [setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}"]
-    switch.append(f"--groups={groups}" if groups else "--clear-groups")
-    return [*switch, "--", *argv]
+    drop = [switch.setpriv, f"--reuid={run_as.uid}", f"--regid={run_as.gid}"]
+    drop.append(f"--groups={groups}" if groups else "--clear-groups")
+    assignments = [f"{name}={value}" for name, value in env.items()]
+    return [*drop, "--", switch.env, "-i", "--", *assignments, *argv]
 
 
 def task_environment(spec: LaunchSpec, run_as: RunAs, sandbox: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,11 +26,19 @@ import psutil
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import TaskCgroup, clean_prefix, select_driver
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
-from tessera.agent.exec_outcome import Evidence, decide_exit, last_line, parse_status
+from tessera.agent.exec_outcome import (
+    Evidence,
+    WrapperStatus,
+    decide_exit,
+    last_line,
+    parse_status,
+)
 from tessera.agent.exec_spawn import (
+    ROOT_WRAPPER_ENV,
     WRAPPER_NAME,
     WRAPPER_SCRIPT,
     RunAs,
+    SwitchTools,
     command_line,
     current_user,
     lookup_user,
@@ -70,7 +79,16 @@ _ISOLATIONS = ("auto", "cgroups", "none")
 class _Task:
     """The executor's live record of one task (mutable: it follows the task's life)."""
 
-    __slots__ = ("cgroup", "checkpoint", "done", "exited", "kill_requested", "killer", "pidfd")
+    __slots__ = (
+        "cgroup",
+        "checkpoint",
+        "done",
+        "exit_code",
+        "exited",
+        "kill_requested",
+        "killer",
+        "pidfd",
+    )
 
     def __init__(self, checkpoint: TaskCheckpoint, cgroup: TaskCgroup | None) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +99,7 @@ class _Task:
         self.done: asyncio.Future[TaskExit] = loop.create_future()  # nothing of it is left
         self.kill_requested = False
         self.killer: asyncio.Task[None] | None = None
+        self.exit_code: int | None = None  # the wrapper's, when we reaped it ourselves
 
     @property
     def task_id(self) -> str:
@@ -121,7 +140,7 @@ class Executor:
         self._cgroup_note = detection.reason
         self._me = current_user()
         self._can_switch = self._me.uid == 0
-        self._setpriv = shutil.which("setpriv") if self._can_switch else None
+        self._switch_tools = _switch_tools() if self._can_switch else None
         self._default_user = (default_user or DEFAULT_TASK_USER) if self._can_switch else None
         self._requested_user = default_user
         self._users: dict[str, RunAs] = {}
@@ -153,8 +172,8 @@ class Executor:
                 f"the agent is not root: every task runs as {self._me.name!r}"
                 + (f", not {self._requested_user!r}" if self._requested_user else "")
             )
-        elif self._setpriv is None:
-            warnings.append("setpriv (util-linux) not found: tasks cannot switch user")
+        elif self._switch_tools is None:
+            warnings.append("setpriv (util-linux) or env not found: tasks cannot switch user")
         elif not _traversable(self._sandboxes):
             warnings.append(
                 f"{self._sandboxes} is not reachable by other users (a parent lacks o+x): "
@@ -163,7 +182,7 @@ class Executor:
         return {
             "cgroups": self._driver.version if self._driver else None,
             "cgroup_detail": self._driver.describe() if self._driver else None,
-            "user_switching": self._can_switch and self._setpriv is not None,
+            "user_switching": self._switch_tools is not None,
             "default_user": self._default_user or self._me.name,
             "warning": "; ".join(warnings) or None,
         }
@@ -207,8 +226,9 @@ class Executor:
 
     def _start(self, spec: LaunchSpec) -> _Task:
         run_as = self._run_as(spec.user)
-        switch = self._setpriv if run_as.uid != self._me.uid else None
-        argv = command_line(spec, run_as, switch)
+        switch = self._switch_tools if run_as.uid != self._me.uid else None
+        env = task_environment(spec, run_as, str(self.sandbox(spec.task_id)))
+        argv = command_line(spec, run_as, env, switch)
         try:
             self._meta.create(spec.task_id)
         except FileExistsError:
@@ -216,12 +236,14 @@ class Executor:
         except OSError as error:
             raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
         try:
-            return self._spawn(spec, run_as, argv)
+            return self._spawn(spec, run_as, argv, ROOT_WRAPPER_ENV if switch else env)
         except BaseException:
             self._meta.forget(spec.task_id)
             raise
 
-    def _spawn(self, spec: LaunchSpec, run_as: RunAs, argv: list[str]) -> _Task:
+    def _spawn(
+        self, spec: LaunchSpec, run_as: RunAs, argv: list[str], env: Mapping[str, str]
+    ) -> _Task:
         sandbox = self.sandbox(spec.task_id)
         stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as)
         cgroup = None
@@ -233,7 +255,7 @@ class Executor:
                 sandbox=str(sandbox),
                 procs_files=cgroup.procs_files if cgroup else (),
                 argv=argv,
-                env=task_environment(spec, run_as, str(sandbox)),
+                env=env,
                 stdout_fd=stdout_fd,
                 stderr_fd=stderr_fd,
             )
@@ -270,7 +292,7 @@ class Executor:
         run_as = self._users.get(name)
         if run_as is None:
             run_as = self._users[name] = lookup_user(name)
-        if run_as.uid != self._me.uid and self._setpriv is None:
+        if run_as.uid != self._me.uid and self._switch_tools is None:
             raise LaunchFailed(f"cannot run as {name!r}: setpriv (util-linux) is not installed")
         return run_as
 
@@ -329,8 +351,10 @@ class Executor:
 
     def _on_wrapper_exit(self, task: _Task) -> None:
         self._unwatch(task)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(task.pid, os.WNOHANG)  # reap it if it is our child
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
+            pid, wait_status = os.waitpid(task.pid, os.WNOHANG)
+            if pid == task.pid and os.WIFEXITED(wait_status):
+                task.exit_code = os.WEXITSTATUS(wait_status)
         if not task.exited.done():
             task.exited.set_result(None)
         finisher = asyncio.get_running_loop().create_task(self._finish(task))
@@ -345,6 +369,9 @@ class Executor:
     async def _finish(self, task: _Task) -> None:
         """Kill what is left of the task, decide how it ended, checkpoint that, free its cgroup."""
         evidence = self._evidence(task.checkpoint, task.cgroup, task.kill_requested)
+        if evidence.status is None and task.exit_code is not None:
+            # No status file (disk full?): the wrapper exits with the command's status too.
+            evidence = replace(evidence, status=WrapperStatus(exit_status=task.exit_code))
         await _kill_leftovers(task)
         result = decide_exit(evidence)
         try:
@@ -606,6 +633,11 @@ def _same_process(checkpoint: TaskCheckpoint) -> bool:
     """Is the checkpointed wrapper still running, and not another process with its pid?"""
     ticks = process_start_ticks(checkpoint.pid, running_only=True)
     return ticks is not None and ticks == checkpoint.start_ticks
+
+
+def _switch_tools() -> SwitchTools | None:
+    setpriv, env = shutil.which("setpriv"), shutil.which("env")
+    return SwitchTools(setpriv, env) if setpriv and env else None
 
 
 def _traversable(path: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
 from conftest import eventually, process_gone
 
 from tessera.agent.executor import Executor, LaunchSpec
@@ -86,7 +87,9 @@ async def test_kill_leaves_nothing_of_a_tree_that_ignores_sigterm(cg_executor: E
 
 async def test_graceful_task_ends_on_sigterm_within_the_grace(cg_executor: Executor) -> None:
     running = await cg_executor.launch(LaunchSpec("grace.1", args=("sleep", "300")))
-    await eventually(lambda: len(procs(running.cgroups[0])) == 2)
+    wrapper = psutil.Process(running.pid)
+    # Until sleep has exec'd, a SIGTERM may land in the wrapper's fork and be lost.
+    await eventually(lambda: [child.name() for child in wrapper.children()] == ["sleep"])
     await cg_executor.kill("grace.1", grace=30)  # returns as soon as sleep dies of SIGTERM
     result = await cg_executor.wait("grace.1")
     assert (result.state, result.signal) == ("TASK_KILLED", 15)

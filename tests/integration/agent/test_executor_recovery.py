@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import eventually, process_gone
 
@@ -152,7 +153,9 @@ async def test_kill_started_before_the_restart_reports_killed(
 ) -> None:
     first = make_executor("none")
     running = await first.launch(LaunchSpec("halfkill.1", args=("sleep", "300")))
-    await eventually(lambda: not process_gone(running.pid))
+    wrapper = psutil.Process(running.pid)
+    # Until sleep has exec'd, a SIGTERM may land in the wrapper's fork and be lost.
+    await eventually(lambda: [child.name() for child in wrapper.children()] == ["sleep"])
     await first.close()
     (work_dir / "meta" / "tasks" / "halfkill.1" / "kill_requested").touch()
     os.killpg(running.pid, signal.SIGTERM)

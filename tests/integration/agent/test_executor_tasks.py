@@ -88,6 +88,20 @@ async def test_tasks_run_as_nobody_by_default(executor: Executor) -> None:
     assert executor.isolation_info()["default_user"] == "nobody"
 
 
+async def test_task_environment_never_reaches_the_root_wrapper(executor: Executor) -> None:
+    needs_root()
+    # LD_PRELOAD in the root wrapper's environment would run the task's code as root.
+    env = {**ENV, "LD_PRELOAD": "/nonexistent/evil.so", "SECRET_OF_TASK": "x"}
+    running = await executor.launch(LaunchSpec("preload.1", args=("sleep", "30"), env=env))
+    wrapper = psutil.Process(running.pid)
+    await eventually(lambda: len(wrapper.children()) == 1)
+    assert "LD_PRELOAD" not in wrapper.environ()
+    assert "SECRET_OF_TASK" not in wrapper.environ()
+    [task] = wrapper.children()
+    assert task.environ()["SECRET_OF_TASK"] == "x"
+    assert task.uids().real == 65534
+
+
 async def test_run_as_a_named_user(executor: Executor) -> None:
     needs_root()
     await executor.launch(LaunchSpec("user.2", command="id -un", env=ENV, user="daemon"))
@@ -178,3 +192,13 @@ async def test_close_removes_an_empty_cgroup_prefix(
     parents = {os.path.dirname(path) for path in running.cgroups}
     assert parents and not any(os.path.exists(parent) for parent in parents)
     assert all(parent.endswith(cgroup_prefix) for parent in parents)
+
+
+async def test_exit_code_survives_an_unwritable_status_file(
+    executor: Executor, work_dir: Path
+) -> None:
+    await executor.launch(LaunchSpec("nostatus.1", command="sleep 0.3; exit 5", env=ENV))
+    # A directory where the status file goes makes the wrapper's write fail (like a full disk).
+    (work_dir / "meta" / "tasks" / "nostatus.1" / "exit_status").mkdir()
+    result = await executor.wait("nostatus.1")
+    assert (result.state, result.exit_code) == ("TASK_FAILED", 5)

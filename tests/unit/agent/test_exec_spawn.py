@@ -7,25 +7,39 @@ from pathlib import Path
 
 import pytest
 
-from tessera.agent.exec_spawn import RunAs, command_line, find_executable, task_environment
+from tessera.agent.exec_spawn import (
+    RunAs,
+    SwitchTools,
+    command_line,
+    find_executable,
+    task_environment,
+)
 from tessera.agent.exec_types import LaunchFailed, LaunchSpec
 
 NOBODY = RunAs("nobody", 65534, 65534, (65534, 100), "/nonexistent")
+TOOLS = SwitchTools("/usr/bin/setpriv", "/usr/bin/env")
+PATH = {"PATH": "/usr/bin:/bin"}
 
 
 def test_command_runs_through_the_shell() -> None:
     spec = LaunchSpec("t", command="echo $HOME")
-    assert command_line(spec, NOBODY, None) == ["/bin/sh", "-c", "echo $HOME"]
+    assert command_line(spec, NOBODY, PATH, None) == ["/bin/sh", "-c", "echo $HOME"]
 
 
-def test_switching_user_goes_through_setpriv() -> None:
-    spec = LaunchSpec("t", args=("sleep", "1"), env={"PATH": "/usr/bin:/bin"})
-    assert command_line(spec, NOBODY, "/usr/bin/setpriv") == [
+def test_switching_user_drops_privileges_before_taking_the_environment() -> None:
+    spec = LaunchSpec("t", args=("sleep", "1"))
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": "/tmp/evil.so"}
+    assert command_line(spec, NOBODY, env, TOOLS) == [
         "/usr/bin/setpriv",
         "--reuid=65534",
         "--regid=65534",
         "--groups=65534,100",
         "--",
+        "/usr/bin/env",
+        "-i",
+        "--",
+        "PATH=/usr/bin:/bin",
+        "LD_PRELOAD=/tmp/evil.so",
         "sleep",
         "1",
     ]
@@ -33,14 +47,23 @@ def test_switching_user_goes_through_setpriv() -> None:
 
 def test_no_supplementary_groups_clears_them() -> None:
     lonely = RunAs("x", 1000, 1000, (), "/")
-    line = command_line(LaunchSpec("t", command="true"), lonely, "/usr/bin/setpriv")
+    line = command_line(LaunchSpec("t", command="true"), lonely, PATH, TOOLS)
     assert "--clear-groups" in line
 
 
+def test_executable_named_like_an_assignment_is_refused_when_switching(tmp_path: Path) -> None:
+    odd = tmp_path / "a=b"
+    odd.write_text("#!/bin/sh\n")
+    odd.chmod(0o755)
+    spec = LaunchSpec("t", args=(str(odd),))
+    with pytest.raises(LaunchFailed, match="must not contain '='"):
+        command_line(spec, NOBODY, PATH, TOOLS)
+
+
 def test_missing_executable_cannot_launch() -> None:
-    spec = LaunchSpec("t", args=("nosuchcmd", "x"), env={"PATH": "/usr/bin:/bin"})
+    spec = LaunchSpec("t", args=("nosuchcmd", "x"))
     with pytest.raises(LaunchFailed, match="No such file or directory: 'nosuchcmd'") as caught:
-        command_line(spec, NOBODY, None)
+        command_line(spec, NOBODY, PATH, None)
     assert caught.value.exit.state == "TASK_FAILED"
     assert caught.value.exit.reason == "REASON_CONTAINER_LAUNCH_FAILED"
 
