@@ -91,10 +91,11 @@ async def serve_agent(config: AgentConfig) -> int:
         elif error is not None:
             log.error("agent stopped: %r", error)
             code = 1
-    connection.cancel()
     stopper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await connection
+    if not connection.done():
+        connection.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connection
     await daemon.shutdown()
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
-out = Console(highlight=False)
+# Piped output is read by scripts and greps: wide enough that no ID is ever cut.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 def _num(value: float) -> str:
@@ -15,7 +17,8 @@ def _num(value: float) -> str:
 
 
 def agents_table(agents: list[dict[str, Any]]) -> None:
-    table = Table("ID", "HOSTNAME", "STATE", "CPUS", "MEM (MiB)", "TASKS", "ATTRIBUTES")
+    table = Table("HOSTNAME", "STATE", "CPUS", "MEM (MiB)", "TASKS", "ATTRIBUTES")
+    table.columns.insert(0, Column("ID", no_wrap=True))
     for agent in agents:
         total, used = agent["resources"], agent["allocated"]
         attributes = ";".join(f"{k}:{v}" for k, v in sorted(agent["attributes"].items()))
@@ -37,11 +40,14 @@ def _why(task: dict[str, Any]) -> str:
         if not reasons:
             return "waiting for placement"
         return "no agent fits: " + ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items()))
+    if task["state"] == "TASK_FINISHED":
+        return ""
     return task.get("message") or task.get("reason") or ""
 
 
 def tasks_table(tasks: list[dict[str, Any]]) -> None:
-    table = Table("ID", "STATE", "HOST", "PORTS", "CPUS", "MEM", "EXIT", "WHY")
+    table = Table("STATE", "HOST", "PORTS", "CPUS", "MEM", "EXIT", "WHY")
+    table.columns.insert(0, Column("ID", no_wrap=True))
     for task in tasks:
         exit_code = task.get("exitCode")
         table.add_row(

@@ -1,0 +1,222 @@
+"""Real master and agent processes on loopback, for integration tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def tessera_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tessera", *args]
+
+
+@dataclass
+class Daemon:
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            tessera_command(*self.args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def kill9(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Cluster:
+    """A master plus agents, each a real `tessera` process; everything is stopped at the end."""
+
+    def __init__(self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.heartbeat_interval = heartbeat_interval
+        self.misses = misses
+        self.master: Daemon | None = None
+        self.agents: list[Daemon] = []
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "master" / "join-token"
+
+    def start_master(self, reregistration_timeout: float = 30.0) -> Daemon:
+        self.master = Daemon(
+            "master",
+            [
+                "master",
+                "--port",
+                str(self.port),
+                "--work-dir",
+                str(self.root / "master"),
+                "--heartbeat-interval",
+                str(self.heartbeat_interval),
+                "--max-missed-heartbeats",
+                str(self.misses),
+                "--reregistration-timeout",
+                str(reregistration_timeout),
+            ],
+            self.root / "master.log",
+        ).start()
+        wait_for(self._pings, 20, "master /ping")
+        return self.master
+
+    def _pings(self) -> bool:
+        try:
+            return self.http.get("/ping").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def agent_args(self, name: str, resources: str, host: str = "127.0.0.1") -> list[str]:
+        return [
+            "agent",
+            "--master",
+            self.url,
+            "--work-dir",
+            str(self.root / name),
+            "--join-token-file",
+            str(self.token_file),
+            "--hostname",
+            host,
+            "--resources",
+            resources,
+            "--kill-tasks-on-exit",
+        ]
+
+    def start_agent(
+        self,
+        name: str = "agent-1",
+        resources: str = "cpus:2;mem:2048;disk:1000;ports:[31000-31099]",
+        host: str = "127.0.0.1",
+        wait: bool = True,
+        extra: list[str] | None = None,
+    ) -> Daemon:
+        agent = Daemon(
+            name, self.agent_args(name, resources, host) + (extra or []), self.root / f"{name}.log"
+        ).start()
+        self.agents.append(agent)
+        if wait:
+            wait_for(lambda: self.agent_registered(name), 20, f"{name} to register")
+        return agent
+
+    def agent_registered(self, name: str) -> bool:
+        agent_id_file = self.root / name / "agent-id"
+        if not agent_id_file.exists():
+            return False
+        agent_id = agent_id_file.read_text().strip()
+        agents = self.get("/v1/agents")["agents"]
+        return any(a["id"] == agent_id and a["state"] == "ACTIVE" for a in agents)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        response = self.http.get(path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def launch(self, **body: Any) -> dict[str, Any]:
+        response = self.http.post("/v1/tasks", json=body)
+        assert response.status_code == 201, response.text
+        task: dict[str, Any] = response.json()
+        return task
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        task: dict[str, Any] = self.get(f"/v1/tasks/{task_id}")
+        return task
+
+    def wait_state(self, task_id: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
+        found: dict[str, Any] = wait_for(
+            lambda: (t := self.task(task_id))["state"] in states and t,
+            timeout,
+            f"{task_id} to reach {states}",
+        )
+        return found
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            tessera_command(*args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "TESSERA_MASTER": self.url, "TESSERA_HOME": str(self.root)},
+        )
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        if self.master is not None:
+            self.master.stop()
+        self.http.close()
+
+
+def task_processes(task_id: str) -> list[psutil.Process]:
+    """Every live process whose environment carries this task's ID."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("MESOS_TASK_ID") == task_id:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
