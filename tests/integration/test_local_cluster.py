@@ -1,0 +1,48 @@
+"""`tessera up --detach` and `tessera down` as a newcomer runs them: nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from tessera.testing.cluster import free_port, task_processes, tessera_command, wait_for
+
+
+def _tessera(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TESSERA_MASTER"}
+    env["TESSERA_HOME"] = str(home)
+    return subprocess.run(
+        tessera_command(*args), capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_up_detach_then_down_leaves_nothing(tmp_path: Path) -> None:
+    port = str(free_port())
+    started = _tessera(tmp_path, "up", "--agents", "2", "--port", port, "--detach", "--demo")
+    assert started.returncode == 0, started.stderr
+    state = json.loads((tmp_path / "local" / "cluster.json").read_text())
+    pids = list(state["processes"].values())
+    assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
+
+    # The CLI finds the running local cluster without --master.
+    agents = json.loads(_tessera(tmp_path, "agent", "list", "--json").stdout)
+    assert len(agents) == 2
+    assert {a["hostname"] for a in agents} == {"127.0.0.2", "127.0.0.3"}
+    ranges = sorted(tuple(a["resources"]["ports"][0]) for a in agents)
+    assert ranges[0][1] < ranges[1][0], "local agents must not share a port range"
+    tasks = json.loads(_tessera(tmp_path, "task", "list", "--json").stdout)
+    ticker = next(t for t in tasks if t["name"] == "ticker")
+    wait_for(lambda: task_processes(ticker["id"]), 20, "the demo ticker to run")
+
+    stopped = _tessera(tmp_path, "down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert task_processes(ticker["id"]) == []
+    unreachable = _tessera(tmp_path, "task", "list")
+    assert unreachable.returncode == 1
+    assert "tessera up" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
