@@ -1,19 +1,23 @@
 """Packing policy: agent scores, the balanced group fill and the order of requests.
 
-NOTE FOR THE ENGINE (issue 3, part 2; measured in bench/RESULTS.md, "Placement"):
-the contract functions below work as before, but the packing goal (within 5% of the
-lower bound) is only reached when the engine also uses the two optional hooks:
+NOTE FOR THE ENGINE (issue 3, part 2; measured in bench/RESULTS.md, "Placement").
+The contract functions (`binpack_scores`, `spread_scores`, `order_requests`) keep their
+signatures, but the packing goal (within 5% of the lower bound, never worse than FFD,
+Nomad BestFit-v3 or Kubernetes MostAllocated) needs two hooks in the binpack path:
 
-1. `order_requests(..., counts=, free=, capacity=, max_per_agent=)`: pass each
-   request's task count, the free/total rows of the agents that can take work, and the
-   per-agent cap from UNIQUE / MAX_PER on hostname (else `counts`). The order is then
-   a look-ahead packing, not a sort; without them it falls back to largest first.
-2. `binpack_copy_limits(free, capacity, demand)`: a soft per-agent cap for the binpack
-   group fill. Fill best agents first up to `min(caps, limits)`, then place what is
-   left best agents first up to `caps` (the second pass keeps every task placeable):
+1. `plan_requests(demands, counts, free, capacity, max_per_agent)` instead of
+   `order_requests` for a priority level: `counts` = tasks per request, `free` and
+   `capacity` = `snapshot.free` / `snapshot.total` of the active agents, and
+   `max_per_agent` = 1 under UNIQUE hostname, n under MAX_PER hostname:n, else count.
+   It returns `PackingPlan(order, balanced, ...)`.
+2. When `plan.balanced`, the binpack fill caps its first pass per agent with
+   `binpack_copy_limits(free[rows], total[rows], demand)` (rows sorted best first) and
+   places what is left in a second pass, so every task still gets placed:
 
        first = take(np.minimum(caps, limits), value_limits, count)
        alloc = first + take(caps - first, value_limits, count - int(first.sum()))
+
+   (`balanced_fill` below is the same two passes without value limits.)
 
 Columns of every matrix are (cpus, mem, disk, gpus). Every resource is checked for fit
 by the engine; the scores weigh cpus and mem, the two every task asks for (Nomad's and
@@ -22,6 +26,8 @@ on its own row only, so the engine may cache them and rescore just the changed r
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -126,39 +132,83 @@ def _largest_first(demands: FloatArray, total_capacity: FloatArray) -> NDArray[n
     return np.argsort(-shares.sum(axis=1), kind="stable").astype(np.intp)
 
 
-def order_requests(
-    demands: FloatArray,
-    total_capacity: FloatArray,
-    *,
-    counts: IntArray | None = None,
-    free: FloatArray | None = None,
-    capacity: FloatArray | None = None,
-    max_per_agent: IntArray | None = None,
-) -> NDArray[np.intp]:
-    """The order in which requests of equal rank are placed (a permutation of the rows).
+def _largest_dominant_first(demands: FloatArray, total_capacity: FloatArray) -> NDArray[np.intp]:
+    """The largest share of the cluster in any one resource first; stable for ties."""
+    safe = np.where(total_capacity > 0, total_capacity, 1.0)
+    shares = np.where(total_capacity > 0, demands / safe, 0.0)
+    return np.argsort(-shares.max(axis=1), kind="stable").astype(np.intp)
 
-    `demands` holds one task per request. With only the two positional arguments:
-    largest first. With `counts` (tasks per request), `free` and `capacity` (rows of the
-    agents that can take work) and optionally `max_per_agent` (UNIQUE / MAX_PER caps),
-    the order comes from a look-ahead packing on a copy of those agents, the way the
-    engine fills them: the fullest open agent picks the request whose copies that fit
-    it align best with its free room (Tetris' alignment score, for a group), the
-    request's copies are filled in as the engine would, and so on. Requests that must
-    spread over several agents go first, ordered the same way among themselves.
+
+def order_requests(demands: FloatArray, total_capacity: FloatArray) -> NDArray[np.intp]:
+    """The order of requests of equal rank when nothing but their demands is known.
+
+    Largest share of the cluster first (the sum over resources), stable for ties. The
+    engine gets a much better order from `plan_requests` when it can pass the agents.
     """
-    n_requests = len(demands)
-    fallback = _largest_first(demands, total_capacity)
-    if n_requests <= 1 or counts is None or free is None or capacity is None or len(free) == 0:
-        return fallback
+    return _largest_first(demands, total_capacity)
+
+
+@dataclass(frozen=True)
+class PackingPlan:
+    """How to place a batch of requests: their order, and whether the fill is balanced.
+
+    `balanced`: fill with `binpack_copy_limits` as the first-pass cap (else each agent
+    as full as it goes). `agents_used` and `strategy` describe the winning look-ahead.
+    """
+
+    order: NDArray[np.intp]
+    balanced: bool
+    strategy: str
+    agents_used: int
+
+
+def plan_requests(
+    demands: FloatArray,
+    counts: IntArray,
+    free: FloatArray,
+    capacity: FloatArray,
+    max_per_agent: IntArray | None = None,
+) -> PackingPlan:
+    """Choose the order and the fill for a batch of binpack requests by trying them out.
+
+    `demands` holds one task per request, `counts` its number of tasks, `free` and
+    `capacity` the rows of the agents that can take work, `max_per_agent` the cap per
+    agent from UNIQUE / MAX_PER on hostname. Each strategy packs a copy of the agents
+    the way the engine fills them (resources and that cap only); the one that uses the
+    fewest agents (then leaves fewest tasks out) wins, earlier strategies on ties:
+
+    - look-ahead, balanced fill: the fullest open agent picks the request whose copies
+      that fit it align best with its free room (Tetris' alignment score, for a
+      group); requests that must spread over several agents go first;
+    - the same look-ahead with each agent filled as full as it goes;
+    - largest first (by the sum of shares, then by the dominant share), each agent
+      filled as full as it goes: first-fit decreasing for groups.
+
+    The balanced fill wins on large mixed batches, where complementary tasks fill the
+    room it leaves; the plain ones win on small batches of big tasks.
+    """
     counts = np.asarray(counts, dtype=np.int64)
     per_agent = counts if max_per_agent is None else np.minimum(max_per_agent, counts)
+    largest = _largest_first(demands, capacity.sum(axis=0))
+    if len(demands) <= 1 or len(free) == 0:
+        return PackingPlan(largest, False, "single", 0)
     if (demands == demands[0]).all() and (per_agent == counts).all():
-        return fallback  # interchangeable requests: any order packs the same
-    agents = _LookAhead(free.astype(np.float64, copy=True), capacity, demands, counts, per_agent)
-    spread = per_agent < counts
-    first = agents.order(np.flatnonzero(spread))
-    rest = agents.order(np.flatnonzero(~spread))
-    return np.concatenate([first, rest]).astype(np.intp)
+        return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
+    plans: list[tuple[tuple[int, int], PackingPlan]] = []
+    for balanced in (True, False):
+        agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced)
+        spread = per_agent < counts
+        first = agents.order(np.flatnonzero(spread))
+        order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
+        name = "look-ahead, " + ("balanced" if balanced else "full")
+        plans.append((agents.outcome(), PackingPlan(order.astype(np.intp), balanced, name, 0)))
+    dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
+    for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
+        agents = _LookAhead(free, capacity, demands, counts, per_agent, False)
+        agents.replay(order)
+        plans.append((agents.outcome(), PackingPlan(order, False, name + ", full", 0)))
+    (used, _), best = min(plans, key=lambda entry: entry[0])
+    return PackingPlan(best.order, best.balanced, best.strategy, used)
 
 
 class _LookAhead:
@@ -171,13 +221,25 @@ class _LookAhead:
         demands: FloatArray,
         counts: IntArray,
         per_agent: IntArray,
+        balanced: bool,
     ) -> None:
-        self.free = free
+        self.free = free.astype(np.float64, copy=True)
         self.capacity = capacity
         self.demands = demands
         self.counts = counts
         self.per_agent = per_agent
+        self.balanced = balanced
         self.closed = np.zeros(len(free), dtype=np.bool_)
+        self.unplaced = 0
+
+    def replay(self, order: NDArray[np.intp]) -> None:
+        for request in order.tolist():
+            self._place(request)
+
+    def outcome(self) -> tuple[int, int]:
+        """(agents in use, tasks left out) after the requests placed so far."""
+        in_use = int(np.any(self.free < self.capacity, axis=1).sum())
+        return in_use, self.unplaced
 
     def order(self, pending: NDArray[np.intp]) -> NDArray[np.intp]:
         """Place `pending` request by request; returns them in the order placed."""
@@ -227,12 +289,15 @@ class _LookAhead:
 
     def _place(self, request: int) -> None:
         demand = self.demands[request]
+        count = int(self.counts[request])
         fit = np.minimum(_copies_that_fit(self.free, demand), self.per_agent[request])
         rows = np.flatnonzero(fit > 0)
-        if len(rows) == 0:
-            return
         scores = binpack_scores(self.free[rows], self.capacity[rows], demand)
         rows = rows[np.argsort(-scores, kind="stable")]
-        limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)
-        copies = balanced_fill(fit[rows], limits, int(self.counts[request]))
+        if self.balanced:
+            limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)
+        else:
+            limits = fit[rows]
+        copies = balanced_fill(fit[rows], limits, count)
         self.free[rows] -= copies[:, None] * demand
+        self.unplaced += count - int(copies.sum())

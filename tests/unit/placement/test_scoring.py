@@ -73,15 +73,15 @@ def test_without_agents_the_order_is_largest_share_first() -> None:
 def test_requests_that_must_spread_go_first() -> None:
     demands = np.array([[4.0, 4096.0, 0.0, 0.0], [1.0, 1024.0, 0.0, 0.0]])
     capacity = np.array([[8.0, 32768.0, 0.0, 0.0]] * 4)
-    order = scoring.order_requests(
+    plan = scoring.plan_requests(
         demands,
-        capacity.sum(axis=0),
-        counts=np.array([2, 3]),
-        free=capacity.copy(),
-        capacity=capacity,
+        np.array([2, 3]),
+        capacity.copy(),
+        capacity,
         max_per_agent=np.array([2, 1]),  # the small one is UNIQUE on hostname
     )
-    assert order.tolist() == [1, 0]
+    assert plan.strategy.startswith("look-ahead")
+    assert plan.order.tolist() == [1, 0]
 
 
 def _agents_used(order: list[int], demands: np.ndarray, capacity: np.ndarray) -> int:
@@ -94,17 +94,36 @@ def _agents_used(order: list[int], demands: np.ndarray, capacity: np.ndarray) ->
     return int((free < capacity).any(axis=1).sum())
 
 
-def test_the_look_ahead_packs_where_largest_first_strands_room() -> None:
+def test_the_plan_packs_where_largest_first_strands_room() -> None:
     # Agents of (10 cpus, 10 mem); 26 cpus in all, so three agents at best.
     capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 5)
     demands = np.array([[6.0, 1.0], [4.0, 3.0], [4.0, 4.0], [7.0, 6.0], [5.0, 2.0]]) @ np.eye(2, 4)
-    total = capacity.sum(axis=0)
-    largest_first = scoring.order_requests(demands, total)
-    looked = scoring.order_requests(
-        demands, total, counts=np.ones(5, dtype=np.int64), free=capacity.copy(), capacity=capacity
-    )
+    largest_first = scoring.order_requests(demands, capacity.sum(axis=0))
+    plan = scoring.plan_requests(demands, np.ones(5, dtype=np.int64), capacity.copy(), capacity)
     assert _agents_used(largest_first.tolist(), demands, capacity) == 4
-    assert _agents_used(looked.tolist(), demands, capacity) == 3
+    assert _agents_used(plan.order.tolist(), demands, capacity) == 3
+    assert plan.agents_used == 3
+
+
+def test_the_plan_fills_mixed_groups_balanced() -> None:
+    # Groups on agents of (10, 10): 70 cpus and 63 mem in all, so 7 agents at best.
+    # Filled to the brim, the memory-heavy groups strand cpus (9 agents); capping the
+    # first pass keeps room for the cpu-heavy group.
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 14)
+    demands = np.array([[2.0, 2.0], [4.0, 1.0], [2.0, 3.0], [2.0, 3.0]]) @ np.eye(2, 4)
+    counts = np.array([6, 6, 6, 11])
+    plan = scoring.plan_requests(demands, counts, capacity.copy(), capacity)
+    assert plan.balanced
+    assert plan.agents_used == 7
+
+
+def test_identical_requests_skip_the_look_ahead() -> None:
+    capacity = np.array([[8.0, 32768.0, 0.0, 0.0]] * 3)
+    demands = np.array([[0.5, 256.0, 0.0, 0.0]] * 3)
+    plan = scoring.plan_requests(demands, np.array([5, 5, 5]), capacity.copy(), capacity)
+    assert plan.strategy == "interchangeable"
+    assert plan.order.tolist() == [0, 1, 2]
+    assert not plan.balanced
 
 
 matrices = st.integers(1, 6).flatmap(
@@ -151,14 +170,7 @@ def test_order_is_always_a_permutation(
     capacity = np.tile(np.array([8.0, 8.0, 0.0, 2.0]), (n_agents, 1))
     expected = list(range(len(demands)))
     plain = scoring.order_requests(demands, capacity.sum(axis=0))
-    looked = scoring.order_requests(
-        demands,
-        capacity.sum(axis=0),
-        counts=counts,
-        free=capacity.copy(),
-        capacity=capacity,
-        max_per_agent=per_agent,
-    )
+    plan = scoring.plan_requests(demands, counts, capacity.copy(), capacity, per_agent)
     assert sorted(plain.tolist()) == expected
-    assert sorted(looked.tolist()) == expected
-    assert looked.dtype == np.intp
+    assert sorted(plan.order.tolist()) == expected
+    assert plan.order.dtype == np.intp

@@ -1,0 +1,59 @@
+"""The placement benchmark's quick mode runs in-process and reports sane numbers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import placement  # noqa: E402
+from bench.packing_workload import generate, lower_bound  # noqa: E402
+
+
+@pytest.mark.parametrize("unique_fraction", [0.0, placement.UNIQUE_FRACTION])
+def test_packing_never_beats_the_lower_bound_and_places_everything(
+    unique_fraction: float,
+) -> None:
+    report = placement.run_packing(placement.QUICK, unique_fraction)
+    bounds = report.lower_bounds
+    assert len(bounds) == placement.QUICK.seeds
+    policies = {row.policy for row in report.rows}
+    assert {placement.ENGINE_ROW, placement.MODEL_ROW, "nomad-bestfit-v3"} <= policies
+    for row in report.rows:
+        assert all(used >= bound for used, bound in zip(row.agents, bounds, strict=True))
+        assert sum(row.unplaced) == 0, row.policy
+    assert all(n >= b for n, b in zip(report.least_allocated_needed, bounds, strict=True))
+    assert "Packing" in placement.format_packing(report)
+
+
+def test_lower_bound_counts_the_binding_resource_and_unique() -> None:
+    workload = generate(0, 30, unique_fraction=1.0)
+    total = workload.total_demand()
+    by_resource = max(int(-(-total[i] // workload.machine[i])) for i in (0, 1, 2))
+    assert lower_bound(workload) >= by_resource
+    assert lower_bound(workload) >= int(workload.instances[workload.unique].max())
+
+
+@pytest.mark.parametrize("shape", ["c1m", "k8s"])
+def test_throughput_shapes_place_every_task(shape: str) -> None:
+    sizes = placement.QUICK
+    (result,) = placement.run_shape(shape, sizes, quick=True, in_process=True)
+    expected = sizes.c1m_jobs * 5 * sizes.c1m_instances if shape == "c1m" else sizes.k8s_requests
+    assert result.placed == expected
+    assert result.unplaced == 0
+    assert result.per_second > 0
+    assert 0 < result.latency_p50_ms <= result.latency_p99_ms
+    assert result.peak_rss_mib > 0
+    assert shape in placement.format_throughput(shape, [result])
+
+
+def test_command_line_quick_mode_prints_every_part(capsys: pytest.CaptureFixture[str]) -> None:
+    assert placement.main(["--quick", "--in-process", "--parts", "c1m,k8s"]) == 0
+    out = capsys.readouterr().out
+    assert "c1m:" in out
+    assert "k8s:" in out
