@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
-
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import TaskCgroup, clean_prefix, select_driver
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
@@ -44,6 +42,17 @@ from tessera.agent.exec_spawn import (
     lookup_user,
     spawn_wrapper,
     task_environment,
+)
+from tessera.agent.exec_tree import (
+    TaskRecord,
+    abort_launch,
+    empty_cgroup,
+    kill_leftovers,
+    procfs_usage,
+    reap_if_ours,
+    remove_cgroup,
+    same_process,
+    signal_task,
 )
 from tessera.agent.exec_types import (
     DEFAULT_TASK_USER,
@@ -72,42 +81,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-_LEFTOVER_DEADLINE = 10.0
+LEFTOVER_DEADLINE = 10.0
 _ISOLATIONS = ("auto", "cgroups", "none")
-
-
-class _Task:
-    """The executor's live record of one task (mutable: it follows the task's life)."""
-
-    __slots__ = (
-        "cgroup",
-        "checkpoint",
-        "done",
-        "exit_code",
-        "exited",
-        "kill_requested",
-        "killer",
-        "pidfd",
-    )
-
-    def __init__(self, checkpoint: TaskCheckpoint, cgroup: TaskCgroup | None) -> None:
-        loop = asyncio.get_running_loop()
-        self.checkpoint = checkpoint
-        self.cgroup = cgroup
-        self.pidfd: int | None = None
-        self.exited: asyncio.Future[None] = loop.create_future()  # the wrapper ended
-        self.done: asyncio.Future[TaskExit] = loop.create_future()  # nothing of it is left
-        self.kill_requested = False
-        self.killer: asyncio.Task[None] | None = None
-        self.exit_code: int | None = None  # the wrapper's, when we reaped it ourselves
-
-    @property
-    def task_id(self) -> str:
-        return self.checkpoint.task_id
-
-    @property
-    def pid(self) -> int:
-        return self.checkpoint.pid
 
 
 class Executor:
@@ -144,7 +119,7 @@ class Executor:
         self._default_user = (default_user or DEFAULT_TASK_USER) if self._can_switch else None
         self._requested_user = default_user
         self._users: dict[str, RunAs] = {}
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, TaskRecord] = {}
         self._exits: dict[str, TaskExit] = {}
         self._finishers: set[asyncio.Task[None]] = set()
 
@@ -200,7 +175,7 @@ class Executor:
             return TaskUsage(
                 used.cpu_seconds, used.mem_bytes, used.mem_limit_bytes, used.pids, "cgroup"
             )
-        return _procfs_usage(task.pid)
+        return procfs_usage(task.pid)
 
     # ---- launch ----------------------------------------------------------------------------
 
@@ -224,7 +199,7 @@ class Executor:
         self._watch(task)
         return self._describe(task)
 
-    def _start(self, spec: LaunchSpec) -> _Task:
+    def _start(self, spec: LaunchSpec) -> TaskRecord:
         run_as = self._run_as(spec.user)
         switch = self._switch_tools if run_as.uid != self._me.uid else None
         env = task_environment(spec, run_as, str(self.sandbox(spec.task_id)))
@@ -243,7 +218,7 @@ class Executor:
 
     def _spawn(
         self, spec: LaunchSpec, run_as: RunAs, argv: list[str], env: Mapping[str, str]
-    ) -> _Task:
+    ) -> TaskRecord:
         sandbox = self.sandbox(spec.task_id)
         stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as)
         cgroup = None
@@ -281,9 +256,9 @@ class Executor:
         try:
             self._meta.write_checkpoint(checkpoint)
         except OSError as error:
-            _abort(pid, cgroup)
+            abort_launch(pid, cgroup)
             raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
-        return _Task(checkpoint, cgroup)
+        return TaskRecord(checkpoint, cgroup)
 
     def _run_as(self, user: str | None) -> RunAs:
         if not self._can_switch:
@@ -325,7 +300,7 @@ class Executor:
         except OSError as error:
             raise LaunchFailed(f"cannot create the task's cgroup: {error}") from None
 
-    def _describe(self, task: _Task) -> RunningTask:
+    def _describe(self, task: TaskRecord) -> RunningTask:
         checkpoint = task.checkpoint
         return RunningTask(
             task_id=checkpoint.task_id,
@@ -338,18 +313,18 @@ class Executor:
 
     # ---- watching and the end of a task ----------------------------------------------------
 
-    def _watch(self, task: _Task) -> None:
+    def _watch(self, task: TaskRecord) -> None:
         """Watch the wrapper's pidfd; raises ProcessLookupError when it is already gone."""
         task.pidfd = os.pidfd_open(task.pid)
         asyncio.get_running_loop().add_reader(task.pidfd, self._on_wrapper_exit, task)
 
-    def _unwatch(self, task: _Task) -> None:
+    def _unwatch(self, task: TaskRecord) -> None:
         if task.pidfd is not None:
             asyncio.get_running_loop().remove_reader(task.pidfd)
             os.close(task.pidfd)
             task.pidfd = None
 
-    def _on_wrapper_exit(self, task: _Task) -> None:
+    def _on_wrapper_exit(self, task: TaskRecord) -> None:
         self._unwatch(task)
         with contextlib.suppress(ChildProcessError):  # reap it if it is our child
             pid, wait_status = os.waitpid(task.pid, os.WNOHANG)
@@ -366,20 +341,20 @@ class Executor:
         if not finisher.cancelled() and finisher.exception() is not None:
             log.error("finishing a task failed", exc_info=finisher.exception())
 
-    async def _finish(self, task: _Task) -> None:
+    async def _finish(self, task: TaskRecord) -> None:
         """Kill what is left of the task, decide how it ended, checkpoint that, free its cgroup."""
         evidence = self._evidence(task.checkpoint, task.cgroup, task.kill_requested)
         if evidence.status is None and task.exit_code is not None:
             # No status file (disk full?): the wrapper exits with the command's status too.
             evidence = replace(evidence, status=WrapperStatus(exit_status=task.exit_code))
-        await _kill_leftovers(task)
+        await kill_leftovers(task)
         result = decide_exit(evidence)
         try:
             self._meta.write_exit(task.task_id, result)
         except OSError as error:
             log.error("task %s: cannot checkpoint its exit: %s", task.task_id, error)
         if task.cgroup is not None:
-            await _remove(task.cgroup, task.task_id)
+            await remove_cgroup(task.cgroup, task.task_id)
         self._tasks.pop(task.task_id, None)
         self._exits[task.task_id] = result
         if not task.done.done():
@@ -424,7 +399,7 @@ class Executor:
             task.killer = asyncio.get_running_loop().create_task(self._kill(task, grace))
         await asyncio.shield(task.killer)
 
-    async def _kill(self, task: _Task, grace: float | None) -> None:
+    async def _kill(self, task: TaskRecord, grace: float | None) -> None:
         task.kill_requested = True
         try:
             self._meta.mark_kill(task.task_id)
@@ -433,14 +408,14 @@ class Executor:
         if grace is None:
             grace = task.checkpoint.kill_grace_seconds
         if not task.exited.done():
-            _signal_task(task, signal.SIGTERM)
+            signal_task(task, signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(task.exited), max(grace, 0.0))
             except TimeoutError:
-                _signal_task(task, signal.SIGKILL)
+                signal_task(task, signal.SIGKILL)
         await asyncio.shield(task.done)
 
-    def _live(self, task_id: str) -> _Task:
+    def _live(self, task_id: str) -> TaskRecord:
         task = self._tasks.get(task_id)
         if task is None:
             raise UnknownTask(task_id)
@@ -468,7 +443,7 @@ class Executor:
         if result is None and not alive:
             if checkpoint.boot_id != boot_id():
                 result = _lost(checkpoint)
-            elif _same_process(checkpoint):
+            elif same_process(checkpoint):
                 alive = True
             else:
                 result = decide_exit(self._evidence(checkpoint, self._attach(checkpoint), False))
@@ -487,7 +462,7 @@ class Executor:
                 continue
             checkpoint = self._meta.read_checkpoint(found.task_id)
             assert checkpoint is not None
-            task = _Task(checkpoint, self._attach(checkpoint))
+            task = TaskRecord(checkpoint, self._attach(checkpoint))
             if found.alive and self._adopt(task):
                 continue
             settled = self._meta.read_exit(found.task_id)
@@ -495,13 +470,13 @@ class Executor:
                 settled = found.exit
                 self._meta.write_exit(found.task_id, settled)
             if settled is None:
-                _reap_if_ours(checkpoint)
+                reap_if_ours(checkpoint)
                 task.exited.set_result(None)
                 await self._finish(task)
                 continue
             if task.cgroup is not None:  # a cleanup cut short by the agent's death
-                await _empty(task.cgroup, found.task_id)
-                await _remove(task.cgroup, found.task_id)
+                await empty_cgroup(task.cgroup, found.task_id)
+                await remove_cgroup(task.cgroup, found.task_id)
             self._exits[found.task_id] = settled
         await self._kill_orphans()
         return [self._inspect_known(found) for found in recovered]
@@ -512,13 +487,13 @@ class Executor:
             return found
         return RecoveredTask(found.task_id, found.pid, found.sandbox, False, result)
 
-    def _adopt(self, task: _Task) -> bool:
+    def _adopt(self, task: TaskRecord) -> bool:
         try:
             self._watch(task)
         except ProcessLookupError:
             return False
         # The pidfd pins the pid: checking the start time now is free of races.
-        if not _same_process(task.checkpoint):
+        if not same_process(task.checkpoint):
             self._unwatch(task)
             return False
         self._tasks[task.task_id] = task
@@ -540,8 +515,8 @@ class Executor:
                 continue
             if cgroup.pids():
                 log.warning("killing orphan processes in cgroup %s", cgroup.paths[0])
-            await _empty(cgroup, name)
-            await _remove(cgroup, name)
+            await empty_cgroup(cgroup, name)
+            await remove_cgroup(cgroup, name)
 
     def forget(self, task_id: str) -> None:
         """Drop an ended task's checkpoint (after its terminal update was acknowledged)."""
@@ -567,74 +542,6 @@ class Executor:
 # ---- helpers without executor state ---------------------------------------------------------
 
 
-def _signal_task(task: _Task, sig: signal.Signals) -> None:
-    """SIGTERM spares the wrapper (it must record the exit status); SIGKILL spares nothing.
-
-    In its first instants the wrapper may not have joined its cgroup yet, or not have started
-    the command: then its process group (the whole task so far) is signalled instead.
-    """
-    if task.cgroup is not None:
-        if sig == signal.SIGKILL:
-            task.cgroup.kill()
-        elif task.cgroup.signal(sig, spare=task.pid):
-            return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(task.pid, sig)  # the wrapper traps SIGTERM once it runs the command
-
-
-async def _kill_leftovers(task: _Task) -> None:
-    if task.cgroup is not None:
-        await _empty(task.cgroup, task.task_id)
-        return
-    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(task.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-    log.warning("task %s: process group %d survives SIGKILL", task.task_id, task.pid)
-
-
-async def _empty(cgroup: TaskCgroup, name: str) -> None:
-    """SIGKILL everything in the cgroup until it is empty (bounded by a deadline)."""
-    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
-    while cgroup.kill():
-        if time.monotonic() > deadline:
-            log.warning("task %s: processes survive SIGKILL in %s", name, cgroup.paths[0])
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-async def _remove(cgroup: TaskCgroup, name: str) -> None:
-    """rmdir the cgroup; the kernel may hold it busy for a moment after its last process."""
-    delay, deadline = 0.001, time.monotonic() + _LEFTOVER_DEADLINE
-    while not cgroup.remove():
-        if time.monotonic() > deadline:
-            log.warning("task %s: cgroup %s stays busy, left in place", name, cgroup.paths[0])
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def _abort(pid: int, cgroup: TaskCgroup | None) -> None:
-    """Undo a launch that cannot be checkpointed: kill the fresh task and reap it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    if cgroup is not None:
-        cgroup.kill()
-        cgroup.remove()
-
-
-def _same_process(checkpoint: TaskCheckpoint) -> bool:
-    """Is the checkpointed wrapper still running, and not another process with its pid?"""
-    ticks = process_start_ticks(checkpoint.pid, running_only=True)
-    return ticks is not None and ticks == checkpoint.start_ticks
-
-
 def _switch_tools() -> SwitchTools | None:
     setpriv, env = shutil.which("setpriv"), shutil.which("env")
     return SwitchTools(setpriv, env) if setpriv and env else None
@@ -645,36 +552,9 @@ def _traversable(path: Path) -> bool:
     return all(os.stat(directory).st_mode & 0o001 for directory in [path, *path.parents])
 
 
-def _reap_if_ours(checkpoint: TaskCheckpoint) -> None:
-    """Reap the ended wrapper if this very process launched it (then it is our zombie)."""
-    ticks = process_start_ticks(checkpoint.pid)
-    if ticks is not None and ticks == checkpoint.start_ticks:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(checkpoint.pid, os.WNOHANG)
-
-
 def _lost(checkpoint: TaskCheckpoint) -> TaskExit:
     message = f"the host rebooted since the task started (pid {checkpoint.pid}); it is gone"
     return TaskExit("TASK_LOST", REASON_AGENT_RESTARTED, message)
-
-
-def _procfs_usage(pid: int) -> TaskUsage:
-    """Usage without cgroups: the wrapper and its descendants (escapees are not counted)."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return TaskUsage(0.0, 0, None, 0, "procfs")
-    cpu, memory, count = 0.0, 0, 0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-            cpu += times.user + times.system
-            memory += process.memory_info().rss
-            count += 1
-        except psutil.Error:
-            continue
-    return TaskUsage(cpu, memory, None, count, "procfs")
 
 
 def _tail(path: Path, size: int = 4096) -> str:
