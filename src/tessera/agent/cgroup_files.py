@@ -127,6 +127,12 @@ def remove_dirs(paths: Iterable[str]) -> bool:
     return all_gone
 
 
+def ensure_writable(path: str) -> None:
+    """Raise PermissionError unless we may create task cgroups in `path` (it may pre-exist)."""
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot create cgroups here", path)
+
+
 def remove_prefix(mount: str, prefix: str) -> None:
     """rmdir `<mount>/<prefix>` and its empty parents up to the mount; stops at the first busy."""
     parts = prefix.split("/")

@@ -10,6 +10,7 @@ from tessera.agent.cgroup_files import (
     CFS_PERIOD_US,
     CgroupLimits,
     CgroupUsage,
+    ensure_writable,
     parse_keyed,
     parse_limit,
     parse_pids,
@@ -93,6 +94,7 @@ class CgroupV1Driver:
         """Create the prefix directories; learn whether swap accounting exists."""
         for parent in dict.fromkeys(self._parents.values()):
             os.makedirs(parent, exist_ok=True)
+            ensure_writable(parent)
         self._has_memsw = os.path.exists(f"{self._parents['memory']}/memory.memsw.limit_in_bytes")
 
     def release(self) -> None:

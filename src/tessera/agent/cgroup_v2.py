@@ -9,6 +9,7 @@ from tessera.agent.cgroup_files import (
     CFS_PERIOD_US,
     CgroupLimits,
     CgroupUsage,
+    ensure_writable,
     parse_keyed,
     parse_limit,
     parse_pids,
@@ -105,6 +106,7 @@ class CgroupV2Driver:
             level = f"{level}/{part}"
             os.makedirs(level, exist_ok=True)
             enable_controllers(level, wanted)
+        ensure_writable(self._parent)
         self._has_swap = os.path.exists(f"{self._parent}/memory.swap.max")
         self._can_kill = os.path.exists(f"{self._parent}/cgroup.kill")
 

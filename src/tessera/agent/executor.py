@@ -143,10 +143,9 @@ class Executor:
                 "escapes kill"
             )
         if not self._can_switch:
-            warnings.append(
-                f"the agent is not root: every task runs as {self._me.name!r}"
-                + (f", not {self._requested_user!r}" if self._requested_user else "")
-            )
+            wanted = self._requested_user
+            ignored = f", not {wanted!r}" if wanted and wanted != self._me.name else ""
+            warnings.append(f"the agent is not root: every task runs as {self._me.name!r}{ignored}")
         elif self._switch_tools is None:
             warnings.append("setpriv (util-linux) or env not found: tasks cannot switch user")
         elif not _traversable(self._sandboxes):
