@@ -135,9 +135,9 @@ class CgroupV1Driver:
         write_text(f"{dirs['pids']}/pids.max", pids_max)
 
     def attach(self, name: str) -> CgroupV1 | None:
-        """A task's existing cgroups (after an agent restart), if its memory cgroup is there."""
+        """A task's existing cgroups (after an agent restart), if any of them is still there."""
         dirs = self._dirs(name)
-        return CgroupV1(dirs) if os.path.isdir(dirs["memory"]) else None
+        return CgroupV1(dirs) if any(os.path.isdir(path) for path in dirs.values()) else None
 
     def names(self) -> list[str]:
         """Task cgroups that exist under the prefix (to find orphans after a restart)."""

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tessera.agent.cgroup_files import CgroupLimits
-from tessera.agent.cgroups import TaskCgroup, clean_prefix, select_driver
+from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
 from tessera.agent.exec_outcome import (
     Evidence,
@@ -68,6 +68,7 @@ from tessera.agent.exec_types import (
 )
 
 __all__ = [
+    "CgroupsUnavailable",
     "Executor",
     "LaunchFailed",
     "LaunchSpec",
@@ -460,7 +461,8 @@ class Executor:
             if found.task_id in self._tasks or found.task_id in self._exits:
                 continue
             checkpoint = self._meta.read_checkpoint(found.task_id)
-            assert checkpoint is not None
+            if checkpoint is None:  # forgotten meanwhile
+                continue
             task = TaskRecord(checkpoint, self._attach(checkpoint))
             if found.alive and self._adopt(task):
                 continue
