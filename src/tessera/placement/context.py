@@ -16,3 +16,5 @@ class Context:
     demand: FloatArray
     remaining: int
     """Tasks of the request still to place in this pass."""
+    balanced: bool = False
+    """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from tessera.placement import scoring
 from tessera.placement.context import Context
 from tessera.placement.explain import explain
 from tessera.placement.fairness import Sorter, quota_copies
+from tessera.placement.ordering import plan_level
 from tessera.placement.pipeline import Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
@@ -89,6 +89,7 @@ def _serve(
     policy: Policy,
     plan: _PlanBuilder,
     sorter: Sorter,
+    balanced: bool,
 ) -> int:
     """Place one request as far as it goes; returns how many tasks were placed."""
     demand = request.demand()
@@ -96,7 +97,7 @@ def _serve(
         request.count,
         quota_copies(policy.quota(request.role), snapshot.allocated(request.role), demand),
     )
-    ctx = Context(snapshot, request, demand, allowed)
+    ctx = Context(snapshot, request, demand, allowed, balanced)
     while ctx.remaining > 0:
         rows, copies = choose(pipeline, ctx, evaluate(pipeline, ctx))
         if len(rows) == 0:
@@ -119,13 +120,11 @@ def _priority_levels(requests: Sequence[Request]) -> list[list[Request]]:
     return [levels[priority] for priority in sorted(levels, reverse=True)]
 
 
-def _role_queues(snapshot: Snapshot, level: list[Request]) -> dict[str, deque[Request]]:
-    """Per role, the level's requests in the packing order of `scoring.order_requests`."""
-    demands = np.array([request.demand() for request in level]).reshape(len(level), -1)
-    order = scoring.order_requests(demands, snapshot.total_capacity())
+def _role_queues(ordered: list[Request]) -> dict[str, deque[Request]]:
+    """Per role, its requests in serving order."""
     queues: dict[str, deque[Request]] = {}
-    for index in order.tolist():
-        queues.setdefault(level[index].role, deque()).append(level[index])
+    for request in ordered:
+        queues.setdefault(request.role, deque()).append(request)
     return queues
 
 
@@ -152,7 +151,8 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
     for level in _priority_levels([r for r in requests if r.count > 0]):
-        for request in _fair_order(_role_queues(snapshot, level), sorter):
-            placed = _serve(pipeline, snapshot, request, policy, plan, sorter)
+        level_plan = plan_level(snapshot, level, policy.strategy)
+        for request in _fair_order(_role_queues(level_plan.requests), sorter):
+            placed = _serve(pipeline, snapshot, request, policy, plan, sorter, level_plan.balanced)
             sorter.allocated(request.role, request.demand() * placed)
     return plan.build()

@@ -14,7 +14,8 @@ from tessera.placement.types import FloatArray, IntArray
 
 Limits = Sequence[tuple[IntArray, IntArray, bool]]
 """Per value limit: (value code of each ordered agent, remaining per value, one agent per value)."""
-Fill = Callable[[IntArray, Limits, int], IntArray]
+Fill = Callable[[IntArray, Limits, int, IntArray | None], IntArray]
+"""(room per ordered agent, value limits, count, soft cap per agent or None) -> tasks per agent."""
 
 
 def water_fill(existing: IntArray, count: int, preference: FloatArray) -> IntArray:
@@ -107,12 +108,23 @@ def take(alloc: IntArray, limits: Limits, count: int) -> IntArray:
     return alloc
 
 
-def fill_binpack(caps: IntArray, limits: Limits, count: int) -> IntArray:
-    """Best agents first, each as full as it will go."""
-    return take(caps, limits, count)
+def fill_binpack(
+    caps: IntArray, limits: Limits, count: int, soft: IntArray | None = None
+) -> IntArray:
+    """Best agents first, each as full as it will go.
+
+    With `soft` caps, a first pass fills each agent only up to its soft cap and a second
+    pass places the rest up to the hard caps, so no task that fits is left out.
+    """
+    if soft is None:
+        return take(caps, limits, count)
+    first = take(np.minimum(caps, soft), limits, count)
+    return first + take(caps - first, limits, count - int(first.sum()))
 
 
-def fill_spread(caps: IntArray, limits: Limits, count: int) -> IntArray:
+def fill_spread(
+    caps: IntArray, limits: Limits, count: int, soft: IntArray | None = None
+) -> IntArray:
     """Round-robin: every agent gets an equal share per round, best agents take the rest."""
     alloc = np.zeros_like(caps)
     while count > 0:

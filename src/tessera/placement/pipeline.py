@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tessera.placement import rules
+from tessera.placement import rules, scoring
 from tessera.placement.context import Context
 from tessera.placement.fill import Fill, Limits, fill_binpack, fill_spread
 from tessera.placement.filters import (
@@ -36,7 +36,8 @@ def build_pipeline(policy: Policy) -> Pipeline:
     """Cheap structural checks first, then resources, then scoring and the group fill.
 
     Value limits of UNIQUE, MAX_PER, GROUP_BY and CLUSTER apply between filters and fill
-    (see `rules.value_limits`); the packing scorer dominates, GPU avoidance breaks ties.
+    (see `rules.value_limits`). Scores are 0..1; GPU avoidance weighs 2, so a task that
+    needs no GPU goes to a GPU agent only when no other agent can take it.
     """
     binpack = policy.strategy is Strategy.BINPACK
     return Pipeline(
@@ -50,7 +51,7 @@ def build_pipeline(policy: Policy) -> Pipeline:
             ResourceFilter(3, Reason.INSUFFICIENT_GPUS),
             PortFilter(),
         ),
-        scorers=((binpack_scorer() if binpack else spread_scorer(), 1.0), (AvoidGpuAgents(), 0.25)),
+        scorers=((binpack_scorer() if binpack else spread_scorer(), 1.0), (AvoidGpuAgents(), 2.0)),
         fill=fill_binpack if binpack else fill_spread,
     )
 
@@ -95,6 +96,11 @@ def score(pipeline: Pipeline, ctx: Context, rows: IndexArray) -> FloatArray:
     return total
 
 
+def _soft_caps(ctx: Context, rows: IndexArray) -> IntArray:
+    snapshot = ctx.snapshot
+    return scoring.binpack_copy_limits(snapshot.free[rows], snapshot.total[rows], ctx.demand)
+
+
 def choose(pipeline: Pipeline, ctx: Context, evaluation: Evaluation) -> tuple[IndexArray, IntArray]:
     """Agents and how many tasks each gets, best first; empty when nothing fits."""
     rows = evaluation.candidates
@@ -109,12 +115,13 @@ def choose(pipeline: Pipeline, ctx: Context, evaluation: Evaluation) -> tuple[In
         return np.array([best]), np.ones(1, dtype=np.int64)
     ordered = rows[np.argsort(-scores, kind="stable")]
     codes = [limit.column.codes[ordered] for limit in limits]
+    soft = _soft_caps(ctx, ordered) if ctx.balanced else None
     for _ in range(MAX_FILLS):
         ordered_limits: Limits = [
             (value_codes, limit.remaining.copy(), limit.column.unique)
             for value_codes, limit in zip(codes, limits, strict=True)
         ]
-        alloc = pipeline.fill(evaluation.caps[ordered], ordered_limits, ctx.remaining)
+        alloc = pipeline.fill(evaluation.caps[ordered], ordered_limits, ctx.remaining, soft)
         lowered = [limit.rebalance(c, alloc) for c, limit in zip(codes, limits, strict=True)]
         if not any(lowered):
             break

@@ -1,0 +1,55 @@
+"""The order in which one priority level's requests are served, and how binpack fills them.
+
+For binpack the packing policy (`scoring.plan_requests`) tries orders and fills on a copy
+of the agents and picks the one using the fewest agents; for spread, largest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tessera.model.constraints import Operator
+from tessera.placement import scoring
+from tessera.placement.request import Request, Strategy
+from tessera.placement.snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class LevelPlan:
+    requests: list[Request]
+    """The level's requests in serving order (fairness then picks among roles)."""
+    balanced: bool
+    """Binpack fills agents in two passes, first up to `scoring.binpack_copy_limits`."""
+
+
+def _per_agent_cap(request: Request) -> int:
+    """Tasks of the request one agent may hold by its hostname constraints."""
+    cap = request.count
+    for constraint in request.constraints:
+        if constraint.field != "hostname":
+            continue
+        if constraint.operator is Operator.UNIQUE:
+            cap = min(cap, 1)
+        elif constraint.operator is Operator.MAX_PER:
+            cap = min(cap, constraint.count)
+    return cap
+
+
+def plan_level(snapshot: Snapshot, level: list[Request], strategy: Strategy) -> LevelPlan:
+    if len(level) == 1:
+        return LevelPlan(level, False)
+    demands = np.array([request.demand() for request in level])
+    if strategy is Strategy.SPREAD:
+        order = scoring.order_requests(demands, snapshot.total_capacity())
+        return LevelPlan([level[i] for i in order.tolist()], False)
+    active = snapshot.active
+    plan = scoring.plan_requests(
+        demands,
+        np.array([request.count for request in level], dtype=np.int64),
+        snapshot.free[active],
+        snapshot.total[active],
+        np.array([_per_agent_cap(request) for request in level], dtype=np.int64),
+    )
+    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced)
