@@ -16,5 +16,7 @@ class Context:
     demand: FloatArray
     remaining: int
     """Tasks of the request still to place in this pass."""
+    placed: int = 0
+    """Tasks of the request placed so far (instances are numbered from it)."""
     balanced: bool = False
     """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""

@@ -32,7 +32,7 @@ class _PlanBuilder:
 def _commit(ctx: Context, rows: IndexArray, copies: IntArray, plan: _PlanBuilder) -> int:
     """Charge the chosen agents, draw ports, and record one placement per task."""
     snapshot, request = ctx.snapshot, ctx.request
-    instance = request.first_instance + request.count - ctx.remaining
+    instance = request.first_instance + ctx.placed
     placed = 0
     for row, count in zip(rows.tolist(), copies.tolist(), strict=True):
         snapshot.commit(row, request.app, request.role, ctx.demand, count)
@@ -50,6 +50,7 @@ def _commit(ctx: Context, rows: IndexArray, copies: IntArray, plan: _PlanBuilder
             instance += count
         placed += count
     ctx.remaining -= placed
+    ctx.placed += placed
     return placed
 
 
@@ -97,7 +98,7 @@ def _serve(
         request.count,
         quota_copies(policy.quota(request.role), snapshot.allocated(request.role), demand),
     )
-    ctx = Context(snapshot, request, demand, allowed, balanced)
+    ctx = Context(snapshot, request, demand, allowed, balanced=balanced)
     while ctx.remaining > 0:
         rows, copies = choose(pipeline, ctx, evaluate(pipeline, ctx))
         if len(rows) == 0:
@@ -105,7 +106,7 @@ def _serve(
         _commit(ctx, rows, copies, plan)
     if ctx.remaining > 0 and policy.preemption:
         _preempt(pipeline, ctx, plan, sorter)
-    placed = allowed - ctx.remaining
+    placed = ctx.placed
     if placed < request.count:
         ctx.remaining = request.count - placed
         reasons = explain(pipeline, ctx, evaluate(pipeline, ctx), quota_blocked=placed >= allowed)
@@ -142,7 +143,8 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     """Place every request it can; mutates `snapshot` to include the plan.
 
     Higher priorities go first; within a priority, roles take turns in dominant-resource
-    fair order, and each role's requests go largest first.
+    fair order, and each role's requests go in the order the packing policy picks
+    (`scoring.plan_requests` for binpack, largest first for spread).
     """
     policy = policy or Policy()
     pipeline = build_pipeline(policy)

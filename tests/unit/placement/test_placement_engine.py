@@ -138,3 +138,10 @@ def test_duplicate_agent_ids_are_rejected() -> None:
 
     with pytest.raises(ValueError, match="unique"):
         Snapshot.build(agents(1) * 2)
+
+
+def test_instances_stay_numbered_from_first_instance_under_a_quota() -> None:
+    policy = Policy(role_quotas={"dev": {"cpus": 2}})
+    request = Request("/x", 5, Resources(cpus=1), role="dev", first_instance=3)
+    plan = place(Snapshot.build(agents(2)), [request], policy)
+    assert [p.instance for p in plan.placements] == [3, 4]
