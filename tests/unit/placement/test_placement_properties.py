@@ -246,6 +246,8 @@ def _check_plan(
         placed = [p.agent_id for p in plan.placements if p.key == request.key]
         unplaced = sum(u.count for u in plan.unplaced if u.key == request.key)
         assert len(placed) + unplaced == request.count
+        instances = sorted(p.instance for p in plan.placements if p.key == request.key)
+        assert instances == list(range(len(placed)))
         for agent_id in placed:
             agent = by_id[agent_id]
             assert agent.state is AgentState.ACTIVE
