@@ -79,6 +79,7 @@ def _minimum(parts: list[IntArray], n_agents: int) -> IntArray:
 
 
 def evaluate(pipeline: Pipeline, ctx: Context) -> Evaluation:
+    """Run every filter over all agents; caps are the tasks each agent can still take."""
     copies = tuple(f.copies(ctx) for f in pipeline.filters)
     n_agents = ctx.snapshot.n_agents
     structural = [c for f, c in zip(pipeline.filters, copies, strict=True) if f.structural]

@@ -47,7 +47,8 @@ class Snapshot:
     """Agents in rows. `free` and `total` are (n_agents, 4) in (cpus, mem, disk, gpus) order.
 
     `place()` mutates the snapshot as its plan grows, so consecutive calls see each
-    other's placements without rebuilding anything.
+    other's placements without rebuilding anything. Preemption only evicts tasks the
+    snapshot knows as running (from the descriptions or `add_task`), never planned ones.
     """
 
     def __init__(self, agents: Iterable[AgentDescription]) -> None:
