@@ -209,8 +209,13 @@ class AgentDaemon:
         elif kind == "kill":
             await self._kill(str(message["task_id"]), message.get("grace"))
         elif kind == "ack":
-            self.journal.acknowledge(str(message["uuid"]))
+            acknowledged = self.journal.acknowledge(str(message["uuid"]))
             self._sent_at.pop(str(message["uuid"]), None)
+            if acknowledged is not None and acknowledged.state.terminal:
+                # The master has the task's end on record: its checkpoint may go (the
+                # sandbox stays for its logs).
+                with contextlib.suppress(KeyError, ValueError):
+                    self.executor.forget(acknowledged.task_id)
         else:
             log.warning("unknown message from master: %r", kind)
 
@@ -235,7 +240,7 @@ class AgentDaemon:
         )
         local = self.tasks.setdefault(task_id, LocalTask(task_id, state))
         local.state = state
-        self.journal.record(update)
+        await self.journal.record(update)
         await self._send(update)
 
     async def _launch(self, payload: dict[str, Any]) -> None:
@@ -260,9 +265,7 @@ class AgentDaemon:
         try:
             await self.executor.launch(launch)
         except LaunchFailed as error:
-            await self.report(
-                task_id, TaskState.TASK_FAILED, "REASON_COMMAND_EXECUTOR_FAILED", str(error)
-            )
+            await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
             return
         await self.report(task_id, TaskState.TASK_RUNNING)
         self._watch(task_id)

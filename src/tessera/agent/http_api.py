@@ -26,9 +26,13 @@ def create_agent_app(daemon: AgentDaemon) -> FastAPI:
     install_error_handlers(app)
 
     def sandbox_of(task_id: str) -> Path:
-        if task_id not in daemon.tasks:
-            raise ApiError(404, f"Task '{task_id}' is not known on this agent")
-        sandbox: Path = daemon.executor.sandbox(task_id)
+        # Sandboxes outlive their tasks (and agent restarts): logs stay readable.
+        try:
+            sandbox: Path = daemon.executor.sandbox(task_id)
+        except ValueError:
+            raise ApiError(404, f"Task '{task_id}' has no sandbox on this agent") from None
+        if not sandbox.is_dir():
+            raise ApiError(404, f"Task '{task_id}' has no sandbox on this agent")
         return sandbox
 
     def file_in(task_id: str, path: str) -> Path:
@@ -99,7 +103,8 @@ def create_agent_app(daemon: AgentDaemon) -> FastAPI:
         async def chunks() -> AsyncIterator[bytes]:
             position = offset
             while True:
-                finished = daemon.tasks[task_id].state.terminal
+                known = daemon.tasks.get(task_id)
+                finished = known is None or known.state.terminal
                 data = _read_from(target, position)
                 position += len(data)
                 if data:

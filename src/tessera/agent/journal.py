@@ -1,13 +1,21 @@
 """The agent's status-update journal: every update is on disk before it is sent, and is
-resent until the master acknowledges it (at-least-once delivery, as Mesos agents do)."""
+resent until the master acknowledges it (at-least-once delivery, as Mesos agents do).
+
+File work runs on one worker thread; updates recorded while an fsync is in flight share the
+next one (group commit), so a burst of task launches costs a few fsyncs, not one each.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from tessera.model.protocol import StatusUpdate
+from tessera.store.group_commit import GroupCommitter
 
 # Rewrite the journal once this many acknowledged entries have piled up in it.
 _COMPACT_AFTER = 2000
@@ -19,8 +27,12 @@ class StatusJournal:
         self.path = directory / "status-updates.jsonl"
         self._pending: dict[str, StatusUpdate] = {}
         self._acked_in_file = 0
+        self._unwritten_acks: list[str] = []
         self._replay()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (long-lived)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._group: GroupCommitter[str, None] = GroupCommitter(self._append, self._worker)
+        self._compaction: asyncio.Future[None] | None = None
 
     def _replay(self) -> None:
         if not self.path.exists():
@@ -28,10 +40,7 @@ class StatusJournal:
         self._drop_torn_tail()
         with open(self.path, encoding="utf-8") as handle:
             for line in handle:
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a crash mid-write: it was never sent
+                entry = json.loads(line)
                 if "ack" in entry:
                     self._pending.pop(entry["ack"], None)
                     self._acked_in_file += 1
@@ -40,27 +49,30 @@ class StatusJournal:
                     self._pending[update.uuid] = update
 
     def _drop_torn_tail(self) -> None:
-        """Cut a half-written last line (a crash mid-write), so the next append starts clean."""
+        """Cut a half-written last line (a crash mid-write): it was never sent, and the next
+        append must start on a clean line."""
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end != len(data):
             os.truncate(self.path, end)
 
-    def record(self, update: StatusUpdate) -> None:
+    async def record(self, update: StatusUpdate) -> None:
         """Durable on return."""
         self._pending[update.uuid] = update
-        self._write(json.dumps(update.to_json()))
+        await self._group.submit(json.dumps(update.to_json()))
 
-    def acknowledge(self, uuid: str) -> bool:
-        if self._pending.pop(uuid, None) is None:
-            return False
-        # Acks need not be fsynced: a lost ack only means one more (idempotent) resend.
-        self._file.write(json.dumps({"ack": uuid}) + "\n")
-        self._file.flush()
+    def acknowledge(self, uuid: str) -> StatusUpdate | None:
+        """Forget an acknowledged update; returns it, or None when it was not pending."""
+        update = self._pending.pop(uuid, None)
+        if update is None:
+            return None
+        # Acks are written with the next flush and need no fsync of their own: a lost ack
+        # only means one more (idempotent) resend.
+        self._unwritten_acks.append(uuid)
         self._acked_in_file += 1
-        if self._acked_in_file >= _COMPACT_AFTER:
-            self._compact()
-        return True
+        if self._acked_in_file >= _COMPACT_AFTER and self._compaction is None:
+            self._start_compaction()
+        return update
 
     def pending(self) -> list[StatusUpdate]:
         """Unacknowledged updates, oldest first."""
@@ -73,22 +85,41 @@ class StatusJournal:
                 latest = update
         return latest
 
-    def _write(self, line: str) -> None:
-        self._file.write(line + "\n")
+    def _append(self, lines: Sequence[str]) -> list[None]:
+        acks, self._unwritten_acks = self._unwritten_acks, []
+        text = "".join(json.dumps({"ack": uuid}) + "\n" for uuid in acks)
+        self._file.write(text + "".join(line + "\n" for line in lines))
         self._file.flush()
         os.fsync(self._file.fileno())
+        return [None] * len(lines)
 
-    def _compact(self) -> None:
+    def _start_compaction(self) -> None:
+        # The snapshot is taken here, on the event loop's thread, which owns `_pending`.
+        keep = [json.dumps(update.to_json()) for update in self._pending.values()]
+        self._unwritten_acks = []
+        self._acked_in_file = 0
+        loop = asyncio.get_running_loop()
+        self._compaction = loop.run_in_executor(self._worker, self._rewrite, keep)
+        self._compaction.add_done_callback(self._compaction_done)
+
+    def _compaction_done(self, _: asyncio.Future[None]) -> None:
+        self._compaction = None
+
+    def _rewrite(self, keep: list[str]) -> None:
         temporary = self.path.with_suffix(".tmp")
         with open(temporary, "w", encoding="utf-8") as handle:
-            for update in self._pending.values():
-                handle.write(json.dumps(update.to_json()) + "\n")
+            handle.write("".join(line + "\n" for line in keep))
             handle.flush()
             os.fsync(handle.fileno())
         self._file.close()
         os.replace(temporary, self.path)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self._acked_in_file = 0
 
     def close(self) -> None:
-        self._file.close()
+        def finish() -> None:
+            if self._unwritten_acks:
+                self._append([])
+            self._file.close()
+
+        self._worker.submit(finish).result()
+        self._worker.shutdown(wait=True)

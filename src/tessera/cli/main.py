@@ -11,7 +11,9 @@ import typer
 
 from tessera.cli import tasks
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
+from tessera.cli.local import down, up
 from tessera.cli.render import agents_table
+from tessera.cli.simulate import simulate
 from tessera.model.resources import ResourceFormatError, parse_attributes, parse_resources
 
 app = typer.Typer(
@@ -175,19 +177,9 @@ def agent_show(
         agents_table([data])
 
 
-def _register_optional_commands() -> None:
-    from tessera.cli.local import down, up
-
-    app.command()(up)
-    app.command()(down)
-    try:
-        from tessera.cli.simulate import simulate
-    except ImportError:  # the simulator lands with the placement engine
-        return
-    app.command()(simulate)
-
-
-_register_optional_commands()
+app.command()(up)
+app.command()(down)
+app.command()(simulate)
 
 
 def main() -> None:

@@ -60,11 +60,13 @@ def request_for(task: Task) -> Request:
     )
 
 
-def place_tasks(
-    agents: Sequence[Agent], running: Mapping[str, Sequence[Task]], queued: Sequence[Task]
-) -> PlacementResult:
-    """Place each queued task (a group of one) on the agents, around what already runs."""
-    snapshot = Snapshot.build(describe(agent, running.get(agent.id, ())) for agent in agents)
+def build_snapshot(agents: Sequence[Agent], running: Mapping[str, Sequence[Task]]) -> Snapshot:
+    return Snapshot.build(describe(agent, running.get(agent.id, ())) for agent in agents)
+
+
+def place_tasks(snapshot: Snapshot, queued: Sequence[Task]) -> PlacementResult:
+    """Place each queued task (a group of one) around what already runs; the snapshot is
+    updated in place with the placements."""
     plan = place(snapshot, [request_for(task) for task in queued], Policy())
     result = PlacementResult()
     for placement in plan.placements:

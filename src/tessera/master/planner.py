@@ -7,12 +7,17 @@ import contextlib
 import logging
 
 from tessera.master.agent_channel import AgentChannel
-from tessera.master.placement_adapter import place_tasks
+from tessera.master.placement_adapter import build_snapshot, place_tasks
 from tessera.master.state import ClusterState
 from tessera.model.clock import Clock
 from tessera.model.task import Task, TaskState
+from tessera.placement import Snapshot
 
 log = logging.getLogger(__name__)
+
+# How long a wake-up waits for more work before placing: small against launch latency,
+# long enough that a burst of API calls is placed in a few passes, not one pass each.
+BATCH_WINDOW = 0.005
 
 
 class Planner:
@@ -24,6 +29,10 @@ class Planner:
         self.clock = clock
         self.retry_interval = retry_interval
         self._wake = asyncio.Event()
+        # The snapshot of the last pass, reused while nothing but our own placements changed
+        # the cluster (see ClusterState.generation): rebuilding it costs O(running tasks).
+        self._snapshot: Snapshot | None = None
+        self._snapshot_generation = -1
 
     def wake(self) -> None:
         """Something changed that may let queued tasks fit; the next pass runs at once."""
@@ -33,10 +42,13 @@ class Planner:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.retry_interval)
+            # Let a burst of submissions gather, so that one pass places them all.
+            await asyncio.sleep(BATCH_WINDOW)
             self._wake.clear()
             try:
                 await self.place_queued()
             except Exception:
+                self._snapshot = None
                 log.exception("placement pass failed; retrying on the next wake-up")
 
     async def place_queued(self) -> int:
@@ -44,11 +56,9 @@ class Planner:
         queued = self.state.queued_tasks()
         if not queued:
             return 0
-        agents = list(self.state.agents.values())
-        running = {agent.id: self.state.active_tasks_on(agent.id) for agent in agents}
         # Placement is synchronous, so nothing changes between reading the state and
         # applying the plan: the plan can never be built on stale state in this process.
-        result = place_tasks(agents, running, queued)
+        result = place_tasks(self._current_snapshot(), queued)
         now = self.clock.wall()
         changed: list[Task] = []
         placed: list[Task] = []
@@ -73,3 +83,11 @@ class Planner:
         for task in placed:
             self.channel.send_launch(task)
         return len(placed)
+
+    def _current_snapshot(self) -> Snapshot:
+        if self._snapshot is None or self._snapshot_generation != self.state.generation:
+            agents = list(self.state.agents.values())
+            running = {agent.id: self.state.active_tasks_on(agent.id) for agent in agents}
+            self._snapshot = build_snapshot(agents, running)
+            self._snapshot_generation = self.state.generation
+        return self._snapshot

@@ -7,8 +7,6 @@ copies) and the caller awaits its durable commit before acknowledging anything.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 
 from tessera.model.agent import Agent
@@ -27,8 +25,10 @@ class ClusterState:
         self._tasks_by_agent: dict[str, set[str]] = {}
         # Queued task IDs in arrival order (dicts keep insertion order).
         self._queued: dict[str, None] = {}
-        # Set whenever anything changes; watchers (long polls, the planner) wait on it.
-        self._changed = asyncio.Condition()
+        # Bumped whenever resources are released or an agent changes: a placement snapshot
+        # built at an older generation no longer matches the cluster. (Placing tasks only
+        # takes resources, and the planner's own snapshot already holds what it placed.)
+        self.generation = 0
 
     async def load(self) -> None:
         for data in (await self.store.load(AGENTS)).values():
@@ -45,22 +45,22 @@ class ClusterState:
             operations.append(Put(TASKS, task.id, task.to_json()))
         for agent in agents:
             self.agents[agent.id] = agent
+            self.generation += 1
             operations.append(Put(AGENTS, agent.id, agent.to_json()))
         if not operations:
             return
         await self.store.commit(operations)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for_change(self, timeout: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
 
     def _index(self, task: Task) -> None:
         previous = self.tasks.get(task.id)
         if previous is not None and previous.agent_id and previous.agent_id != task.agent_id:
             self._tasks_by_agent.get(previous.agent_id, set()).discard(task.id)
+        if (
+            previous is not None
+            and previous.state.active
+            and not (task.state.active and task.agent_id == previous.agent_id)
+        ):
+            self.generation += 1
         self.tasks[task.id] = task
         if task.state is TaskState.TASK_QUEUED:
             self._queued[task.id] = None

@@ -52,3 +52,20 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     mode = second._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     await second.close()
+
+
+async def test_sqlite_groups_concurrent_commits_each_with_its_revision(tmp_path: Path) -> None:
+    import asyncio
+
+    store = SqliteStore(tmp_path / "state.db")
+    revisions = await asyncio.gather(
+        *(store.commit([Put("tasks", f"t{i}", {"i": i})]) for i in range(50))
+    )
+    assert sorted(revisions) == list(range(1, 51))
+    stale = store.commit([Put("tasks", "late", {})], expect_revision=3)
+    fresh = store.commit([Put("tasks", "ok", {})])
+    results = await asyncio.gather(stale, fresh, return_exceptions=True)
+    assert isinstance(results[0], StaleRevision)
+    assert results[1] == 51
+    assert len(await store.load("tasks")) == 51
+    await store.close()
