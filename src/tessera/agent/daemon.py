@@ -21,7 +21,7 @@ from tessera.agent.config import AgentConfig
 from tessera.agent.environment import task_environment
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.journal import StatusJournal
-from tessera.model.clock import Clock, SystemClock
+from tessera.clock import Clock, SystemClock
 from tessera.model.protocol import (
     AGENT_STREAM_PATH,
     CLOSE_BAD_TOKEN,

@@ -11,11 +11,11 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
+from tessera.clock import Clock
 from tessera.master.config import MasterConfig
 from tessera.master.join_token import token_matches
 from tessera.master.state import ClusterState
 from tessera.model.agent import Agent, AgentState
-from tessera.model.clock import Clock
 from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,

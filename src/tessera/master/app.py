@@ -9,11 +9,11 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import PlainTextResponse
 
 import tessera
+from tessera.clock import Clock
 from tessera.http_errors import install_error_handlers
 from tessera.master.api import native_v1
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
-from tessera.model.clock import Clock
 from tessera.model.protocol import AGENT_STREAM_PATH
 from tessera.store import StateStore
 

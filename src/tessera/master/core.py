@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import logging
 
+from tessera.clock import Clock, SystemClock
 from tessera.master.agent_channel import AgentChannel
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.liveness import LivenessController
 from tessera.master.join_token import ensure_join_token
 from tessera.master.planner import Planner
 from tessera.master.state import ClusterState
-from tessera.model.clock import Clock, SystemClock
 from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.store import StateStore, open_store
 

@@ -52,6 +52,7 @@ def request_for(task: Task) -> Request:
     spec = task.spec
     return Request(
         key=task.id,
+        app_id=_app_of(task),
         count=1,
         resources=_resources(spec),
         ports=tuple(p.port for p in spec.port_definitions),

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 
+from tessera.clock import Clock
 from tessera.master.agent_channel import AgentChannel
 from tessera.master.placement_adapter import build_snapshot, place_tasks
 from tessera.master.state import ClusterState
-from tessera.model.clock import Clock
 from tessera.model.task import Task, TaskState
 from tessera.placement import Snapshot
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tessera.clock import Clock
 from tessera.master.agent_channel import AgentChannel
 from tessera.master.config import MasterConfig
 from tessera.master.state import ClusterState
 from tessera.model.agent import AgentState
-from tessera.model.clock import Clock
 from tessera.model.task import Task
 from tessera.reconcile.liveness import silent_agents
 from tessera.reconcile.task_status import mark_unreachable
