@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from bench import reference_policies as ref
 from bench.packing_workload import PackingWorkload, generate, lower_bound
 from tessera.model.constraints import Constraint, Operator
 from tessera.model.resources import Resources
-from tessera.placement import AgentDescription, Request, Snapshot, place
+from tessera.placement import AgentDescription, Policy, Request, Snapshot, Strategy, place
 
 NOMAD_C1M_PER_SECOND = 3750.0
 K8S_FLOOR_PER_SECOND = 810.0
@@ -272,11 +273,14 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_c1m(sizes: Sizes) -> ThroughputResult:
+def run_c1m(sizes: Sizes, strategy: Strategy = Strategy.BINPACK) -> ThroughputResult:
     """Nomad C1M: agents of 8 cpus / 30 GiB in 5 classes; jobs of 5 groups, one per class.
 
     One `place()` call per job (Nomad evaluates each job on its own), all plans kept.
+    Binpack stacks a group on few agents; spread puts each task of a group on its own
+    agent (one commit per task), the harder case for the engine.
     """
+    policy = Policy(strategy=strategy)
     started = time.perf_counter()
     node = Resources(cpus=8.0, mem=30720.0)
     agents = [
@@ -298,21 +302,23 @@ def run_c1m(sizes: Sizes) -> ThroughputResult:
     latencies = np.zeros(len(jobs))
     for index, job in enumerate(jobs):
         begin = time.perf_counter()
-        plans.append(place(snapshot, job))
+        plans.append(place(snapshot, job, policy))
         latencies[index] = time.perf_counter() - begin
     if (snapshot.free < -1e-6).any():
         raise AssertionError("engine oversubscribed an agent")
     placed = sum(plan.placed_count for plan in plans)
     unplaced = sum(plan.unplaced_count for plan in plans)
-    return _result("c1m", placed, unplaced, latencies, build)
+    return _result(f"c1m-{strategy.value}", placed, unplaced, latencies, build)
 
 
-def run_k8s(sizes: Sizes) -> ThroughputResult:
+def run_k8s(sizes: Sizes, strategy: Strategy = Strategy.BINPACK) -> ThroughputResult:
     """scheduler_perf SchedulingBasic: 4 cpus / 32 GiB nodes, pods of 0.1 cpus / 500 MiB.
 
     `k8s_init` pods are placed untimed first (as scheduler_perf's initPods), then every
     measured pod is its own request and its own `place()` call on the same snapshot.
+    Kubernetes' default scoring spreads (LeastAllocated); both policies are measured.
     """
+    policy = Policy(strategy=strategy)
     started = time.perf_counter()
     node = Resources(cpus=4.0, mem=32768.0)
     snapshot = Snapshot.build(
@@ -320,20 +326,20 @@ def run_k8s(sizes: Sizes) -> ThroughputResult:
     )
     pod = Resources(cpus=0.1, mem=500.0)
     for i in range(sizes.k8s_init):
-        place(snapshot, [Request(f"/init{i}", 1, pod)])
+        place(snapshot, [Request(f"/init{i}", 1, pod)], policy)
     requests = [Request(f"/pod{i}", 1, pod) for i in range(sizes.k8s_requests)]
     build = time.perf_counter() - started
     latencies = np.zeros(len(requests))
     placed = unplaced = 0
     for index, request in enumerate(requests):
         begin = time.perf_counter()
-        plan = place(snapshot, [request])
+        plan = place(snapshot, [request], policy)
         latencies[index] = time.perf_counter() - begin
         placed += plan.placed_count
         unplaced += plan.unplaced_count
     if (snapshot.free < -1e-6).any():
         raise AssertionError("engine oversubscribed an agent")
-    return _result("k8s", placed, unplaced, latencies, build)
+    return _result(f"k8s-{strategy.value}", placed, unplaced, latencies, build)
 
 
 def _result(
@@ -353,7 +359,12 @@ def _result(
     )
 
 
-SHAPES = {"c1m": run_c1m, "k8s": run_k8s}
+SHAPES: dict[str, Callable[[Sizes], ThroughputResult]] = {
+    "c1m-binpack": run_c1m,
+    "c1m-spread": partial(run_c1m, strategy=Strategy.SPREAD),
+    "k8s-binpack": run_k8s,
+    "k8s-spread": partial(run_k8s, strategy=Strategy.SPREAD),
+}
 
 
 def run_shape(shape: str, sizes: Sizes, quick: bool, in_process: bool) -> list[ThroughputResult]:
@@ -372,11 +383,11 @@ def run_shape(shape: str, sizes: Sizes, quick: bool, in_process: bool) -> list[T
 
 def format_throughput(shape: str, results: Sequence[ThroughputResult]) -> str:
     def median(name: str) -> float:
-        return statistics.median(getattr(r, name) for r in results)
+        return float(statistics.median(getattr(r, name) for r in results))
 
     rate, p99, peak = median("per_second"), median("latency_p99_ms"), median("peak_rss_mib")
     runs = ", ".join(f"{r.per_second:,.0f}/s" for r in results)
-    if shape == "c1m":
+    if shape.startswith("c1m"):
         unit, call = "placements", "per job (5 groups)"
         references = [
             f"Nomad C1M 3,750/s on 5 x 32 vCPU: x{rate / NOMAD_C1M_PER_SECOND:.1f}",
@@ -423,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "packing" in parts:
         for fraction in (0.0, UNIQUE_FRACTION):
             print(format_packing(run_packing(sizes, fraction)), end="\n\n", flush=True)
-    for shape in ("c1m", "k8s"):
-        if shape in parts:
+    for shape in SHAPES:
+        if shape.split("-")[0] in parts:
             results = run_shape(shape, sizes, args.quick, args.in_process)
             print(format_throughput(shape, results), end="\n\n", flush=True)
     return 0
