@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-PACKED = (0, 1)
+PACKED = slice(0, 2)
 """Columns the scores and the balance rule weigh: cpus and mem."""
 BALANCE_SLACK = 0.2
 """How far an agent's cpu and mem usage may drift apart (in fractions of the agent)
@@ -46,18 +46,28 @@ _EPSILON = 1e-9
 
 def _fractions(values: FloatArray, capacity: FloatArray) -> FloatArray:
     """`values / capacity` on the packed columns; 0 where the agent has none of a resource."""
-    cap = capacity[..., PACKED]
-    has = cap > 0
-    fractions: FloatArray = np.where(has, values[..., PACKED] / np.where(has, cap, 1.0), 0.0)
+    part, cap = values[..., PACKED], capacity[..., PACKED]
+    fractions: FloatArray = np.zeros(np.broadcast_shapes(part.shape, cap.shape))
+    np.divide(part, cap, out=fractions, where=cap > 0)
     return fractions
 
 
 def _used_after(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
-    """Mean used fraction of cpus and mem after one more task, 0..1 (absent resources skipped)."""
-    has = capacity[:, PACKED] > 0
-    used = np.clip(1.0 - _fractions(free - demand, capacity), 0.0, 1.0) * has
+    """Mean used fraction of cpus and mem after one more task, 0..1 (absent resources skipped).
+
+    Called on every changed agent after every placement, so kept to few numpy calls.
+    """
+    cap = capacity[:, PACKED]
+    has = cap > 0
+    used: FloatArray = np.zeros(cap.shape)
+    np.divide(cap - free[:, PACKED] + demand[PACKED], cap, out=used, where=has)
+    np.clip(used, 0.0, 1.0, out=used)
+    if has.all():
+        mean: FloatArray = used.sum(axis=1) / used.shape[1]
+        return mean
     counted = has.sum(axis=1)
-    mean: FloatArray = np.where(counted > 0, used.sum(axis=1) / np.maximum(counted, 1), 0.0)
+    mean = np.zeros(len(cap))
+    np.divide(used.sum(axis=1), counted, out=mean, where=counted > 0)
     return mean
 
 
