@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from tessera.clock import Clock, SystemClock
 from tessera.master.agent_channel import AgentChannel
@@ -17,6 +18,16 @@ from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.store import StateStore, open_store
 
 log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """A controller or other long-running part of the master (services, jobs, ...)."""
+
+    async def start(self) -> None:
+        """Load its own state from the store and start its loops; called after the
+        cluster state is loaded."""
+
+    async def stop(self) -> None: ...
 
 
 class Master:
@@ -36,6 +47,11 @@ class Master:
         )
         self.liveness = LivenessController(self.state, self.channel, config, self.clock)
         self._loops: list[asyncio.Task[None]] = []
+        self.components: list[Component] = []
+
+    def add_component(self, component: Component) -> None:
+        """Register a controller; it starts with the master and stops before the store."""
+        self.components.append(component)
 
     def _wake_planner(self) -> None:
         self.planner.wake()
@@ -47,6 +63,8 @@ class Master:
             asyncio.create_task(self.planner.run(), name="planner"),
             asyncio.create_task(self.liveness.run(), name="liveness"),
         ]
+        for component in self.components:
+            await component.start()
         if self.state.queued_tasks():
             self.planner.wake()
         log.info(
@@ -56,6 +74,8 @@ class Master:
         )
 
     async def stop(self) -> None:
+        for component in reversed(self.components):
+            await component.stop()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:

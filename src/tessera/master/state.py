@@ -7,11 +7,13 @@ copies) and the caller awaits its durable commit before acknowledging anything.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tessera.model.agent import Agent
 from tessera.model.task import Task, TaskState
 from tessera.store import Put, StateStore
+
+TaskListener = Callable[[Task | None, Task], None]
 
 AGENTS = "agents"
 TASKS = "tasks"
@@ -29,6 +31,14 @@ class ClusterState:
         # built at an older generation no longer matches the cluster. (Placing tasks only
         # takes resources, and the planner's own snapshot already holds what it placed.)
         self.generation = 0
+        self._listeners: list[TaskListener] = []
+
+    def subscribe(self, listener: TaskListener) -> None:
+        """Call `listener(previous, task)` after every task change is applied in memory.
+
+        Listeners run synchronously and must not block; controllers use them to wake their
+        reconcile loops (level-based: they re-read the state, never trust event order)."""
+        self._listeners.append(listener)
 
     async def load(self) -> None:
         for data in (await self.store.load(AGENTS)).values():
@@ -41,7 +51,9 @@ class ClusterState:
         """Apply to memory now; return once the store has made the change durable."""
         operations: list[Put] = []
         for task in tasks:
-            self._index(task)
+            previous = self._index(task)
+            for listener in self._listeners:
+                listener(previous, task)
             operations.append(Put(TASKS, task.id, task.to_json()))
         for agent in agents:
             self.agents[agent.id] = agent
@@ -51,7 +63,7 @@ class ClusterState:
             return
         await self.store.commit(operations)
 
-    def _index(self, task: Task) -> None:
+    def _index(self, task: Task) -> Task | None:
         previous = self.tasks.get(task.id)
         if previous is not None and previous.agent_id and previous.agent_id != task.agent_id:
             self._tasks_by_agent.get(previous.agent_id, set()).discard(task.id)
@@ -68,6 +80,7 @@ class ClusterState:
             self._queued.pop(task.id, None)
         if task.agent_id:
             self._tasks_by_agent.setdefault(task.agent_id, set()).add(task.id)
+        return previous
 
     def tasks_on(self, agent_id: str) -> list[Task]:
         return [self.tasks[task_id] for task_id in self._tasks_by_agent.get(agent_id, ())]

@@ -30,6 +30,9 @@ class StatusUpdate:
     reason: str | None = None
     message: str | None = None
     exit_code: int | None = None
+    # Set on updates the agent sends when a task's health or readiness changes.
+    healthy: bool | None = None
+    ready: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,8 @@ class StatusUpdate:
             "reason": self.reason,
             "message": self.message,
             "exit_code": self.exit_code,
+            "healthy": self.healthy,
+            "ready": self.ready,
         }
 
     @staticmethod
@@ -53,4 +58,6 @@ class StatusUpdate:
             reason=data.get("reason"),
             message=data.get("message"),
             exit_code=data.get("exit_code"),
+            healthy=data.get("healthy"),
+            ready=data.get("ready"),
         )

@@ -90,10 +90,21 @@ class TaskSpec:
     cpu_hard_limit: bool = False
     app_id: str | None = None
     app_version: str | None = None
+    role: str = "*"
+    priority: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # Marathon's JSON, checked at the API edge and interpreted by the agent that runs the
+    # task: healthChecks, readinessChecks and fetch entries (uri, extract, executable, cache).
+    health_checks: tuple[Mapping[str, Any], ...] = ()
+    readiness_checks: tuple[Mapping[str, Any], ...] = ()
+    fetch: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["env"] = dict(self.env)
+        data["labels"] = dict(self.labels)
+        for name in ("health_checks", "readiness_checks", "fetch"):
+            data[name] = [dict(entry) for entry in getattr(self, name)]
         return data
 
     @staticmethod
@@ -105,6 +116,9 @@ class TaskSpec:
         )
         values["constraints"] = tuple(tuple(c) for c in values.get("constraints", ()))
         values["env"] = dict(values.get("env", {}))
+        values["labels"] = dict(values.get("labels", {}))
+        for name in ("health_checks", "readiness_checks", "fetch"):
+            values[name] = tuple(dict(entry) for entry in values.get(name, ()))
         return TaskSpec(**values)
 
 
@@ -137,6 +151,11 @@ class Task:
     finished_at: float | None = None
     # Why the task is still queued: reason name -> number of agents that rejected it.
     queued_reasons: Mapping[str, int] = field(default_factory=dict)
+    # The agent's verdict from the task's health checks; None while it has none or
+    # none has passed yet (Marathon's `healthCheckResults` come from this).
+    healthy: bool | None = None
+    # Readiness checks passed (gates deployments only).
+    ready: bool | None = None
     # UUIDs of the status updates already applied, so a resent update is acknowledged
     # again but never applied twice.
     applied_updates: tuple[str, ...] = ()
@@ -160,6 +179,8 @@ class Task:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "queued_reasons": dict(self.queued_reasons),
+            "healthy": self.healthy,
+            "ready": self.ready,
             "applied_updates": list(self.applied_updates),
         }
 
@@ -180,5 +201,7 @@ class Task:
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
             queued_reasons=dict(data.get("queued_reasons", {})),
+            healthy=data.get("healthy"),
+            ready=data.get("ready"),
             applied_updates=tuple(data.get("applied_updates", ())),
         )

@@ -34,6 +34,8 @@ def apply_status(task: Task, update: StatusUpdate, now: float) -> Task | None:
         finished_at=now if state.terminal else None,
         updated_at=now,
         applied_updates=remembered,
+        healthy=update.healthy if update.healthy is not None else task.healthy,
+        ready=update.ready if update.ready is not None else task.ready,
     )
 
 

@@ -112,6 +112,10 @@ def task_view(task: Task, agent: Agent | None) -> dict[str, Any]:
         "reason": task.reason,
         "message": task.message,
         "queuedReasons": dict(task.queued_reasons),
+        "healthy": task.healthy,
+        "ready": task.ready,
+        "appId": spec.app_id,
+        "version": spec.app_version,
     }
 
 
