@@ -1,0 +1,63 @@
+"""Fault 1: `kill -9` the agent again and again while it runs tasks; the tasks never notice."""
+
+from __future__ import annotations
+
+from tessera.testing.cluster import Cluster, task_processes, wait_for
+
+TASKS = 20
+KILLS = 10
+
+
+def _pids(task_ids: list[str]) -> dict[str, frozenset[int]]:
+    return {task_id: frozenset(p.pid for p in task_processes(task_id)) for task_id in task_ids}
+
+
+def _new_url(cluster: Cluster, old: str) -> str | None:
+    agents = cluster.get("/v1/agents")["agents"]
+    if agents[0]["state"] == "ACTIVE" and agents[0]["url"] != old:
+        return str(agents[0]["url"])
+    return None
+
+
+def test_agent_kill9_ten_times_keeps_every_task(cluster: Cluster) -> None:
+    agent = cluster.start_agent(resources="cpus:4;mem:4096;disk:100;ports:[31000-31099]")
+    ids = [
+        cluster.launch(name=f"t{i}", cmd="sleep 600", cpus=0.05, mem=16)["id"] for i in range(TASKS)
+    ]
+    for task_id in ids:
+        cluster.wait_state(task_id, "TASK_RUNNING")
+
+    def all_started() -> dict[str, frozenset[int]] | None:
+        pids = _pids(ids)
+        return pids if all(pids.values()) else None
+
+    before = wait_for(all_started, 20, "task pids")
+
+    url = cluster.get("/v1/agents")["agents"][0]["url"]
+    for _ in range(KILLS):
+        agent.kill9()
+        agent.start()
+        # The new process registers with a new sandbox URL and has re-adopted every task.
+        url = wait_for(lambda old=url: _new_url(cluster, old), 20, "the agent to re-register")
+        adopted = cluster.http.get(f"{url}/v1/info").json()["tasks"]
+        assert adopted == dict.fromkeys(ids, "TASK_RUNNING")
+        assert agent.process is not None and agent.process.poll() is None
+        assert _pids(ids) == before, "a task was restarted or lost across an agent crash"
+
+    tasks = cluster.get("/v1/tasks")["tasks"]
+    assert len(tasks) == TASKS, "no duplicate instance was created"
+    assert {t["state"] for t in tasks} == {"TASK_RUNNING"}
+    assert {t["id"] for t in tasks} == set(ids)
+    assert cluster.master is not None
+    assert "re-registered without this task" not in cluster.master.log()
+
+
+def test_task_that_ends_while_agent_is_down_reports_its_real_exit(cluster: Cluster) -> None:
+    agent = cluster.start_agent()
+    task = cluster.launch(cmd="sleep 1.5; exit 4")
+    cluster.wait_state(task["id"], "TASK_RUNNING")
+    agent.kill9()
+    wait_for(lambda: not task_processes(task["id"]), 10, "the task to end on its own")
+    agent.start()
+    done = cluster.wait_state(task["id"], "TASK_FAILED", timeout=20)
+    assert done["exitCode"] == 4
