@@ -280,6 +280,66 @@ def variants() -> list[tuple[str, str, Variant, float]]:
     ]
 
 
+SMALL_MACHINE = np.array([8.0, 32768.0, 512000.0, 0.0])
+"""For the exact check: a quarter of the benchmark machine, so a few dozen tasks fill several."""
+
+
+def exact_agents(workload: PackingWorkload, upper: int) -> int | None:
+    """The fewest agents any packing needs (scipy's MILP, HiGHS); None if not solved in 60 s."""
+    from scipy.optimize import (  # type: ignore[import-untyped]  # bench-only dependency
+        Bounds,
+        LinearConstraint,
+        milp,
+    )
+
+    shares = np.repeat(_shares(workload)[:, :2], workload.instances, axis=0)
+    n_tasks, n_bins = len(shares), upper
+    # Variables: x[task, bin] row-major, then y[bin] (bin in use).
+    n_x = n_tasks * n_bins
+    cost = np.concatenate([np.zeros(n_x), np.ones(n_bins)])
+    rows: list[tuple[FloatArray, float, float]] = []  # (coefficients, lower, upper)
+    for task in range(n_tasks):  # every task on exactly one bin
+        row = np.zeros(n_x + n_bins)
+        row[task * n_bins : (task + 1) * n_bins] = 1
+        rows.append((row, 1, 1))
+    for resource in range(2):  # capacity of used bins
+        for b in range(n_bins):
+            row = np.zeros(n_x + n_bins)
+            row[b:n_x:n_bins] = shares[:, resource]
+            row[n_x + b] = -1
+            rows.append((row, -np.inf, 0))
+    for b in range(n_bins - 1):  # symmetry: use bins in order
+        row = np.zeros(n_x + n_bins)
+        row[n_x + b], row[n_x + b + 1] = -1, 1
+        rows.append((row, -np.inf, 0))
+    matrix = np.array([row for row, _, _ in rows])
+    result = milp(
+        cost,
+        constraints=LinearConstraint(matrix, [r[1] for r in rows], [r[2] for r in rows]),
+        integrality=np.ones(n_x + n_bins),
+        bounds=Bounds(0, 1),
+        options={"time_limit": 60},
+    )
+    if result.status != 0:
+        return None
+    optimum: int = round(float(result.fun))
+    return optimum
+
+
+def exact_check(seeds: int) -> None:
+    print("| seed | tasks | lower bound | exact optimum | FFD | tessera (model) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for seed in range(seeds):
+        workload = generate(seed, 10, machine=SMALL_MACHINE)
+        bound = lower_bound(workload)
+        n_agents = math.ceil(1.5 * bound) + 2
+        ffd = _reference("largest", ref.first_fit)(workload, n_agents)
+        ours = _model(pm.planned)(workload, n_agents)
+        best = exact_agents(workload, min(ffd, ours))
+        shown = "timeout" if best is None else str(best)
+        print(f"| {seed} | {workload.n_tasks} | {bound} | {shown} | {ffd} | {ours} |", flush=True)
+
+
 FAMILIES = {
     "balanced": (0.0, 1.0),
     "cpu-bound": (0.0, 0.75),
@@ -292,7 +352,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--apps", type=int, default=900)
+    parser.add_argument("--exact", type=int, help="instead: exact check on this many seeds")
     args = parser.parse_args()
+    if args.exact:
+        exact_check(args.exact)
+        return
     families: dict[str, list[tuple[PackingWorkload, int]]] = {}
     for family, (unique, mem_scale) in FAMILIES.items():
         apps = 150 if family.startswith("small") else args.apps
