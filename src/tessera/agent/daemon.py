@@ -32,7 +32,8 @@ from tessera.model.task import TaskSpec, TaskState
 
 log = logging.getLogger(__name__)
 
-# Unacknowledged updates are sent again after this long (the master may have missed them).
+# Unacknowledged updates are sent again after this long, or two heartbeats when those come
+# faster (the master may have missed them).
 RESEND_AFTER = 5.0
 
 
@@ -186,7 +187,7 @@ class AgentDaemon:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             await connection.send('{"type": "heartbeat"}')
-            await self._resend(older_than=RESEND_AFTER)
+            await self._resend(older_than=min(RESEND_AFTER, 2 * self.heartbeat_interval))
 
     async def _resend(self, older_than: float) -> None:
         now = self.clock.monotonic()

@@ -130,11 +130,13 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def agent_args(self, name: str, resources: str, host: str = "127.0.0.1") -> list[str]:
+    def agent_args(
+        self, name: str, resources: str, host: str = "127.0.0.1", master: str | None = None
+    ) -> list[str]:
         return [
             "agent",
             "--master",
-            self.url,
+            master or self.url,
             "--work-dir",
             str(self.root / name),
             "--join-token-file",
@@ -153,10 +155,11 @@ class Cluster:
         host: str = "127.0.0.1",
         wait: bool = True,
         extra: list[str] | None = None,
+        master: str | None = None,
     ) -> Daemon:
-        agent = Daemon(
-            name, self.agent_args(name, resources, host) + (extra or []), self.root / f"{name}.log"
-        ).start()
+        """Start an agent; `master` dials another URL than the master's (e.g. a proxy)."""
+        args = self.agent_args(name, resources, host, master) + (extra or [])
+        agent = Daemon(name, args, self.root / f"{name}.log").start()
         self.agents.append(agent)
         if wait:
             wait_for(lambda: self.agent_registered(name), 20, f"{name} to register")
