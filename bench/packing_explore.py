@@ -340,6 +340,40 @@ def exact_check(seeds: int) -> None:
         print(f"| {seed} | {workload.n_tasks} | {bound} | {shown} | {ffd} | {ours} |", flush=True)
 
 
+def mean_least_allocated(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
+    """Kubernetes' LeastAllocated shape: 1 - the mean used fraction of cpus and mem."""
+    return 1.0 - scoring.binpack_scores(free, capacity, demand)
+
+
+def spread_check(seeds: int, apps: int) -> None:
+    """The engine's spread policy with two agent scores, on the packing workloads."""
+    from bench import placement  # the engine harness lives there
+    from tessera.placement import Policy, Snapshot, Strategy, place
+
+    chosen = scoring.spread_scores
+    print("| spread score | highest agent | standard deviation |")
+    print("|---|---:|---:|")
+    for name, score in (
+        ("mean least-allocated", mean_least_allocated),
+        ("dominant (chosen)", chosen),
+    ):
+        peaks, deviations = [], []
+        scoring.spread_scores = score
+        try:
+            for seed in range(seeds):
+                workload = generate(seed, apps)
+                n_agents = math.ceil(1.5 * lower_bound(workload)) + 2
+                snapshot = Snapshot.build(placement._engine_agents(n_agents, workload.machine))
+                policy = Policy(strategy=Strategy.SPREAD)
+                place(snapshot, placement._engine_requests(workload), policy)
+                use = placement._dominant_use(snapshot.free, snapshot.total)
+                peaks.append(float(use.max()))
+                deviations.append(float(use.std()))
+        finally:
+            scoring.spread_scores = chosen
+        print(f"| {name} | {np.mean(peaks):.3f} | {np.mean(deviations):.3f} |", flush=True)
+
+
 FAMILIES = {
     "balanced": (0.0, 1.0),
     "cpu-bound": (0.0, 0.75),
@@ -353,7 +387,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--apps", type=int, default=900)
     parser.add_argument("--exact", type=int, help="instead: exact check on this many seeds")
+    parser.add_argument("--spread", action="store_true", help="instead: spread scores")
     args = parser.parse_args()
+    if args.spread:
+        spread_check(args.seeds, args.apps)
+        return
     if args.exact:
         exact_check(args.exact)
         return

@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.placement --parts packing --seeds 10
 
 Parts: `packing` (agents used versus the lower bound, with and without UNIQUE),
+`spread` (how evenly the spread policies load the same agents),
 `c1m` (the Nomad C1M shape) and `k8s` (Kubernetes scheduler_perf SchedulingBasic).
 Throughput parts run in a fresh process each repetition so that peak memory is theirs.
 """
@@ -264,6 +265,78 @@ def format_packing(report: PackingReport) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ spread
+
+
+@dataclass
+class SpreadReport:
+    """Per policy and seed: the highest and the spread of agents' dominant utilisation."""
+
+    unique_fraction: float
+    peak: dict[str, list[float]]
+    deviation: dict[str, list[float]]
+    unplaced: dict[str, int]
+
+
+def _dominant_use(free: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Per agent, the used fraction of its fuller resource among cpus and mem."""
+    used = 1.0 - free[:, :2] / capacity[:, :2]
+    return used.max(axis=1)  # type: ignore[no-any-return]
+
+
+def run_spread(sizes: Sizes, unique_fraction: float) -> SpreadReport:
+    """The packing workloads on the same 1.5 x LB + 2 agents, placed to spread load evenly."""
+    report = SpreadReport(unique_fraction, {}, {}, {})
+
+    def record(name: str, free: np.ndarray, capacity: np.ndarray, unplaced: int) -> None:
+        use = _dominant_use(free, capacity)
+        report.peak.setdefault(name, []).append(float(use.max()))
+        report.deviation.setdefault(name, []).append(float(use.std()))
+        report.unplaced[name] = report.unplaced.get(name, 0) + unplaced
+
+    for seed in range(sizes.seeds):
+        workload = generate(seed, sizes.apps, unique_fraction)
+        n_agents = math.ceil(1.5 * lower_bound(workload)) + 2
+        capacity = np.tile(workload.machine, (n_agents, 1))
+        arrival = np.arange(len(workload.demands), dtype=np.intp)
+        for name, scorer in (
+            ("k8s-least-allocated", ref.k8s_least_allocated),
+            ("nomad-spread", ref.nomad_spread),
+        ):
+            result = ref.place_task_at_a_time(
+                capacity, workload.demands, workload.instances, workload.unique, arrival, scorer
+            )
+            record(name, result.free, capacity, result.unplaced)
+        snapshot = Snapshot.build(_engine_agents(n_agents, workload.machine))
+        plan = place(snapshot, _engine_requests(workload), Policy(strategy=Strategy.SPREAD))
+        record(SPREAD_ROW, snapshot.free, snapshot.total, plan.unplaced_count)
+    return report
+
+
+SPREAD_ROW = "tessera engine (place(), spread)"
+
+
+def format_spread(report: SpreadReport) -> str:
+    title = (
+        f"UNIQUE hostname on {report.unique_fraction:.0%} of the multi-instance apps"
+        if report.unique_fraction
+        else "no constraints"
+    )
+    lines = [
+        f"Spread, {title}: dominant utilisation per agent (max of cpus and mem used), "
+        f"mean over {len(next(iter(report.peak.values())))} seeds; lower and flatter is better",
+        "",
+        "| policy | highest agent | standard deviation | unplaced |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, peaks in report.peak.items():
+        lines.append(
+            f"| {name} | {statistics.mean(peaks):.3f} | "
+            f"{statistics.mean(report.deviation[name]):.3f} | {report.unplaced[name]} |"
+        )
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------- throughput
 
 
@@ -432,7 +505,7 @@ def format_throughput(shape: str, results: Sequence[ThroughputResult]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    parser.add_argument("--parts", default="packing,c1m,k8s", help="comma-separated")
+    parser.add_argument("--parts", default="packing,spread,c1m,k8s", help="comma-separated")
     parser.add_argument("--seeds", type=int, help="packing seeds (default 10, quick 2)")
     parser.add_argument("--repeat", type=int, help="throughput repetitions (default 3)")
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
@@ -448,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "packing" in parts:
         for fraction in (0.0, UNIQUE_FRACTION):
             print(format_packing(run_packing(sizes, fraction)), end="\n\n", flush=True)
+    if "spread" in parts:
+        for fraction in (0.0, UNIQUE_FRACTION):
+            print(format_spread(run_spread(sizes, fraction)), end="\n\n", flush=True)
     for shape in SHAPES:
         if shape.split("-")[0] in parts:
             results = run_shape(shape, sizes, args.quick, args.in_process)

@@ -48,6 +48,15 @@ def nomad_bestfit_v3(
     return np.clip(20.0 - total, 0.0, 18.0) / 18.0
 
 
+def nomad_spread(
+    free: NDArray[np.float64], capacity: NDArray[np.float64], demand: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Nomad's ScoreFitSpread: clamp((10^freeCpu + 10^freeMem) - 2, 0, 18) / 18."""
+    free_after = _fraction_free_after(free, capacity, demand)
+    total = np.power(10.0, free_after[:, 0]) + np.power(10.0, free_after[:, 1])
+    return np.clip(total - 2.0, 0.0, 18.0) / 18.0
+
+
 def _k8s_requested_percent(
     free: NDArray[np.float64], capacity: NDArray[np.float64], demand: NDArray[np.float64]
 ) -> NDArray[np.int64]:

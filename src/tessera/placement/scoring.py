@@ -53,22 +53,15 @@ def _fractions(values: FloatArray, capacity: FloatArray) -> FloatArray:
 
 
 def _used_after(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
-    """Mean used fraction of cpus and mem after one more task, 0..1 (absent resources skipped).
+    """Used fractions of cpus and mem after one more task, 0..1; 0 where the agent has none.
 
     Called on every changed agent after every placement, so kept to few numpy calls.
     """
     cap = capacity[:, PACKED]
-    has = cap > 0
     used: FloatArray = np.zeros(cap.shape)
-    np.divide(cap - free[:, PACKED] + demand[PACKED], cap, out=used, where=has)
+    np.divide(cap - free[:, PACKED] + demand[PACKED], cap, out=used, where=cap > 0)
     np.clip(used, 0.0, 1.0, out=used)
-    if has.all():
-        mean: FloatArray = used.sum(axis=1) / used.shape[1]
-        return mean
-    counted = has.sum(axis=1)
-    mean = np.zeros(len(cap))
-    np.divide(used.sum(axis=1), counted, out=mean, where=counted > 0)
-    return mean
+    return used
 
 
 def binpack_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
@@ -77,13 +70,28 @@ def binpack_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -
     Measured against Nomad's BestFit-v3, Kubernetes' MostAllocated, L2-norm and
     Tetris dot-product scores: with one task at a time they all pack within a point of
     each other; the gains come from the fill and the order (see the module note).
+    Resources an agent lacks are left out of its mean.
     """
-    return _used_after(free, capacity, demand)
+    used = _used_after(free, capacity, demand)
+    present = capacity[:, PACKED] > 0
+    if present.all():
+        mean: FloatArray = used.sum(axis=1) / used.shape[1]
+        return mean
+    counted = present.sum(axis=1)
+    mean = np.zeros(len(used))
+    np.divide(used.sum(axis=1), counted, out=mean, where=counted > 0)
+    return mean
 
 
 def spread_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
-    """Least allocated: the more room an agent keeps after the task, the higher."""
-    room: FloatArray = 1.0 - _used_after(free, capacity, demand)
+    """Least allocated by the dominant resource: the lower an agent's fuller resource
+    after the task, the higher.
+
+    Measured against the mean of cpus and mem (Kubernetes' LeastAllocated) and Nomad's
+    ScoreFitSpread: levelling the dominant resource leaves every agent within a fraction
+    of a percent of the same utilisation (bench/RESULTS.md, "Spread").
+    """
+    room: FloatArray = 1.0 - _used_after(free, capacity, demand).max(axis=1)
     return room
 
 
@@ -276,9 +284,8 @@ class _LookAhead:
         open_rows = np.flatnonzero(~self.closed)
         if len(open_rows) == 0:
             return None
-        used = _used_after(
-            self.free[open_rows], self.capacity[open_rows], np.zeros(self.free.shape[1])
-        )
+        nothing = np.zeros(self.free.shape[1])
+        used = binpack_scores(self.free[open_rows], self.capacity[open_rows], nothing)
         return int(open_rows[int(np.argmax(used))])
 
     def _best_for(self, agent: int, candidates: NDArray[np.intp]) -> int | None:

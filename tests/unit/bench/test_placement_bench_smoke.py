@@ -32,6 +32,15 @@ def test_packing_never_beats_the_lower_bound_and_places_everything(
     assert "Packing" in placement.format_packing(report)
 
 
+def test_spread_places_everything_within_capacity() -> None:
+    report = placement.run_spread(placement.QUICK, placement.UNIQUE_FRACTION)
+    assert placement.SPREAD_ROW in report.peak
+    for name, peaks in report.peak.items():
+        assert all(0 < peak <= 1 + 1e-9 for peak in peaks), name
+    assert report.unplaced[placement.SPREAD_ROW] == 0
+    assert "Spread" in placement.format_spread(report)
+
+
 def test_lower_bound_counts_the_binding_resource_and_unique() -> None:
     workload = generate(0, 30, unique_fraction=1.0)
     total = workload.total_demand()
