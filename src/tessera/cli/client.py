@@ -26,13 +26,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def resolve_master(flag: str | None) -> str:
-    """--master, then TESSERA_MASTER, then the running local cluster."""
+def resolve_masters(flag: str | None) -> list[str]:
+    """--master, then TESSERA_MASTER, then the running local cluster; comma-separated."""
     url = flag or os.environ.get("TESSERA_MASTER") or running_cluster_url()
-    if not url:
+    urls = [part.strip().rstrip("/") for part in (url or "").split(",") if part.strip()]
+    if not urls:
         fail(f"no master to talk to: {START_HINT}")
-    # Several comma-separated masters are accepted; the first reachable one answers.
-    return url.split(",")[0].rstrip("/")
+    return urls
+
+
+def resolve_master(flag: str | None) -> str:
+    return resolve_masters(flag)[0]
 
 
 def describe_error(response: httpx.Response) -> str:
@@ -47,15 +51,28 @@ def describe_error(response: httpx.Response) -> str:
 
 
 class MasterClient:
+    """Talks to the first master that answers; any master serves every request (a
+    non-leader forwards to the leader), so there is no need to find the leader first."""
+
     def __init__(self, master: str | None, timeout: float = 10.0) -> None:
-        self.url = resolve_master(master)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.urls = resolve_masters(master)
+        self.url = self.urls[0]
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for url in [self.url, *(u for u in self.urls if u != self.url)]:
+            try:
+                response = self._http.request(method, url + path, **kwargs)
+            except httpx.ConnectError:
+                continue
+            self.url = url
+            return response
+        where = ", ".join(self.urls)
+        fail(f"cannot reach the master at {where}: connection refused; {START_HINT}")
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            fail(f"cannot reach the master at {self.url}: connection refused; {START_HINT}")
+            response = self._send(method, path, **kwargs)
         except httpx.TimeoutException:
             fail(f"the master at {self.url} did not answer in time")
         except httpx.HTTPError as error:
