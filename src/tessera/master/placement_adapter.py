@@ -11,6 +11,10 @@ from tessera.model.resources import Resources
 from tessera.model.task import Task, TaskSpec
 from tessera.placement import AgentDescription, Policy, Request, RunningTask, Snapshot, place
 
+# The master places on every wake-up, often a few tasks at a time and at most a backlog:
+# a small look-ahead budget keeps each pass to milliseconds (see Policy.lookahead_budget).
+MASTER_POLICY = Policy(lookahead_budget=20_000)
+
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
@@ -68,7 +72,7 @@ def build_snapshot(agents: Sequence[Agent], running: Mapping[str, Sequence[Task]
 def place_tasks(snapshot: Snapshot, queued: Sequence[Task]) -> PlacementResult:
     """Place each queued task (a group of one) around what already runs; the snapshot is
     updated in place with the placements."""
-    plan = place(snapshot, [request_for(task) for task in queued], Policy())
+    plan = place(snapshot, [request_for(task) for task in queued], MASTER_POLICY)
     result = PlacementResult()
     for placement in plan.placements:
         result.assignments.append(

@@ -153,7 +153,7 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
     for level in _priority_levels([r for r in requests if r.count > 0]):
-        level_plan = plan_level(snapshot, level, policy.strategy)
+        level_plan = plan_level(snapshot, level, policy.strategy, policy.lookahead_budget)
         for request in _fair_order(_role_queues(level_plan.requests), sorter):
             placed = _serve(pipeline, snapshot, request, policy, plan, sorter, level_plan.balanced)
             sorter.allocated(request.role, request.demand() * placed)

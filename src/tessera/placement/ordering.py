@@ -37,11 +37,15 @@ def _per_agent_cap(request: Request) -> int:
     return cap
 
 
-def plan_level(snapshot: Snapshot, level: list[Request], strategy: Strategy) -> LevelPlan:
+def plan_level(
+    snapshot: Snapshot, level: list[Request], strategy: Strategy, lookahead_budget: int
+) -> LevelPlan:
     if len(level) == 1:
         return LevelPlan(level, False)
     demands = np.array([request.demand() for request in level])
-    if strategy is Strategy.SPREAD:
+    size = len(level) * max(len(level), int(snapshot.active.sum()))
+    over_budget = size > lookahead_budget
+    if strategy is Strategy.SPREAD or over_budget:
         order = scoring.order_requests(demands, snapshot.total_capacity())
         return LevelPlan([level[i] for i in order.tolist()], False)
     active = snapshot.active

@@ -85,6 +85,11 @@ class Policy:
     role_weights: Mapping[str, float] = field(default_factory=dict)
     role_quotas: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     preemption: bool = True
+    # The binpack look-ahead (scoring.plan_requests) packs better but its cost grows with
+    # requests x max(requests, agents); above this budget a level is served largest first
+    # instead, so that one call stays short (measured: 0.33 s for 1,000 requests on 4
+    # agents and 3.3 s for 3,000 on 1,000 with the look-ahead; 0.05 s and 0.16 s without).
+    lookahead_budget: int = 1_000_000
 
     def __post_init__(self) -> None:
         for role, weight in self.role_weights.items():
