@@ -19,6 +19,8 @@ CLOSE_BAD_TOKEN = 4401
 CLOSE_DUPLICATE_AGENT = 4409
 CLOSE_PROTOCOL_ERROR = 4400
 CLOSE_UNREACHABLE = 4408
+# This master does not lead; the reason names the leader. The agent dials its next master.
+CLOSE_NOT_LEADER = 4307
 
 
 @dataclass(frozen=True, slots=True)
