@@ -19,9 +19,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 import tessera
 from tessera.agent.config import AgentConfig
 from tessera.agent.environment import task_environment
+from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
+from tessera.agent.fetch import FetchFailed, fetch_all
+from tessera.agent.health import CheckedTask, HealthMonitors
 from tessera.agent.journal import StatusJournal
 from tessera.clock import Clock, SystemClock
+from tessera.model.health import fetch_of
 from tessera.model.protocol import (
     AGENT_STREAM_PATH,
     CLOSE_BAD_TOKEN,
@@ -80,14 +84,20 @@ class AgentDaemon:
         self._sent_at: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.registered = asyncio.Event()
+        # Health and readiness checks of the running tasks (see agent/health.py).
+        self.health = HealthMonitors(
+            config.work_dir / "health", self._report_health, self._kill_unhealthy, self.clock
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def recover(self) -> None:
         """Re-adopt the tasks still running from before a restart of this agent."""
-        for recovered in await self.executor.recover():
+        recovered_tasks = await self.executor.recover()
+        for recovered in recovered_tasks:
             self.tasks[recovered.task_id] = LocalTask(recovered.task_id, TaskState.TASK_RUNNING)
             self._watch(recovered.task_id)
+        self.health.resume([found.task_id for found in recovered_tasks if found.alive])
         for update in self.journal.pending():
             known = self.tasks.setdefault(update.task_id, LocalTask(update.task_id, update.state))
             if update.state.terminal:
@@ -119,6 +129,7 @@ class AgentDaemon:
             )
         for watcher in list(self._watchers):
             watcher.cancel()
+        await self.health.close()
         await self.executor.close()
         self.journal.close()
 
@@ -177,7 +188,11 @@ class AgentDaemon:
             "isolation": self.executor.isolation_info(),
             "version": tessera.__version__,
             "tasks": [
-                {"task_id": task.task_id, "state": task.state.value}
+                {
+                    "task_id": task.task_id,
+                    "state": task.state.value,
+                    **self.health.status(task.task_id),
+                }
                 for task in self.tasks.values()
                 if not task.state.terminal or self.journal.latest_for(task.task_id) is not None
             ],
@@ -229,6 +244,9 @@ class AgentDaemon:
         reason: str | None = None,
         message: str | None = None,
         exit_code: int | None = None,
+        *,
+        healthy: bool | None = None,
+        ready: bool | None = None,
     ) -> None:
         update = StatusUpdate(
             uuid=str(uuid.uuid4()),
@@ -238,6 +256,8 @@ class AgentDaemon:
             reason=reason,
             message=message,
             exit_code=exit_code,
+            healthy=healthy,
+            ready=ready,
         )
         local = self.tasks.setdefault(task_id, LocalTask(task_id, state))
         local.state = state
@@ -251,11 +271,32 @@ class AgentDaemon:
         spec = TaskSpec.from_json(payload["spec"])
         ports = tuple(int(port) for port in payload.get("ports", ()))
         self.tasks[task_id] = LocalTask(task_id, TaskState.TASK_STAGING, ports)
+        if spec.fetch:  # downloads take time: do not hold up the master's other messages
+            fetcher = asyncio.create_task(self._fetch_then_start(task_id, spec, ports))
+            self._watchers.add(fetcher)
+            fetcher.add_done_callback(self._watchers.discard)
+        else:
+            await self._start(task_id, spec, ports)
+
+    async def _fetch_then_start(self, task_id: str, spec: TaskSpec, ports: tuple[int, ...]) -> None:
+        user = spec.user or str(self.executor.isolation_info()["default_user"])
+        try:
+            await fetch_all(fetch_of(spec.fetch), self.executor.sandbox(task_id), user=user)
+        except (FetchFailed, ValueError) as error:  # ValueError: a bad spec
+            if self.tasks[task_id].state is TaskState.TASK_STAGING:  # else killed meanwhile
+                reason = REASON_CONTAINER_LAUNCH_FAILED
+                await self.report(task_id, TaskState.TASK_FAILED, reason, str(error))
+            return
+        if self.tasks[task_id].state is TaskState.TASK_STAGING:
+            await self._start(task_id, spec, ports)
+
+    async def _start(self, task_id: str, spec: TaskSpec, ports: tuple[int, ...]) -> None:
+        env = task_environment(task_id, spec, ports, self.config.hostname)
         launch = LaunchSpec(
             task_id=task_id,
             command=spec.cmd,
             args=spec.args,
-            env=task_environment(task_id, spec, ports, self.config.hostname),
+            env=env,
             cpus=spec.cpus,
             mem=spec.mem,
             disk=spec.disk,
@@ -264,12 +305,26 @@ class AgentDaemon:
             kill_grace_seconds=spec.kill_grace_seconds,
         )
         try:
-            await self.executor.launch(launch)
+            running = await self.executor.launch(launch)
         except LaunchFailed as error:
             await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
             return
         await self.report(task_id, TaskState.TASK_RUNNING)
         self._watch(task_id)
+        names = tuple(definition.name for definition in spec.port_definitions)
+        self.health.start(
+            CheckedTask(
+                task_id,
+                spec.health_checks,
+                spec.readiness_checks,
+                ports,
+                names,
+                str(running.sandbox),
+                env,
+                running.user,
+                self.clock.wall(),
+            )
+        )
 
     def _watch(self, task_id: str) -> None:
         watcher = asyncio.create_task(self._await_exit(task_id))
@@ -278,8 +333,15 @@ class AgentDaemon:
 
     async def _await_exit(self, task_id: str) -> None:
         result: TaskExit = await self.executor.wait(task_id)
+        unhealthy = await self.health.stop(task_id)  # why the checks killed it, if they did
+        message = f"{unhealthy} ({result.message})" if unhealthy else result.message
         await self.report(
-            task_id, TaskState(result.state), result.reason, result.message, result.exit_code
+            task_id,
+            TaskState(result.state),
+            result.reason,
+            message,
+            result.exit_code,
+            healthy=False if unhealthy else None,
         )
 
     async def _kill(self, task_id: str, grace: float | None) -> None:
@@ -296,4 +358,23 @@ class AgentDaemon:
             return
         if task_id in self.executor.running():
             local.state = TaskState.TASK_KILLING
+            await self.health.pause(task_id)
             await self.executor.kill(task_id, grace)
+        elif local.state is TaskState.TASK_STAGING:  # still fetching: it never starts
+            await self.report(task_id, TaskState.TASK_KILLED, message="killed before it started")
+
+    # ---- health checks (agent/health.py) --------------------------------------------------
+
+    async def _report_health(
+        self, task_id: str, healthy: bool | None, ready: bool | None, reason: str, message: str
+    ) -> None:
+        local = self.tasks.get(task_id)
+        if local is not None and local.state is TaskState.TASK_RUNNING:
+            await self.report(
+                task_id, TaskState.TASK_RUNNING, reason, message, healthy=healthy, ready=ready
+            )
+
+    def _kill_unhealthy(self, task_id: str, message: str) -> None:
+        killer = asyncio.create_task(self._kill(task_id, None))
+        self._watchers.add(killer)
+        killer.add_done_callback(self._watchers.discard)

@@ -16,6 +16,7 @@ from tessera.master.config import MasterConfig
 from tessera.master.join_token import token_matches
 from tessera.master.state import ClusterState
 from tessera.model.agent import Agent, AgentState
+from tessera.model.health import apply_reported_health
 from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
@@ -175,7 +176,10 @@ class AgentChannel:
                 # nothing may run that the master does not know about.
                 session.send({"type": "kill", "task_id": entry["task_id"], "grace": 3.0})
             elif task.state is TaskState.TASK_UNREACHABLE and entry.get("state"):
-                changed.append(task.with_changes(state=TaskState(entry["state"]), updated_at=now))
+                back = task.with_changes(state=TaskState(entry["state"]), updated_at=now)
+                changed.append(apply_reported_health(back, entry))
+            elif (checked := apply_reported_health(task, entry)) is not task:
+                changed.append(checked)  # its health changed while no master listened
         for task in self.state.active_tasks_on(agent.id):
             if task.id in reported_ids:
                 continue

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from tessera.model.task import Task
+
 _INT32_MAX = 2**31 - 1
 _PORT_NAME = re.compile(r"^[a-z][-a-z0-9]*$")
 _URI_MAX = 1024
@@ -560,3 +562,17 @@ def readiness_checks_of(entries: Iterable[Mapping[str, Any]]) -> tuple[Readiness
 
 def fetch_of(entries: Iterable[Mapping[str, Any]]) -> tuple[FetchUri, ...]:
     return parse_fetch(list(entries))
+
+
+def apply_reported_health(task: Task, reported: Mapping[str, Any]) -> Task:
+    """The task with the `healthy`/`ready` an agent's registration reports for it (None
+    reports nothing); the same task object when nothing changes or the task has ended."""
+    if task.state.terminal:
+        return task
+    healthy, ready = reported.get("healthy"), reported.get("ready")
+    changes: dict[str, bool] = {}
+    if isinstance(healthy, bool) and healthy != task.healthy:
+        changes["healthy"] = healthy
+    if isinstance(ready, bool) and ready != task.ready:
+        changes["ready"] = ready
+    return task.with_changes(**changes) if changes else task
