@@ -108,7 +108,8 @@ async def _fetch_one(
         if scheme in ("http", "https"):
             await _download(client, entry.uri, partial, limits.max_bytes)
         elif scheme == "file" or entry.uri.startswith("/"):
-            await _copy_local(_local_path(entry.uri), partial, run_as, limits.max_bytes)
+            source = _local_path(entry.uri)
+            await _copy_local(entry.uri, source, partial, run_as, limits.max_bytes)
         else:
             raise FetchFailed(entry.uri, f"unsupported URI scheme {scheme!r}")
         os.replace(partial, target)
@@ -161,9 +162,11 @@ async def _download(client: httpx.AsyncClient, uri: str, partial: Path, max_byte
                 handle.write(chunk)
 
 
-async def _copy_local(source: str, partial: Path, run_as: RunAs | None, max_bytes: int) -> None:
+async def _copy_local(
+    uri: str, source: str, partial: Path, run_as: RunAs | None, max_bytes: int
+) -> None:
     """Read `source` through `cat` running as the task's user: their permissions apply."""
-    argv, env = _reader_argv(source, run_as)
+    argv, env = _reader_argv(uri, source, run_as)
     with open(partial, "wb") as handle:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -178,7 +181,7 @@ async def _copy_local(source: str, partial: Path, run_as: RunAs | None, max_byte
             while chunk := await process.stdout.read(_CHUNK):
                 written += len(chunk)
                 if written > max_bytes:
-                    raise FetchFailed(source, f"larger than the {max_bytes} byte limit")
+                    raise FetchFailed(uri, f"larger than the {max_bytes} byte limit")
                 handle.write(chunk)
             errors = (await process.stderr.read(4096)).decode(errors="replace").strip()
             code = await process.wait()
@@ -189,10 +192,10 @@ async def _copy_local(source: str, partial: Path, run_as: RunAs | None, max_byte
                 await process.wait()
     if code != 0:
         reason = errors.splitlines()[-1] if errors else f"cat exited {code}"
-        raise FetchFailed(source, reason.removeprefix("cat: "))
+        raise FetchFailed(uri, reason.removeprefix("cat: ").removeprefix(f"{source}: "))
 
 
-def _reader_argv(source: str, run_as: RunAs | None) -> tuple[list[str], dict[str, str]]:
+def _reader_argv(uri: str, source: str, run_as: RunAs | None) -> tuple[list[str], dict[str, str]]:
     env = {"PATH": ROOT_WRAPPER_ENV["PATH"], "LC_ALL": "C"}
     me = current_user()
     spec = LaunchSpec(task_id="fetch", args=("cat", "--", source))
@@ -200,7 +203,7 @@ def _reader_argv(source: str, run_as: RunAs | None) -> tuple[list[str], dict[str
         return command_line(spec, me, env, None), env
     setpriv, env_tool = shutil.which("setpriv"), shutil.which("env")
     if not (setpriv and env_tool):
-        raise FetchFailed(source, f"cannot read as {run_as.name!r}: setpriv is not installed")
+        raise FetchFailed(uri, f"cannot read as {run_as.name!r}: setpriv is not installed")
     return command_line(spec, run_as, env, SwitchTools(setpriv, env_tool)), dict(ROOT_WRAPPER_ENV)
 
 
