@@ -10,6 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	command -v etcd >/dev/null || (test "$$(id -u)" = 0 && export DEBIAN_FRONTEND=noninteractive && (apt-get install -y -qq etcd-server || (apt-get update -qq && apt-get install -y -qq etcd-server)) >/dev/null) || true
 	touch $(STAMP)
 
 run: $(STAMP)

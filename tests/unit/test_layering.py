@@ -20,7 +20,7 @@ ALLOWED = {
     "model": set(),
     "placement": {"model"},
     "reconcile": {"model", "placement"},
-    "store": {"model"},
+    "store": {"model", "clock"},
     "master": {"model", "placement", "reconcile", "store", "clock", "http_errors"},
     "agent": {"model", "store", "clock", "http_errors"},
 }

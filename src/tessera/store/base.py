@@ -32,6 +32,20 @@ class StaleRevision(Exception):
         self.actual = actual
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached or has no quorum; the caller may retry later (HTTP 503)."""
+
+
+class CommitOutcomeUnknown(StoreUnavailable):
+    """The store stopped answering while a commit was in flight and it cannot be told
+    whether that commit was applied; re-read before retrying."""
+
+
+class NotLeader(Exception):
+    """A fenced write was refused: the writer no longer holds the leadership it was
+    granted, whether or not it has noticed yet."""
+
+
 class StateStore(Protocol):
     """Every implementation is durable when `commit` returns (memory only within a process).
 

@@ -1,4 +1,4 @@
-"""Both stores keep the same contract: JSON objects by kind, atomic revisioned batches."""
+"""Every store keeps the same contract: JSON objects by kind, atomic revisioned batches."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import pytest
 from tessera.store import Delete, MemoryStore, Put, SqliteStore, StaleRevision, StateStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StateStore]:
-    made: StateStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "state.db")
-    )
+    made: StateStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "state.db")
+    else:
+        from tessera.store.etcd import EtcdStore
+
+        etcd = request.getfixturevalue("etcd_node")
+        made = EtcdStore(etcd.endpoints, prefix=request.getfixturevalue("etcd_prefix"))
     yield made
     await made.close()
 
