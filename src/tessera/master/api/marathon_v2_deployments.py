@@ -1,0 +1,35 @@
+"""`/v2/deployments`: running deployments; DELETE rolls one back (`force=true`: stops it)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from tessera.http_errors import ApiError
+from tessera.master.api.marathon_v2 import deployment_result, services
+from tessera.reconcile.deployments import marathon_json
+
+router = APIRouter()
+
+
+@router.get("/v2/deployments")
+async def list_deployments(request: Request) -> list[dict[str, Any]]:
+    controller = services(request)
+    running = sorted(controller.state.deployments.values(), key=lambda d: d.created_at)
+    return [marathon_json(d) for d in running]
+
+
+@router.delete("/v2/deployments/{deployment_id}")
+async def cancel_deployment(
+    deployment_id: str, request: Request, force: Annotated[bool, Query()] = False
+) -> Response:
+    controller = services(request)
+    async with controller.lock:
+        if deployment_id not in controller.state.deployments:
+            raise ApiError(404, f"DeploymentPlan {deployment_id} does not exist")
+        rollback = await controller.deployments.cancel(deployment_id, force=force)
+    if rollback is None:
+        return Response(status_code=202)
+    return deployment_result(rollback)

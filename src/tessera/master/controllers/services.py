@@ -1,0 +1,275 @@
+"""The services controller: keeps every app at its instances, drives deployments, and turns
+task changes into Marathon events.
+
+Level-based: a task change marks its app dirty and wakes the loop; every pass re-reads the
+apps, the deployments and the live tasks and applies what `reconcile.services` decides
+(launches through `Master.submit`, kills through `Master.kill`, both idempotent by task).
+A full resync runs every second, which is also what fires the timers (backoff delays,
+unreachable timeouts, progress deadlines). After a master restart everything is rebuilt
+from the store, so a deployment that was running goes on where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from tessera.master.controllers.deployments import DeploymentManager
+from tessera.master.controllers.service_state import ServiceState
+from tessera.master.core import Master
+from tessera.master.events import EventBus, timestamp
+from tessera.model.app import AppSpec, task_spec_for
+from tessera.model.task import Task, TaskState, new_task_id
+from tessera.reconcile.deployments import effective_app
+from tessera.reconcile.services import (
+    Backoff,
+    Mode,
+    is_failure,
+    launch_allowed_at,
+    reconcile_app,
+    record_failure,
+)
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 1.0
+BATCH_WINDOW = 0.01
+
+CONDITIONS = {
+    TaskState.TASK_QUEUED: "Scheduled",
+    TaskState.TASK_STAGING: "Staging",
+    TaskState.TASK_STARTING: "Starting",
+    TaskState.TASK_RUNNING: "Running",
+    TaskState.TASK_KILLING: "Killing",
+    TaskState.TASK_FINISHED: "Finished",
+    TaskState.TASK_FAILED: "Failed",
+    TaskState.TASK_KILLED: "Killed",
+    TaskState.TASK_ERROR: "Error",
+    TaskState.TASK_LOST: "Gone",
+    TaskState.TASK_UNREACHABLE: "Unreachable",
+    TaskState.TASK_GONE: "Gone",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Instances an app wants but does not launch yet, and why (for `/v2/queue`)."""
+
+    count: int
+    since: float
+    allowed_at: float | None = None
+    reason: str | None = None
+
+
+class ServicesController:
+    def __init__(self, master: Master, events: EventBus) -> None:
+        self.master = master
+        self.events = events
+        self.state = ServiceState(master.store)
+        self.deployments = DeploymentManager(self.state, events, master.clock, self.wake)
+        # API writes and reconcile passes take turns, so a pass never sees half a change.
+        self.lock = asyncio.Lock()
+        self.backoffs: dict[str, Backoff] = {}
+        self.waiting: dict[str, Waiting] = {}
+        self._dirty: set[str] = set()
+        self._resync = True
+        self._wake = asyncio.Event()
+        self._next_check: float | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.state.load()
+        for task in self.master.state.tasks.values():
+            self.state.index_task(task)
+        self.master.state.subscribe(self._on_task)
+        self._loop = asyncio.create_task(self._run(), name="services")
+        log.info(
+            "services: %d apps, %d deployments in progress",
+            len(self.state.apps),
+            len(self.state.deployments),
+        )
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    def wake(self, app_id: str | None = None) -> None:
+        if app_id is None:
+            self._resync = True
+        else:
+            self._dirty.add(app_id)
+        self._wake.set()
+
+    def reset_delay(self, app_id: str) -> None:
+        self.backoffs.pop(app_id, None)
+        self.wake(app_id)
+
+    # ---- task events -------------------------------------------------------------------------
+
+    def _on_task(self, previous: Task | None, task: Task) -> None:
+        app_id = task.spec.app_id
+        if not app_id or not app_id.startswith("/"):
+            return
+        self.state.index_task(task)
+        if not self.state.knows(app_id):
+            return
+        now = self.master.clock.wall()
+        if previous is None or previous.state is not task.state:
+            self._publish_status(task, now)
+        if previous is not None and task.healthy is not None and previous.healthy != task.healthy:
+            self.events.publish(
+                "health_status_changed_event",
+                now,
+                appId=app_id,
+                instanceId=task.id,
+                taskId=task.id,
+                version=task.spec.app_version,
+                alive=task.healthy,
+            )
+        if task.state.terminal and (previous is None or not previous.state.terminal):
+            self._on_ended(app_id, task, now)
+        self.wake(app_id)
+
+    def _publish_status(self, task: Task, now: float) -> None:
+        if task.state is not TaskState.TASK_QUEUED:
+            self.events.publish(
+                "status_update_event",
+                now,
+                slaveId=task.agent_id,
+                taskId=task.id,
+                taskStatus=task.state.value,
+                message=task.message or "",
+                appId=task.spec.app_id,
+                host=task.hostname,
+                ports=list(task.ports),
+                ipAddresses=[],
+                version=task.spec.app_version,
+            )
+        self.events.publish(
+            "instance_changed_event",
+            now,
+            instanceId=task.id,
+            slaveId=task.agent_id,
+            condition=CONDITIONS[task.state],
+            runSpecId=task.spec.app_id,
+            agentId=task.agent_id,
+            host=task.hostname,
+            runSpecVersion=task.spec.app_version,
+            goal="Stopped" if task.state is TaskState.TASK_KILLING else "Running",
+        )
+
+    def _on_ended(self, app_id: str, task: Task, now: float) -> None:
+        if not is_failure(task):
+            return
+        self.state.last_failure[app_id] = task
+        app = self.state.apps.get(app_id)
+        if app is not None:
+            self.backoffs[app_id] = record_failure(self.backoffs.get(app_id, Backoff()), app, now)
+        if "HEALTH" in (task.reason or "").upper():
+            self.events.publish(
+                "unhealthy_task_kill_event",
+                now,
+                appId=app_id,
+                taskId=task.id,
+                instanceId=task.id,
+                version=task.spec.app_version,
+                reason=task.message or task.reason,
+                host=task.hostname,
+                slaveId=task.agent_id,
+            )
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            timeout = RESYNC_SECONDS
+            if self._next_check is not None:
+                timeout = min(timeout, max(0.01, self._next_check - self.master.clock.wall()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                self._resync = True
+            await asyncio.sleep(BATCH_WINDOW)
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("services reconcile pass failed; retrying on the next wake-up")
+                self._resync = True
+
+    async def reconcile(self) -> None:
+        """One pass over the dirty apps (all of them on a resync)."""
+        async with self.lock:
+            if self._resync:
+                keys = set(self.state.apps) | set(self.state.live_tasks)
+                for deployment in self.state.deployments.values():
+                    keys.update(deployment.original, deployment.target)
+                self._next_check = None
+            else:
+                keys = set(self._dirty)
+            self._dirty.clear()
+            self._resync = False
+            await self.deployments.advance()
+            now = self.master.clock.wall()
+            work: list[Awaitable[Any]] = []
+            for app_id in sorted(keys):
+                if self.state.knows(app_id):
+                    work.extend(self._reconcile_app(app_id, now))
+            if work:
+                await asyncio.gather(*work)
+
+    def _reconcile_app(self, app_id: str, now: float) -> list[Awaitable[Any]]:
+        deployment = self.state.deployment_of(app_id)
+        app, mode = effective_app(app_id, deployment, self.state.apps.get(app_id))
+        tasks = self.state.tasks_of(app_id)
+        if app is None and not tasks:
+            self.waiting.pop(app_id, None)
+            return []
+        backoff = self.backoffs.get(app_id, Backoff())
+        actions = reconcile_app(app, mode, tasks, backoff, now)
+        if actions.recheck_at is not None and (
+            self._next_check is None or actions.recheck_at < self._next_check
+        ):
+            self._next_check = actions.recheck_at
+        work: list[Awaitable[Any]] = [self.master.kill(task_id) for task_id in actions.kill]
+        launch = actions.launch
+        if app is not None and launch and app.container is not None:
+            self._wait(app_id, launch, now, reason="no agent offers a container runtime yet")
+            launch = 0
+        elif app is not None and actions.delayed:
+            missing = app.instances - len(tasks) if mode is not Mode.STOP else 0
+            self._wait(app_id, max(1, missing), now, allowed_at=launch_allowed_at(backoff, app))
+        else:
+            self.waiting.pop(app_id, None)
+        if app is not None and launch:
+            work.extend(self._launch(app, launch))
+        return work
+
+    def _wait(
+        self,
+        app_id: str,
+        count: int,
+        now: float,
+        allowed_at: float | None = None,
+        reason: str | None = None,
+    ) -> None:
+        since = self.waiting[app_id].since if app_id in self.waiting else now
+        self.waiting[app_id] = Waiting(count, since, allowed_at, reason)
+
+    def _launch(self, app: AppSpec, count: int) -> list[Awaitable[Any]]:
+        spec = task_spec_for(app)
+        return [self.master.submit(new_task_id(app.id), spec) for _ in range(count)]
+
+    # ---- reads for the API ---------------------------------------------------------------
+
+    def queue_since(self, app_id: str) -> str | None:
+        waiting = self.waiting.get(app_id)
+        return timestamp(waiting.since) if waiting else None

@@ -1,0 +1,261 @@
+"""Pure rules for one app: its desired spec and its tasks in, the launches and kills out.
+
+Three modes. MAINTAIN keeps `instances` tasks (any version) and replaces what dies, after
+the app's backoff delay. RESTART is a rolling upgrade to the app's current config that
+keeps ceil(instances x minimumHealthCapacity) instances serving and never runs more than
+instances x (1 + maximumOverCapacity). STOP kills everything. Tasks on unreachable agents
+stop counting after `inactiveAfterSeconds` (so they are replaced) and are killed after
+`expungeAfterSeconds`. Every function takes `now` (wall seconds) and does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tessera.model.app import AppSpec, KillSelection
+from tessera.model.task import Task, TaskState
+
+_EPSILON = 1e-9
+KILL_PATIENCE_SECONDS = 30.0
+
+
+class Mode(StrEnum):
+    MAINTAIN = "maintain"
+    RESTART = "restart"
+    STOP = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class AppActions:
+    """What to do now for one app; `recheck_at` is when timers (backoff, unreachable
+    timeouts) may change the answer without any task changing."""
+
+    launch: int = 0
+    kill: tuple[str, ...] = ()
+    recheck_at: float | None = None
+    delayed: bool = False
+
+
+# ---- backoff ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Consecutive failures of an app's instances and when the last one happened."""
+
+    failures: int = 0
+    last_failure_at: float = 0.0
+
+
+def backoff_delay(app: AppSpec, failures: int) -> float:
+    """backoffSeconds x backoffFactor^(failures-1), capped at maxLaunchDelaySeconds."""
+    if failures <= 0:
+        return 0.0
+    try:
+        delay = app.backoff_seconds * app.backoff_factor ** (failures - 1)
+    except OverflowError:
+        delay = math.inf
+    return min(delay, app.max_launch_delay_seconds)
+
+
+def record_failure(backoff: Backoff, app: AppSpec, now: float) -> Backoff:
+    """One more failure; a quiet spell of delay + maxLaunchDelaySeconds forgets the past
+    (Marathon drops overdue delays the same way)."""
+    if backoff.failures and now - launch_allowed_at(backoff, app) > app.max_launch_delay_seconds:
+        return Backoff(1, now)
+    return Backoff(backoff.failures + 1, now)
+
+
+def launch_allowed_at(backoff: Backoff, app: AppSpec) -> float:
+    return backoff.last_failure_at + backoff_delay(app, backoff.failures)
+
+
+def is_failure(task: Task) -> bool:
+    """A terminal state the app did not ask for: counts towards the backoff."""
+    if not task.state.terminal:
+        return False
+    if task.state is TaskState.TASK_KILLED:
+        return "HEALTH" in (task.reason or "").upper()
+    return True
+
+
+# ---- task classification ----------------------------------------------------------------------
+
+
+def is_current(task: Task, app: AppSpec) -> bool:
+    """Launched after the app's last config change (versions sort as time does)."""
+    return (task.spec.app_version or "") >= app.config_version
+
+
+def is_ready(task: Task, app: AppSpec) -> bool:
+    """Running, and healthy / ready when the app has health / readiness checks."""
+    if task.state is not TaskState.TASK_RUNNING:
+        return False
+    if app.health_checks and task.healthy is not True:
+        return False
+    return not (app.readiness_checks and task.ready is not True)
+
+
+def unreachable_since(task: Task) -> float:
+    return task.updated_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    counted: list[Task]
+    expunge: list[Task]
+    recheck_at: float | None
+
+
+def _split(app: AppSpec, tasks: Iterable[Task], now: float) -> _Split:
+    """Tasks that count as instances, and unreachable ones to give up on."""
+    counted: list[Task] = []
+    expunge: list[Task] = []
+    recheck: list[float] = []
+    strategy = app.unreachable_strategy
+    for task in tasks:
+        if task.state.terminal or task.state is TaskState.TASK_KILLING:
+            continue
+        if task.state is TaskState.TASK_UNREACHABLE and strategy is not None:
+            away = now - unreachable_since(task)
+            if away >= strategy.expunge_after_seconds:
+                expunge.append(task)
+                continue
+            recheck.append(unreachable_since(task) + strategy.expunge_after_seconds)
+            if away >= strategy.inactive_after_seconds:
+                continue
+            recheck.append(unreachable_since(task) + strategy.inactive_after_seconds)
+        counted.append(task)
+    return _Split(counted, expunge, min(recheck, default=None))
+
+
+# ---- kill selection ---------------------------------------------------------------------------
+
+
+def _kill_rank(task: Task, app: AppSpec) -> int:
+    """Which tasks go first: those doing the least good."""
+    if task.state is TaskState.TASK_QUEUED:
+        return 0
+    if task.state is TaskState.TASK_UNREACHABLE:
+        return 1
+    if task.state in (TaskState.TASK_STAGING, TaskState.TASK_STARTING):
+        return 2
+    return 4 if is_ready(task, app) else 3
+
+
+def choose_kills(tasks: Sequence[Task], count: int, app: AppSpec) -> list[Task]:
+    """`count` tasks to kill when scaling down: not-yet-useful ones first, then the
+    youngest (YOUNGEST_FIRST, the default) or the oldest."""
+    if count <= 0:
+        return []
+    youngest_first = app.kill_selection is KillSelection.YOUNGEST_FIRST
+
+    def key(task: Task) -> tuple[int, float, str]:
+        born = task.started_at or task.created_at
+        return (_kill_rank(task, app), -born if youngest_first else born, task.id)
+
+    return sorted(tasks, key=key)[:count]
+
+
+# ---- the decision -----------------------------------------------------------------------------
+
+
+def reconcile_app(
+    app: AppSpec | None,
+    mode: Mode,
+    tasks: Sequence[Task],
+    backoff: Backoff,
+    now: float,
+) -> AppActions:
+    """Launches and kills that move this app's tasks towards `app` in `mode`."""
+    if app is None or mode is Mode.STOP:
+        live = [t for t in tasks if not t.state.terminal and t.state is not TaskState.TASK_KILLING]
+        return AppActions(kill=tuple(t.id for t in live))
+    split = _split(app, tasks, now)
+    if mode is Mode.RESTART:
+        launch, kills = _rolling(app, split.counted)
+    else:
+        launch, kills = _maintain(app, split.counted)
+    kills = [*kills, *split.expunge]
+    recheck = split.recheck_at
+    delayed = False
+    if launch:
+        allowed_at = launch_allowed_at(backoff, app)
+        if now < allowed_at:
+            launch, delayed = 0, True
+            recheck = min(allowed_at, recheck) if recheck is not None else allowed_at
+    return AppActions(launch, tuple(t.id for t in kills), recheck, delayed)
+
+
+def _maintain(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
+    missing = app.instances - len(counted)
+    if missing >= 0:
+        return missing, []
+    # Old-config instances go first when there are more than wanted.
+    old = [t for t in counted if not is_current(t, app)]
+    current = [t for t in counted if is_current(t, app)]
+    excess = -missing
+    kills = choose_kills(old, excess, app)
+    return 0, kills + choose_kills(current, excess - len(kills), app)
+
+
+def capacity_bounds(app: AppSpec) -> tuple[int, int]:
+    """(instances that must keep serving, most instances that may run) during an upgrade."""
+    target = app.instances
+    strategy = app.upgrade_strategy
+    minimum_healthy = math.ceil(target * strategy.minimum_health_capacity - _EPSILON)
+    maximum = math.floor(target * (1 + strategy.maximum_over_capacity) + _EPSILON)
+    return minimum_healthy, maximum
+
+
+def _rolling(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
+    old = [t for t in counted if not is_current(t, app)]
+    new = [t for t in counted if is_current(t, app)]
+    target = app.instances
+    minimum_healthy, maximum = capacity_bounds(app)
+    kills: list[Task] = []
+    if len(new) > target:
+        kills = choose_kills(new, len(new) - target, app)
+        new = [t for t in new if t not in kills]
+    new_ready = sum(1 for t in new if is_ready(t, app))
+    # Old instances are taken to be serving: kill only what the ready new ones make up for.
+    serving = len(old) + new_ready
+    kill_old = max(0, min(len(old), serving - minimum_healthy))
+    launch = max(0, min(target - len(new), maximum - (len(old) - kill_old) - len(new)))
+    if launch == 0 and kill_old == 0 and old and new_ready == len(new) and len(new) < target:
+        # No room to start and no slack to stop (e.g. minimumHealthCapacity 1 with
+        # maximumOverCapacity 0): stop one old instance so the upgrade can move, as
+        # Marathon does.
+        kill_old = 1
+        launch = max(0, min(target - len(new), maximum - (len(old) - 1) - len(new)))
+    kills += choose_kills(old, kill_old, app)
+    return launch, kills
+
+
+def converged(app: AppSpec, tasks: Sequence[Task], now: float, *, same_config: bool) -> bool:
+    """Exactly `instances` tasks, all ready, none being killed; with `same_config` all of
+    them also run the app's current config (a restart is finished)."""
+    live = [t for t in tasks if not t.state.terminal]
+    if any(_kill_pending(t, now) for t in live):
+        return False
+    counted = _split(app, live, now).counted
+    if len(counted) != app.instances:
+        return False
+    if same_config and any(not is_current(t, app) for t in counted):
+        return False
+    return all(is_ready(t, app) for t in counted)
+
+
+def _kill_pending(task: Task, now: float) -> bool:
+    """Being killed, and not for so long that its agent is surely gone (an unreachable
+    agent gets the kill when it returns; nothing should wait for that)."""
+    if task.state is not TaskState.TASK_KILLING:
+        return False
+    return now - task.updated_at <= task.spec.kill_grace_seconds + KILL_PATIENCE_SECONDS
+
+
+def ready_count(app: AppSpec, tasks: Iterable[Task]) -> int:
+    return sum(1 for t in tasks if is_current(t, app) and is_ready(t, app))

@@ -1,0 +1,221 @@
+"""The Marathon v2 API in-process (no agents): shapes, validation, 404 and 409."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tessera.master.app import create_app
+from tessera.master.config import MasterConfig
+from tessera.store import MemoryStore
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    app = create_app(MasterConfig(work_dir=tmp_path), store=MemoryStore())
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _details(response: Any) -> dict[str, list[str]]:
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["message"] == "Object is not valid"
+    return {d["path"]: d["errors"] for d in body["details"]}
+
+
+def test_create_returns_the_app_with_defaults_and_headers(client: TestClient) -> None:
+    response = client.post("/v2/apps", json={"id": "shop/web", "cmd": "sleep 60"})
+    assert response.status_code == 201
+    app = response.json()
+    deployment_id = response.headers["Marathon-Deployment-Id"]
+    assert response.headers["Location"] == "/v2/apps/shop/web"
+    assert app["id"] == "/shop/web"
+    assert (app["cpus"], app["mem"], app["disk"], app["gpus"], app["instances"]) == (
+        1.0,
+        128.0,
+        0.0,
+        0,
+        1,
+    )
+    assert app["backoffSeconds"] == 1 and app["backoffFactor"] == 1.15
+    assert app["maxLaunchDelaySeconds"] == 300
+    assert app["upgradeStrategy"]["minimumHealthCapacity"] == 1.0
+    assert app["upgradeStrategy"]["maximumOverCapacity"] == 1.0
+    assert app["upgradeStrategy"]["progressDeadlineSeconds"] == 600
+    assert app["killSelection"] == "YOUNGEST_FIRST"
+    assert app["portDefinitions"] == [{"port": 0, "protocol": "tcp", "name": "default"}]
+    assert app["versionInfo"]["lastConfigChangeAt"] == app["version"]
+    assert app["deployments"] == [{"id": deployment_id}]
+    assert app["tasksRunning"] == 0
+    listed = client.get("/v2/apps").json()["apps"]
+    assert [a["id"] for a in listed] == ["/shop/web"]
+    shown = client.get("/v2/apps/shop/web").json()["app"]
+    assert shown["tasks"] == [] and shown["version"] == app["version"]
+
+
+def test_invalid_definitions_name_every_field(client: TestClient) -> None:
+    body = {
+        "id": "Bad_Id",
+        "cmd": "x",
+        "args": ["y"],
+        "cpus": -1,
+        "mem": 1e12,
+        "instances": -2,
+        "constraints": [["hostname", "NEAR"]],
+        "portDefinitions": [{"name": "http"}, {"name": "http"}],
+        "healthChecks": [{"protocol": "HTTP", "portIndex": 5}],
+        "upgradeStrategy": {"minimumHealthCapacity": 2},
+        "killSelection": "RANDOM",
+        "surprise": True,
+    }
+    details = _details(client.post("/v2/apps", json=body))
+    assert "/id" in details
+    assert details["/"] == [
+        "AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'."
+    ]
+    assert details["/cpus"] == ["must be ≥ 0.001"]
+    assert "/mem" in details and details["/instances"] == ["must be ≥ 0"]
+    assert "unknown operator 'NEAR'" in details["/constraints/0"][0]
+    assert details["/portDefinitions"] == ["Port names must be unique."]
+    assert "/healthChecks/0/portIndex" in details
+    assert "/upgradeStrategy/minimumHealthCapacity" in details
+    assert "/killSelection" in details and details["/surprise"] == ["unknown field"]
+    assert client.get("/v2/apps").json()["apps"] == []
+
+
+def test_bad_json_and_missing_body_are_422(client: TestClient) -> None:
+    response = client.post(
+        "/v2/apps", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert client.post("/v2/apps").status_code == 422
+    assert client.put("/v2/apps/x", json=[1, 2]).status_code == 422
+
+
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    assert client.get("/v2/apps/nope").json() == {"message": "App '/nope' does not exist"}
+    for method, path in [
+        ("GET", "/v2/apps/nope"),
+        ("DELETE", "/v2/apps/nope"),
+        ("PATCH", "/v2/apps/nope"),
+        ("POST", "/v2/apps/nope/restart"),
+        ("GET", "/v2/apps/nope/tasks"),
+        ("GET", "/v2/apps/nope/versions"),
+        ("DELETE", "/v2/apps/nope/tasks/nope.1"),
+        ("GET", "/v2/groups/nope"),
+        ("DELETE", "/v2/deployments/nope"),
+        ("DELETE", "/v2/queue/nope/delay"),
+    ]:
+        response = client.request(method, path, json={"instances": 1})
+        assert response.status_code == 404, (method, path, response.text)
+
+
+def test_second_change_conflicts_unless_forced(client: TestClient) -> None:
+    created = client.post("/v2/apps", json={"id": "/web", "cmd": "sleep 60", "instances": 2})
+    first = created.headers["Marathon-Deployment-Id"]
+    blocked = client.put("/v2/apps/web", json={"instances": 3})
+    assert blocked.status_code == 409
+    assert blocked.json()["deployments"] == [{"id": first}]
+    assert first in blocked.json()["message"]
+    assert client.post("/v2/apps", json={"id": "/web", "cmd": "x"}).status_code == 409
+    forced = client.put("/v2/apps/web?force=true", json={"instances": 3})
+    assert forced.status_code == 200
+    assert forced.json()["deploymentId"] == forced.headers["Marathon-Deployment-Id"]
+    running = client.get("/v2/deployments").json()
+    assert [d["id"] for d in running] == [forced.json()["deploymentId"]]
+    assert running[0]["steps"] == [{"actions": [{"action": "ScaleApplication", "app": "/web"}]}]
+    app = client.get("/v2/apps/web").json()["app"]
+    assert app["instances"] == 3
+    # a scale keeps the config version
+    assert app["versionInfo"]["lastConfigChangeAt"] != app["version"]
+
+
+def test_partial_update_keeps_other_fields_and_versions_are_kept(client: TestClient) -> None:
+    client.post("/v2/apps", json={"id": "/web", "cmd": "sleep 60", "env": {"A": "1"}})
+    client.put("/v2/apps/web?force=true", json={"cmd": "sleep 61"})
+    app = client.get("/v2/apps/web").json()["app"]
+    assert app["cmd"] == "sleep 61" and app["env"] == {"A": "1"}
+    versions = client.get("/v2/apps/web/versions").json()["versions"]
+    assert len(versions) == 2 and versions[0] == app["version"]
+    old = client.get(f"/v2/apps/web/versions/{versions[1]}").json()
+    assert old["cmd"] == "sleep 60"
+    back = client.put("/v2/apps/web?force=true", json={"version": versions[1]})
+    assert back.status_code == 200
+    assert client.get("/v2/apps/web").json()["app"]["cmd"] == "sleep 60"
+    assert client.put("/v2/apps/web?force=true", json={"version": "1999"}).status_code == 404
+
+
+def test_rollback_and_forced_stop_of_a_deployment(client: TestClient) -> None:
+    client.post("/v2/apps", json={"id": "/web", "cmd": "sleep 60"})
+    first = client.get("/v2/deployments").json()[0]["id"]
+    stopped = client.delete(f"/v2/deployments/{first}?force=true")
+    assert stopped.status_code == 202
+    assert client.get("/v2/deployments").json() == []
+    change = client.put("/v2/apps/web", json={"cmd": "sleep 99"}).json()
+    rollback = client.delete(f"/v2/deployments/{change['deploymentId']}")
+    assert rollback.status_code == 200
+    assert rollback.json()["deploymentId"] != change["deploymentId"]
+    assert client.get("/v2/apps/web").json()["app"]["cmd"] == "sleep 60"
+
+
+def test_groups_with_dependencies_deploy_in_order(client: TestClient) -> None:
+    group = {
+        "id": "/shop",
+        "apps": [
+            {"id": "db", "cmd": "sleep 60"},
+            {"id": "api", "cmd": "sleep 60", "dependencies": ["db"]},
+            {"id": "web", "cmd": "sleep 60", "dependencies": ["/shop/api"]},
+        ],
+    }
+    created = client.post("/v2/groups", json=group)
+    assert created.status_code == 201, created.text
+    plan = client.get("/v2/deployments").json()[0]
+    scale_steps = [
+        [a["app"] for a in step["actions"]]
+        for step in plan["steps"]
+        if step["actions"][0]["action"] == "ScaleApplication"
+    ]
+    assert scale_steps == [["/shop/db"], ["/shop/api"], ["/shop/web"]]
+    tree = client.get("/v2/groups").json()
+    assert [g["id"] for g in tree["groups"]] == ["/shop"]
+    assert sorted(a["id"] for a in tree["groups"][0]["apps"]) == [
+        "/shop/api",
+        "/shop/db",
+        "/shop/web",
+    ]
+    assert client.post("/v2/groups", json=group).status_code == 409
+    scaled = client.put("/v2/groups/shop?force=true", json={"scaleBy": 2})
+    assert scaled.status_code == 200
+    assert client.get("/v2/apps/shop/web").json()["app"]["instances"] == 2
+
+
+def test_cyclic_dependencies_are_rejected(client: TestClient) -> None:
+    group = {
+        "id": "/loop",
+        "apps": [
+            {"id": "a", "cmd": "x", "dependencies": ["b"]},
+            {"id": "b", "cmd": "x", "dependencies": ["a"]},
+        ],
+    }
+    details = _details(client.post("/v2/groups", json=group))
+    assert "cyclic" in details["/dependencies"][0]
+
+
+def test_info_leader_ping_and_dcos_prefixes(client: TestClient) -> None:
+    info = client.get("/v2/info").json()
+    assert info["name"] == "marathon" and info["elected"] is True
+    assert client.get("/v2/leader").json()["leader"]
+    for prefix in ("", "/marathon", "/service/marathon"):
+        assert client.get(f"{prefix}/ping").text == "pong"
+        assert client.get(f"{prefix}/v2/apps").json() == {"apps": []}
+
+
+def test_container_apps_are_stored_and_wait_with_a_reason(client: TestClient) -> None:
+    body = {"id": "/nginx", "container": {"type": "DOCKER", "docker": {"image": "nginx"}}}
+    assert client.post("/v2/apps", json=body).status_code == 201
+    assert client.get("/v2/apps/nginx").json()["app"]["container"]["docker"]["image"] == "nginx"
