@@ -12,6 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tessera.http_errors import ApiError
 from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState
+from tessera.model.health import (
+    HealthSpecError,
+    parse_fetch,
+    parse_health_checks,
+    parse_readiness_checks,
+    port_reference_errors,
+)
 from tessera.model.task import PortDefinition, Task, TaskSpec, TaskState, new_task_id
 
 router = APIRouter(prefix="/v1")
@@ -43,6 +50,10 @@ class TaskLaunch(BaseModel):
     user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_\-]*\$?$", max_length=32)
     killGracePeriodSeconds: float = Field(3.0, ge=0, le=3600)
     cpuHardLimit: bool = False
+    # Marathon's JSON, checked (and given Marathon's defaults) by tessera.model.health.
+    healthChecks: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
+    readinessChecks: list[dict[str, Any]] = Field(default_factory=list)
+    fetch: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
 
     @model_validator(mode="after")
     def _one_command(self) -> TaskLaunch:
@@ -54,6 +65,14 @@ class TaskLaunch(BaseModel):
         fixed = [p.port for p in self.portDefinitions if p.port]
         if len(fixed) != len(set(fixed)):
             raise ValueError("portDefinitions: the same port is asked for twice")
+        health = parse_health_checks(self.healthChecks, "healthChecks")
+        readiness = parse_readiness_checks(self.readinessChecks, "readinessChecks")
+        names = [p.name for p in self.portDefinitions]
+        if errors := port_reference_errors(health, readiness, names):
+            raise HealthSpecError(errors)
+        self.healthChecks = [check.to_json() for check in health]
+        self.readinessChecks = [check.to_json() for check in readiness]
+        self.fetch = [entry.to_json() for entry in parse_fetch(self.fetch, "fetch")]
         return self
 
     def to_spec(self) -> TaskSpec:
@@ -73,6 +92,9 @@ class TaskLaunch(BaseModel):
             user=self.user,
             kill_grace_seconds=self.killGracePeriodSeconds,
             cpu_hard_limit=self.cpuHardLimit,
+            health_checks=tuple(self.healthChecks),
+            readiness_checks=tuple(self.readinessChecks),
+            fetch=tuple(self.fetch),
         )
 
 
