@@ -298,12 +298,14 @@ class EtcdClient:
             try:
                 watching = await client.watch(key, start_revision=after_revision + 1)
             except aetcd.RevisionCompactedError:
-                return None  # history is gone: the caller re-reads the key anyway
+                # History is gone; the caller re-reads the key after the wait it asked for.
+                await asyncio.sleep(timeout)
+                return None
             try:
                 events = aiter(watching)
                 try:
                     event = await asyncio.wait_for(anext(events), timeout)
-                except (TimeoutError, StopAsyncIteration, aetcd.RevisionCompactedError):
+                except (TimeoutError, StopAsyncIteration):
                     return None
                 if isinstance(event, BaseException):
                     raise event
