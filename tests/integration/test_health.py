@@ -57,6 +57,7 @@ def test_failing_check_kills_the_task(cluster: Cluster) -> None:
     ended = cluster.wait_state(task["id"], "TASK_KILLED", "TASK_FAILED", timeout=15)
     assert ended["state"] == "TASK_KILLED"
     assert ended["healthy"] is False
+    assert ended["reason"] == "REASON_TASK_HEALTH_CHECK_STATUS_UPDATED"
     assert "killed after 2 consecutive failures of health check 0" in ended["message"]
 
 

@@ -22,7 +22,7 @@ from tessera.agent.environment import task_environment
 from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
-from tessera.agent.health import CheckedTask, HealthMonitors
+from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
 from tessera.agent.journal import StatusJournal
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
@@ -334,11 +334,13 @@ class AgentDaemon:
     async def _await_exit(self, task_id: str) -> None:
         result: TaskExit = await self.executor.wait(task_id)
         unhealthy = await self.health.stop(task_id)  # why the checks killed it, if they did
-        message = f"{unhealthy} ({result.message})" if unhealthy else result.message
+        message, reason = result.message, result.reason
+        if unhealthy:
+            message, reason = f"{unhealthy} ({message})", reason or REASON_HEALTH_UPDATED
         await self.report(
             task_id,
             TaskState(result.state),
-            result.reason,
+            reason,
             message,
             result.exit_code,
             healthy=False if unhealthy else None,

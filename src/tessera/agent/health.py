@@ -13,8 +13,9 @@ Semantics (Mesos' health checker and command executor, with Marathon's fields):
   failed; each change is a TASK_RUNNING status update with `healthy` set (Mesos reason
   REASON_TASK_HEALTH_CHECK_STATUS_UPDATED), sent on change only;
 - after `maxConsecutiveFailures` counted failures in a row (0: never) the agent kills the
-  task with its kill grace period; as in Mesos it ends TASK_KILLED with `healthy: false`,
-  and the message says which check killed it;
+  task with its kill grace period; as in Mesos it ends TASK_KILLED with `healthy: false`
+  (Mesos leaves the reason unset; here it is REASON_TASK_HEALTH_CHECK_STATUS_UPDATED) and
+  the message says which check killed it;
 - readiness checks (HTTP/HTTPS GET on the port named `portName`) start once the task is
   healthy, or at TASK_RUNNING when it has no health checks, and probe every
   `intervalSeconds` until the status is one of `httpStatusCodesForReady`; then one update
