@@ -214,7 +214,7 @@ class TaskMonitor:
         if check.protocol.mesos_native:
             await asyncio.sleep(self._remaining(check.delay_seconds))
         while True:
-            result = await self.monitors.probe(self.task, check)
+            result = await _guarded(self.monitors.probe(self.task, check))
             verdict = counter.record(result.ok, self._elapsed())
             if verdict is Verdict.KILL:
                 await self._killed(index, result)
@@ -265,7 +265,7 @@ class TaskMonitor:
     async def _until_ready(self, check: ReadinessCheck) -> None:
         seconds = self.monitors.seconds
         while True:
-            result = await self.monitors.probe_readiness(self.task, check)
+            result = await _guarded(self.monitors.probe_readiness(self.task, check))
             if result.ok:
                 return
             await asyncio.sleep(max(check.interval_seconds, 1) * seconds)
@@ -291,6 +291,15 @@ class TaskMonitor:
             passed_once=self._passed_once(),
         )
         self.monitors.save(self.task)
+
+
+async def _guarded(probe: Awaitable[ProbeResult]) -> ProbeResult:
+    """A probe that breaks in an unforeseen way fails; the checks go on."""
+    try:
+        return await probe
+    except Exception as error:
+        log.exception("a probe broke")
+        return ProbeResult(False, f"the probe broke: {error!r}")
 
 
 def _parse(task: CheckedTask) -> tuple[tuple[HealthCheck, ...], tuple[ReadinessCheck, ...]]:
