@@ -105,6 +105,9 @@ APP_FIELDS = frozenset(
 )
 
 
+DEFAULT_PROGRESS_DEADLINE = 600.0
+
+
 class KillSelection(StrEnum):
     YOUNGEST_FIRST = "YOUNGEST_FIRST"
     OLDEST_FIRST = "OLDEST_FIRST"
@@ -117,14 +120,17 @@ class UpgradeStrategy:
 
     minimum_health_capacity: float = 1.0
     maximum_over_capacity: float = 1.0
-    progress_deadline_seconds: float = 600.0
+    progress_deadline_seconds: float = 600.0  # DEFAULT_PROGRESS_DEADLINE
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "minimumHealthCapacity": self.minimum_health_capacity,
             "maximumOverCapacity": self.maximum_over_capacity,
-            "progressDeadlineSeconds": self.progress_deadline_seconds,
         }
+        if self.progress_deadline_seconds != DEFAULT_PROGRESS_DEADLINE:
+            # Tessera's own field, shown only when set: Marathon clients reject unknown keys.
+            data["progressDeadlineSeconds"] = _whole(self.progress_deadline_seconds)
+        return data
 
 
 @dataclass(frozen=True, slots=True)

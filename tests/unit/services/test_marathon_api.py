@@ -46,7 +46,7 @@ def test_create_returns_the_app_with_defaults_and_headers(client: TestClient) ->
     assert app["maxLaunchDelaySeconds"] == 300
     assert app["upgradeStrategy"]["minimumHealthCapacity"] == 1.0
     assert app["upgradeStrategy"]["maximumOverCapacity"] == 1.0
-    assert app["upgradeStrategy"]["progressDeadlineSeconds"] == 600
+    assert "progressDeadlineSeconds" not in app["upgradeStrategy"]  # shown only when set
     assert app["killSelection"] == "YOUNGEST_FIRST"
     assert app["portDefinitions"] == [{"port": 0, "protocol": "tcp", "name": "default"}]
     assert app["versionInfo"]["lastConfigChangeAt"] == app["version"]
