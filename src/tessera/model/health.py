@@ -336,9 +336,9 @@ def parse_health_check(raw: object, where: str = "healthCheck") -> HealthCheck:
 
 
 def _health_check(fields: _Fields) -> HealthCheck:
-    protocol = fields.choice(
-        "protocol", HealthProtocol, HealthProtocol.HTTP, (p.value for p in HealthProtocol)
-    )
+    # A check with a command and no protocol is a COMMAND check, as Marathon reads it.
+    implied = HealthProtocol.COMMAND if "command" in fields.raw else HealthProtocol.HTTP
+    protocol = fields.choice("protocol", HealthProtocol, implied, (p.value for p in HealthProtocol))
     command = _command(fields)
     if protocol is HealthProtocol.COMMAND and command is None:
         fields.fail("command", "a COMMAND health check needs command.value")

@@ -78,6 +78,11 @@ def test_command_check() -> None:
     }
 
 
+def test_a_command_without_protocol_is_a_command_check() -> None:
+    check = parse_health_check({"command": {"value": "true"}})
+    assert check.protocol is HealthProtocol.COMMAND and check.command == "true"
+
+
 def test_errors_name_every_bad_field() -> None:
     raw: list[Any] = [
         {"protocol": "HTTP", "path": "/ok"},
