@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 import tessera
 from tessera.clock import Clock
 from tessera.http_errors import install_error_handlers
-from tessera.master.api import marathon_v2, native_v1
+from tessera.master.api import marathon_v2, metronome_v1, native_v1
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.model.protocol import AGENT_STREAM_PATH
@@ -42,6 +42,8 @@ def create_app(
     app.include_router(native_v1.router)
     # Marathon v2 (services): its routers, the services controller and the event bus.
     marathon_v2.install(app, master)
+    # Metronome v1 (jobs): its routers and the jobs controller.
+    metronome_v1.install(app, master)
 
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:
