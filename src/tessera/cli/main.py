@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli import tasks
+from tessera.cli import apps, deployments, groups, tasks
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.local import down, up
 from tessera.cli.render import agents_table
@@ -29,6 +29,9 @@ agent_app = typer.Typer(
 )
 app.add_typer(agent_app, name="agent")
 app.add_typer(tasks.task_app, name="task")
+app.add_typer(apps.app_app, name="app")
+app.add_typer(groups.group_app, name="group")
+app.add_typer(deployments.deployment_app, name="deployment")
 app.command("run", context_settings={"allow_interspersed_args": False})(tasks.run)
 
 MasterOption = Annotated[
