@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tessera.local.paths import running_cluster_url
 
@@ -22,7 +23,8 @@ START_HINT = (
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    # Escaped: messages quote ids like Marathon's "[/shop/web]", which rich would read as tags.
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
