@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ import typer
 from tessera.cli.client import MasterClient, err, fail
 from tessera.cli.render import out
 from tessera.local.cluster import ClusterError, LocalCluster, start_cluster, stop_cluster
-from tessera.local.demo import DEMO_TASKS
+from tessera.local.demo import DEMO_SERVICE, DEMO_TASKS
 from tessera.local.paths import default_work_dir
 from tessera.model.resources import ResourceFormatError, parse_resources
 
@@ -73,6 +74,25 @@ def _launch_demo(cluster: LocalCluster) -> None:
     for body in DEMO_TASKS:
         task = client.post("/v1/tasks", body)
         err.print(f"demo task [bold]{body['name']}[/bold]: {task['id']}")
+    _launch_demo_service(client)
+
+
+def _launch_demo_service(client: MasterClient, timeout: float = 30.0) -> None:
+    """Deploy the demo web service and print its addresses once its instances are healthy."""
+    app_id = DEMO_SERVICE["id"]
+    # A restarted cluster still has it (apps are kept in the store): show it again.
+    if not client.request("GET", "/v2/apps", params={"id": app_id})["apps"]:
+        client.post("/v2/apps", DEMO_SERVICE)
+    err.print(f"demo service [bold]{app_id}[/bold]: 3 instances with an HTTP health check ...")
+    deadline = time.monotonic() + timeout
+    app = client.get(f"/v2/apps{app_id}")["app"]
+    while app["tasksHealthy"] < app["instances"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        app = client.get(f"/v2/apps{app_id}")["app"]
+    for task in app["tasks"]:
+        err.print(f"  http://{task['host']}:{task['ports'][0]}/   ({task['state']})")
+    if app["tasksHealthy"] < app["instances"]:
+        err.print(f"  not all healthy yet: see `tessera app show {app_id}`")
 
 
 def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
@@ -81,6 +101,7 @@ def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
     out.print(f"  API docs     {url}/docs   (OpenAPI: {url}/openapi.json)")
     out.print(f"  agents       tessera agent list      ({url}/v1/agents)")
     out.print(f"  tasks        tessera task list       ({url}/v1/tasks)")
+    out.print(f"  services     tessera app list        ({url}/v2/apps, Marathon's API)")
     out.print(f"  capacity     {url}/v1/cluster/summary")
     out.print("  run a task   tessera run --wait -- echo hello")
     out.print(f"  logs         {cluster.work_dir}/*.log")

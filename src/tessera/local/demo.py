@@ -32,3 +32,35 @@ DEMO_TASKS: list[dict[str, Any]] = [
         "mem": 32,
     },
 ]
+
+# A long-running service (Marathon app): 3 instances of a small Python web server with an
+# HTTP health check. `tessera app show /demo/web` shows them; kill one and it comes back.
+_WEB_SERVER = """exec python3 -c '
+import http.server as s, os
+task, where = os.environ["MESOS_TASK_ID"], os.environ["HOST"] + ":" + os.environ["PORT0"]
+class H(s.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+        self.wfile.write(("hello from " + task + " at " + where + chr(10)).encode())
+    def log_message(self, *args): pass
+s.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT0"])), H).serve_forever()'"""
+
+DEMO_SERVICE: dict[str, Any] = {
+    "id": "/demo/web",
+    "cmd": _WEB_SERVER,
+    "instances": 3,
+    "cpus": 0.1,
+    "mem": 64,
+    "portDefinitions": [{"port": 0, "name": "http"}],
+    "healthChecks": [
+        {
+            "protocol": "HTTP",
+            "path": "/",
+            "portIndex": 0,
+            "gracePeriodSeconds": 10,
+            "intervalSeconds": 2,
+            "timeoutSeconds": 1,
+            "maxConsecutiveFailures": 3,
+        }
+    ],
+}
