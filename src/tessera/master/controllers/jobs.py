@@ -67,7 +67,8 @@ class JobsController:
         self.clock = clock or master.clock
         self.records = JobRecords(master.store, history_limit)
         self._dirty: set[str] = set()
-        self._wake = asyncio.Event()
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
         # (due, job ID); `_due` holds each job's live entry, older ones are skipped.
         self._timers: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
@@ -90,11 +91,13 @@ class JobsController:
 
     def mark_dirty(self, job_ids: Iterable[str]) -> None:
         self._dirty.update(job_ids)
-        self._wake.set()
+        self.wake()
 
     def wake(self) -> None:
         """Look at the timers again now (tests call this after moving a fake clock)."""
-        self._wake.set()
+        self._woken = True
+        if self._waiter is not None:
+            self._resolve(self._waiter)
 
     def _on_task(self, _previous: Task | None, task: Task) -> None:
         job_id = self.records.job_of_task(task.id)
@@ -103,15 +106,31 @@ class JobsController:
 
     async def _run(self) -> None:
         while True:
-            if not self._dirty:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._idle_seconds())
-            self._wake.clear()
+            if not self._dirty and not self._woken:
+                await self._sleep(self._idle_seconds())
+            self._woken = False
             try:
                 await self.sync()
             except Exception:
                 log.exception("jobs pass failed; retrying on the next wake-up")
                 await asyncio.sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `wake()` or for `seconds`, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(seconds, self._resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    @staticmethod
+    def _resolve(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
 
     def _idle_seconds(self) -> float:
         if not self._timers:
@@ -290,7 +309,7 @@ class JobsController:
             if task_id in self.master.state.tasks:
                 await self.master.kill(task_id)
         if self._dirty:
-            self._wake.set()
+            self.wake()
 
     # ---- commands from the API (each checked and applied under the lock) ---------------
 
