@@ -13,7 +13,7 @@ import typer
 from tessera.cli.client import MasterClient, err, fail
 from tessera.cli.render import out
 from tessera.local.cluster import ClusterError, LocalCluster, start_cluster, stop_cluster
-from tessera.local.demo import DEMO_SERVICE, DEMO_TASKS
+from tessera.local.demo import DEMO_JOB, DEMO_SERVICE, DEMO_TASKS
 from tessera.local.paths import default_work_dir
 from tessera.model.resources import ResourceFormatError, parse_resources
 
@@ -75,6 +75,7 @@ def _launch_demo(cluster: LocalCluster) -> None:
         task = client.post("/v1/tasks", body)
         err.print(f"demo task [bold]{body['name']}[/bold]: {task['id']}")
     _launch_demo_service(client)
+    _define_demo_job(client)
 
 
 def _launch_demo_service(client: MasterClient, timeout: float = 30.0) -> None:
@@ -95,6 +96,14 @@ def _launch_demo_service(client: MasterClient, timeout: float = 30.0) -> None:
         err.print(f"  not all healthy yet: see `tessera app show {app_id}`")
 
 
+def _define_demo_job(client: MasterClient) -> None:
+    job_id = DEMO_JOB["id"]
+    # A restarted cluster keeps its jobs in the store.
+    if not any(job["id"] == job_id for job in client.get("/v1/jobs")):
+        client.post("/v1/jobs", DEMO_JOB)
+    err.print(f"demo job [bold]{job_id}[/bold]: runs every minute (tessera job history {job_id})")
+
+
 def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
     url = cluster.master_url
     out.print(f"\n[bold green]Tessera is up[/bold green]: master at [bold]{url}[/bold]")
@@ -102,6 +111,7 @@ def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
     out.print(f"  agents       tessera agent list      ({url}/v1/agents)")
     out.print(f"  tasks        tessera task list       ({url}/v1/tasks)")
     out.print(f"  services     tessera app list        ({url}/v2/apps, Marathon's API)")
+    out.print(f"  jobs         tessera job list        ({url}/v1/jobs, Metronome's API)")
     out.print(f"  capacity     {url}/v1/cluster/summary")
     out.print("  run a task   tessera run --wait -- echo hello")
     out.print(f"  logs         {cluster.work_dir}/*.log")

@@ -64,3 +64,12 @@ DEMO_SERVICE: dict[str, Any] = {
         }
     ],
 }
+
+# A Metronome job on a one-minute schedule: its runs show up in the job's history
+# (`tessera job history demo.heartbeat`).
+DEMO_JOB: dict[str, Any] = {
+    "id": "demo.heartbeat",
+    "description": "Says hello once a minute",
+    "run": {"cmd": 'echo "heartbeat at $(date +%T) on $HOST"', "cpus": 0.1, "mem": 32},
+    "schedules": [{"id": "every-minute", "cron": "* * * * *", "concurrencyPolicy": "FORBID"}],
+}
