@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -220,3 +221,79 @@ def test_event_stream_delivers_marathon_events(cluster: Cluster) -> None:
         "group_change_success",
     ):
         assert kind in seen, (kind, seen)
+
+
+def test_stalled_deployment_fails_and_rolls_back(cluster: Cluster) -> None:
+    cluster.start_agent()
+    cluster.http.post("/v2/apps", json=web_app(instances=2))
+    deployed(cluster)
+    before = {t["id"] for t in app(cluster)["tasks"]}
+    failures: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "GET", f"{cluster.url}/v2/events", params={"event_type": "deployment_failed"}
+            ) as stream,
+        ):
+            for line in stream.iter_lines():
+                if line.startswith("data: ") and "deployment_failed" in line:
+                    failures.append(httpx.Response(200, content=line[6:]).json())
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    never_healthy = {"cmd": "sleep 600", "upgradeStrategy": {"progressDeadlineSeconds": 3}}
+    stuck = cluster.http.put("/v2/apps/web", json=never_healthy).json()
+    wait_for(lambda: failures, 30, "the deployment to fail")
+    assert failures[0]["id"] == stuck["deploymentId"]
+    assert "progressDeadlineSeconds" in failures[0]["reason"]
+    deployed(cluster)
+    web = app(cluster)
+    assert web["cmd"] == SERVER and web["tasksHealthy"] == 2
+    # the instances of the good version were never touched
+    assert {t["id"] for t in web["tasks"]} == before
+
+
+def test_scale_down_kills_oldest_first_when_asked(cluster: Cluster) -> None:
+    cluster.start_agent()
+    sleeper = {"id": "/sleep", "cmd": "sleep 600", "cpus": 0.1, "mem": 32, "instances": 1}
+    cluster.http.post("/v2/apps", json={**sleeper, "killSelection": "OLDEST_FIRST"})
+    deployed(cluster)
+    first = app(cluster, "sleep")["tasks"][0]["id"]
+    cluster.http.put("/v2/apps/sleep", json={"instances": 3})
+    deployed(cluster)
+    cluster.http.put("/v2/apps/sleep", json={"instances": 2})
+    deployed(cluster)
+    assert first not in {t["id"] for t in app(cluster, "sleep")["tasks"]}
+
+
+def test_instance_on_unreachable_agent_is_replaced(cluster: Cluster) -> None:
+    cluster.start_agent("agent-1")
+    sleeper = {
+        "id": "/sleep",
+        "cmd": "sleep 600",
+        "cpus": 0.1,
+        "mem": 32,
+        "unreachableStrategy": {"inactiveAfterSeconds": 1, "expungeAfterSeconds": 2},
+    }
+    cluster.http.post("/v2/apps", json=sleeper)
+    deployed(cluster)
+    lost = app(cluster, "sleep")["tasks"][0]
+    frozen = cluster.agents[0]
+    cluster.start_agent("agent-2", host="127.0.0.2", resources="cpus:1;mem:512;ports:[31100-31199]")
+    frozen.signal(signal.SIGSTOP)
+    try:
+
+        def replaced() -> bool:
+            tasks = app(cluster, "sleep")["tasks"]
+            return any(t["state"] == "TASK_RUNNING" and t["host"] == "127.0.0.2" for t in tasks)
+
+        wait_for(replaced, 20, "a replacement on the other agent")
+        # after expungeAfterSeconds the lost instance is given up: killed when it returns
+        wait_for(lambda: cluster.task(lost["id"])["state"] == "TASK_KILLING", 20, "the expunge")
+    finally:
+        frozen.signal(signal.SIGCONT)
+    wait_for(lambda: cluster.task(lost["id"])["state"] == "TASK_KILLED", 20, "the kill")
+    assert [t["host"] for t in app(cluster, "sleep")["tasks"]] == ["127.0.0.2"]

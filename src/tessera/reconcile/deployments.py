@@ -17,7 +17,7 @@ from typing import Any
 from tessera.model.app import AppSpec, app_from_json, app_to_json, is_under, parent_path
 from tessera.model.group import GroupSpec
 from tessera.model.task import Task
-from tessera.reconcile.services import Mode, converged, is_current, is_ready
+from tessera.reconcile.services import Mode, converged, current_config, is_ready
 
 DEFAULT_DEADLINE = 600.0
 
@@ -286,7 +286,8 @@ def measure(deployment: Deployment, tasks_by_app: Mapping[str, Sequence[Task]]) 
         if action.kind is ActionKind.STOP or target is None:
             remaining += len(tasks)
             continue
-        current = [t for t in tasks if is_current(t, target)]
+        check = current_config(target)
+        current = [t for t in tasks if check(t)]
         ready += sum(1 for t in current if is_ready(t, target))
         remaining += len(tasks) - len(current) + max(0, len(current) - target.instances)
     return ready, remaining

@@ -11,11 +11,11 @@ stop counting after `inactiveAfterSeconds` (so they are replaced) and are killed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from tessera.model.app import AppSpec, KillSelection
+from tessera.model.app import AppSpec, KillSelection, task_spec_for
 from tessera.model.task import Task, TaskState
 
 _EPSILON = 1e-9
@@ -73,21 +73,36 @@ def launch_allowed_at(backoff: Backoff, app: AppSpec) -> float:
     return backoff.last_failure_at + backoff_delay(app, backoff.failures)
 
 
-def is_failure(task: Task) -> bool:
-    """A terminal state the app did not ask for: counts towards the backoff."""
+def is_failure(task: Task, was_killing: bool = False) -> bool:
+    """A terminal state nobody asked for: counts towards the backoff. A kill the master
+    sent passes through TASK_KILLING; a task killed without one (by its agent, for failing
+    its health checks) failed."""
     if not task.state.terminal:
         return False
     if task.state is TaskState.TASK_KILLED:
-        return "HEALTH" in (task.reason or "").upper()
+        return not was_killing or "HEALTH" in (task.reason or "").upper()
     return True
 
 
 # ---- task classification ----------------------------------------------------------------------
 
 
+def current_config(app: AppSpec) -> Callable[[Task], bool]:
+    """Whether a task runs the app's current config: the same task spec (but for the app
+    version), launched at or after the config's version (so a restart, which keeps the
+    spec, still replaces the tasks from before it)."""
+    target = replace(task_spec_for(app), app_version=None)
+    since = app.config_version
+
+    def check(task: Task) -> bool:
+        launched = task.spec.app_version or ""
+        return launched >= since and replace(task.spec, app_version=None) == target
+
+    return check
+
+
 def is_current(task: Task, app: AppSpec) -> bool:
-    """Launched after the app's last config change (versions sort as time does)."""
-    return (task.spec.app_version or "") >= app.config_version
+    return current_config(app)(task)
 
 
 def is_ready(task: Task, app: AppSpec) -> bool:
@@ -195,8 +210,9 @@ def _maintain(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
     if missing >= 0:
         return missing, []
     # Old-config instances go first when there are more than wanted.
-    old = [t for t in counted if not is_current(t, app)]
-    current = [t for t in counted if is_current(t, app)]
+    check = current_config(app)
+    old = [t for t in counted if not check(t)]
+    current = [t for t in counted if check(t)]
     excess = -missing
     kills = choose_kills(old, excess, app)
     return 0, kills + choose_kills(current, excess - len(kills), app)
@@ -212,8 +228,9 @@ def capacity_bounds(app: AppSpec) -> tuple[int, int]:
 
 
 def _rolling(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
-    old = [t for t in counted if not is_current(t, app)]
-    new = [t for t in counted if is_current(t, app)]
+    check = current_config(app)
+    old = [t for t in counted if not check(t)]
+    new = [t for t in counted if check(t)]
     target = app.instances
     minimum_healthy, maximum = capacity_bounds(app)
     kills: list[Task] = []
@@ -244,7 +261,8 @@ def converged(app: AppSpec, tasks: Sequence[Task], now: float, *, same_config: b
     counted = _split(app, live, now).counted
     if len(counted) != app.instances:
         return False
-    if same_config and any(not is_current(t, app) for t in counted):
+    check = current_config(app)
+    if same_config and any(not check(t) for t in counted):
         return False
     return all(is_ready(t, app) for t in counted)
 
@@ -258,4 +276,5 @@ def _kill_pending(task: Task, now: float) -> bool:
 
 
 def ready_count(app: AppSpec, tasks: Iterable[Task]) -> int:
-    return sum(1 for t in tasks if is_current(t, app) and is_ready(t, app))
+    check = current_config(app)
+    return sum(1 for t in tasks if check(t) and is_ready(t, app))

@@ -129,8 +129,14 @@ class DeploymentManager:
         fresh = app.with_changes(
             version=version, last_scaling_at=version, last_config_change_at=version
         )
-        if old is not None and not restart and old.same_config(fresh):
-            fresh = fresh.with_changes(last_config_change_at=old.config_version)
+        if restart:
+            return fresh
+        if old is not None and old.same_config(fresh):
+            return fresh.with_changes(last_config_change_at=old.config_version)
+        if app.last_config_change_at:
+            # A stored definition coming back (a rollback): the tasks still running it
+            # from before are current, the others get replaced.
+            return fresh.with_changes(last_config_change_at=app.last_config_change_at)
         return fresh
 
     # ---- cancelling ----------------------------------------------------------------------

@@ -135,7 +135,12 @@ class ServicesController:
                 alive=task.healthy,
             )
         if task.state.terminal and (previous is None or not previous.state.terminal):
-            self._on_ended(app_id, task, now)
+            # The master's kills pass through KILLING (or end a task still queued).
+            was_killing = previous is not None and previous.state in (
+                TaskState.TASK_KILLING,
+                TaskState.TASK_QUEUED,
+            )
+            self._on_ended(app_id, task, was_killing, now)
         self.wake(app_id)
 
     def _publish_status(self, task: Task, now: float) -> None:
@@ -166,14 +171,14 @@ class ServicesController:
             goal="Stopped" if task.state is TaskState.TASK_KILLING else "Running",
         )
 
-    def _on_ended(self, app_id: str, task: Task, now: float) -> None:
-        if not is_failure(task):
+    def _on_ended(self, app_id: str, task: Task, was_killing: bool, now: float) -> None:
+        if not is_failure(task, was_killing):
             return
         self.state.last_failure[app_id] = task
         app = self.state.apps.get(app_id)
         if app is not None:
             self.backoffs[app_id] = record_failure(self.backoffs.get(app_id, Backoff()), app, now)
-        if "HEALTH" in (task.reason or "").upper():
+        if task.state is TaskState.TASK_KILLED:
             self.events.publish(
                 "unhealthy_task_kill_event",
                 now,
