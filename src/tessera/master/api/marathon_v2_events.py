@@ -50,7 +50,8 @@ async def _stream(
             yield _frame(attached)
         while True:
             try:
-                event = await asyncio.wait_for(subscription.queue.get(), KEEPALIVE_SECONDS)
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    event = await subscription.queue.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     return

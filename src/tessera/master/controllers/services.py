@@ -80,6 +80,7 @@ class ServicesController:
         self._wake = asyncio.Event()
         self._next_check: float | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -96,6 +97,8 @@ class ServicesController:
         )
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -194,12 +197,15 @@ class ServicesController:
     # ---- the loop ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             timeout = RESYNC_SECONDS
             if self._next_check is not None:
                 timeout = min(timeout, max(0.01, self._next_check - self.master.clock.wall()))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stop() sends, and the loop would never end.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 self._resync = True
             await asyncio.sleep(BATCH_WINDOW)
