@@ -1,5 +1,9 @@
 """A multi-endpoint etcd client: one aetcd connection at a time, the next member when it fails.
 
+Timeouts use `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` can swallow a
+cancellation that arrives as the awaited call completes, and a leader that cannot be
+stopped is worse than a slow one.
+
 Every call has a timeout. A call that fails because the member is down, paused, partitioned
 or without a raft leader is retried on the next endpoint (reads and lease calls); callers of
 `txn` choose whether that is safe, since a write that timed out may still have been applied.
@@ -135,6 +139,7 @@ class EtcdClient:
         self.timeout = timeout
         self._index = 0
         self._client: Any = None
+        self._retired: dict[asyncio.Task[None], Any] = {}  # closing soon -> its client
 
     def describe(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self.endpoints)
@@ -156,8 +161,16 @@ class EtcdClient:
         log.warning("etcd %s failed (%s); trying the next endpoint", self.current_endpoint, error)
         self._client = None
         self._index = (self._index + 1) % len(self.endpoints)
+        # Closing a channel cancels the calls still on it; let them end on their own first.
+        closing = asyncio.get_running_loop().create_task(self._close_later(failed))
+        self._retired[closing] = failed
+        closing.add_done_callback(lambda done: self._retired.pop(done, None))
+
+    async def _close_later(self, client: Any, delay: float | None = None) -> None:
+        await asyncio.sleep(self.timeout if delay is None else delay)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(failed.close(), 1.0)
+            async with asyncio.timeout(1.0):
+                await client.close()
 
     async def call(
         self,
@@ -175,7 +188,13 @@ class EtcdClient:
             client = self._connection()
             try:
                 await client.connect()
-                return await asyncio.wait_for(operation(client), limit)
+                async with asyncio.timeout(limit):
+                    return await operation(client)
+            except asyncio.CancelledError as error:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                last = error  # gRPC cancels calls on a channel that another call closed
             except Exception as error:
                 if not _is_endpoint_failure(error):
                     raise EtcdError(*_status(error)) from error
@@ -186,10 +205,13 @@ class EtcdClient:
         ) from last
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.close(), 2.0)
+        clients = [self._client, *self._retired.values()]
+        for closing in list(self._retired):
+            closing.cancel()
+        self._client = None
+        for client in clients:
+            if client is not None:
+                await self._close_later(client, delay=0)
 
     # ---- key-value ---------------------------------------------------------------------
 
@@ -304,7 +326,8 @@ class EtcdClient:
             try:
                 events = aiter(watching)
                 try:
-                    event = await asyncio.wait_for(anext(events), timeout)
+                    async with asyncio.timeout(timeout):
+                        event = await anext(events)
                 except (TimeoutError, StopAsyncIteration):
                     return None
                 if isinstance(event, BaseException):
@@ -312,6 +335,7 @@ class EtcdClient:
                 return KeyEvent(event.kind == "DELETE", _key_value(event.kv))
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(watching.cancel(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await watching.cancel()
 
         return await self.call(watch, timeout=timeout + self.timeout)

@@ -218,9 +218,8 @@ class Leadership:
     async def _next_change(self, fence: LeaderFence, after: int, wait: float) -> str:
         """Wait up to `wait` for the key to change; why that ends the term, or ''."""
         try:
-            event = await asyncio.wait_for(
-                self.client.next_event(self.key, after, wait), wait + self.renew_interval
-            )
+            async with asyncio.timeout(wait + self.renew_interval):
+                event = await self.client.next_event(self.key, after, wait)
         except (StoreUnavailable, TimeoutError):
             await asyncio.sleep(min(wait, self.retry_period))  # renewal decides
             return ""
@@ -263,7 +262,8 @@ class Leadership:
         """Best effort: revoking deletes the key, so the next leader need not wait out the
         lease."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.revoke_lease(lease_id), self.renew_interval)
+            async with asyncio.timeout(self.renew_interval):
+                await self.client.revoke_lease(lease_id)
 
     async def wait_lost(self) -> str:
         """Block until the current term ends; why it ended."""
@@ -273,10 +273,10 @@ class Leadership:
     async def resign(self) -> None:
         """Give up leadership now (the lease is revoked, so a follower takes over at once)."""
         fence, holder = self.fence, self._holder
-        if holder is not None:
+        # Library code under the loop may swallow one cancellation: insist until it ends.
+        while holder is not None and not holder.done():
             holder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holder
+            await asyncio.wait([holder], timeout=1.0)
         if fence is not None:
             await self._end_term(fence, "resigned", release=True)
 
