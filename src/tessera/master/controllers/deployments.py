@@ -41,7 +41,11 @@ class DeploymentConflict(Exception):
 
 class DeploymentManager:
     def __init__(
-        self, state: ServiceState, events: EventBus, clock: Clock, wake: Callable[[], None]
+        self,
+        state: ServiceState,
+        events: EventBus,
+        clock: Clock,
+        wake: Callable[[str | None], None],
     ) -> None:
         self.state = state
         self.events = events
@@ -115,7 +119,8 @@ class DeploymentManager:
             currentStep=self._step_json(deployment),
         )
         log.info("deployment %s: %d steps for %s", deployment.id, len(steps), sorted(stamped))
-        self.wake()
+        for touched in (deployment, *canceled):
+            self._wake_apps(touched)
         return deployment
 
     def _stamp(
@@ -139,6 +144,10 @@ class DeploymentManager:
             return fresh.with_changes(last_config_change_at=app.last_config_change_at)
         return fresh
 
+    def _wake_apps(self, deployment: Deployment) -> None:
+        for app_id in {*deployment.original, *deployment.target}:
+            self.wake(app_id)
+
     # ---- cancelling ----------------------------------------------------------------------
 
     async def cancel(self, deployment_id: str, *, force: bool) -> Deployment | None:
@@ -148,7 +157,7 @@ class DeploymentManager:
         if force:
             await self.state.finish_deployment(deployment_id)
             self._publish_failed(deployment, "canceled", now)
-            self.wake()
+            self._wake_apps(deployment)
             return None
         return await self.rollback(deployment, "canceled and rolled back")
 
@@ -210,14 +219,14 @@ class DeploymentManager:
                 "group_change_success", now, groupId=deployment.group_id, version=deployment.version
             )
             log.info("deployment %s finished", deployment.id)
-            self.wake()
+            self._wake_apps(deployment)
             return
         tasks = {a.app_id: self.state.tasks_of(a.app_id) for a in deployment.current_actions}
         progress = track_progress(deployment, tasks, now)
         deployment = deployment.with_changes(progress=progress)
         if moved:
             await self.state.save_deployment(deployment)
-            self.wake()
+            self._wake_apps(deployment)
         else:
             self.state.deployments[deployment.id] = deployment
         if overdue(deployment, now):
