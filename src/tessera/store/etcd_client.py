@@ -197,7 +197,10 @@ class EtcdClient:
                 last = error  # gRPC cancels calls on a channel that another call closed
             except Exception as error:
                 if not _is_endpoint_failure(error):
-                    raise EtcdError(*_status(error)) from error
+                    code, details = _status(error)
+                    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # e.g. its space quota
+                        raise StoreUnavailable(f"etcd refuses writes: {details}") from error
+                    raise EtcdError(code, details) from error
                 last = error
                 await self._failover(client, error)
         raise StoreUnavailable(

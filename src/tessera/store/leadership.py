@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from tessera.clock import Clock, SystemClock
 from tessera.store.base import StoreUnavailable
 from tessera.store.etcd import EtcdStore
-from tessera.store.etcd_client import EtcdClient, KeyValue, create_revision_is, put_op, range_op
+from tessera.store.etcd_client import (
+    EtcdClient,
+    EtcdError,
+    KeyValue,
+    create_revision_is,
+    put_op,
+    range_op,
+)
 from tessera.store.etcd_commit import LeaderFence
 
 log = logging.getLogger(__name__)
@@ -138,7 +145,7 @@ class Leadership:
                 self._observe(kv)
                 # Wake when the key changes (the leader resigned or its lease ran out).
                 await self.client.next_event(self.key, revision, wait)
-            except StoreUnavailable as error:
+            except (StoreUnavailable, EtcdError) as error:
                 log.warning("election %s: %s", self.key.decode(), error)
                 await asyncio.sleep(wait)
         assert self.fence is not None
