@@ -219,3 +219,54 @@ def test_container_apps_are_stored_and_wait_with_a_reason(client: TestClient) ->
     body = {"id": "/nginx", "container": {"type": "DOCKER", "docker": {"image": "nginx"}}}
     assert client.post("/v2/apps", json=body).status_code == 201
     assert client.get("/v2/apps/nginx").json()["app"]["container"]["docker"]["image"] == "nginx"
+
+
+GARBAGE = [
+    "",
+    "[]",
+    "1",
+    '"x"',
+    "null",
+    "{}",
+    '{"id": 5}',
+    '{"id": "/a", "cmd": 5}',
+    '{"apps": 5}',
+    '{"groups": [5]}',
+    '{"instances": "x"}',
+    '{"scaleBy": "x"}',
+    '{"version": 5}',
+    '{"ids": "x"}',
+    '[{"id": "/a", "cmd": "x"}, 5]',
+    '{"id": "/a", "cmd": "x", "env": {"A": {"secret": "s"}}}',
+    '{"id": "/a", "cmd": "x", "portDefinitions": [{"port": "80"}]}',
+    '{"id": "/a", "cmd": "x", "healthChecks": "x"}',
+    '{"id": "/a", "cmd": "x", "upgradeStrategy": [], "unreachableStrategy": 5}',
+    '{"id": "/a", "cmd": "x", "constraints": [["hostname"]], "dependencies": [5]}',
+    '{"id": "/a", "cmd": "x", "cpus": NaN}',
+]
+WRITES = [
+    ("POST", "/v2/apps"),
+    ("PUT", "/v2/apps"),
+    ("PATCH", "/v2/apps"),
+    ("PUT", "/v2/apps/a"),
+    ("PATCH", "/v2/apps/a"),
+    ("POST", "/v2/groups"),
+    ("PUT", "/v2/groups/g"),
+    ("POST", "/v2/groups/g"),
+    ("POST", "/v2/tasks/delete"),
+]
+
+
+def test_garbage_never_gets_a_500(client: TestClient) -> None:
+    client.post("/v2/apps", json={"id": "/a", "cmd": "sleep 60"})
+    for method, path in WRITES:
+        for body in GARBAGE:
+            response = client.request(
+                method,
+                f"{path}?force=true",
+                content=body.encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code < 500, (method, path, body, response.text)
+            if response.status_code == 422:
+                assert response.json()["message"] in ("Object is not valid", "Invalid JSON")

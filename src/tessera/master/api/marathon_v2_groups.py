@@ -129,8 +129,12 @@ async def update_group(group_id: str, request: Request, force: Force = False) ->
             groups: dict[str, GroupSpec | None] = {}
         elif isinstance(body, Mapping) and set(body) <= {"version", "id"} and "version" in body:
             changes, groups = await _as_of(controller, group_id, body["version"])
-        else:
+        elif isinstance(body, Mapping):
             changes, groups = _replacement(controller, _parse({**body, "id": group_id}, "/"))
+        else:
+            raise ApiError(
+                422, "Object is not valid", details=[{"path": "/", "errors": ["must be an object"]}]
+            )
         deployment = await deploy(controller, changes, force, groups=groups, group_id=group_id)
     for app_id, app in changes.items():
         post_event(controller, request, app, app_id)
