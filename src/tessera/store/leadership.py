@@ -220,7 +220,8 @@ class Leadership:
         except Exception as error:  # never leave a term open on a bug
             log.exception("leadership loop failed")
             reason = f"leadership loop failed: {error}"
-        await self._end_term(fence, reason, release=True)
+        self._end_term(fence, reason)
+        await self._revoke(fence.lease_id)
 
     async def _next_change(self, fence: LeaderFence, after: int, wait: float) -> str:
         """Wait up to `wait` for the key to change; why that ends the term, or ''."""
@@ -251,10 +252,11 @@ class Leadership:
             return "leader key was deleted or replaced"
         return revision
 
-    async def _end_term(self, fence: LeaderFence, reason: str, *, release: bool) -> None:
+    def _end_term(self, fence: LeaderFence, reason: str) -> None:
+        """Stop acting as leader; the caller then gives the lease back (the fence already
+        refuses this term's writes, the revocation only spares the next leader a wait)."""
         if self.fence is not fence:
             return
-        # Stop acting first, then tidy up: the fence already refuses our writes.
         self.fence = None
         self.lost_reason = reason
         self._lost.set()
@@ -262,8 +264,6 @@ class Leadership:
         if self._on_lost is not None:
             self._on_lost(reason)
         self._set_leader(None)  # unknown until read again
-        if release:
-            await self._revoke(fence.lease_id)
 
     async def _revoke(self, lease_id: int) -> None:
         """Best effort: revoking deletes the key, so the next leader need not wait out the
@@ -285,7 +285,8 @@ class Leadership:
             holder.cancel()
             await asyncio.wait([holder], timeout=1.0)
         if fence is not None:
-            await self._end_term(fence, "resigned", release=True)
+            self._end_term(fence, "resigned")
+            await self._revoke(fence.lease_id)
 
     async def run(self) -> None:
         """Campaign, lead until the term ends, campaign again; until cancelled."""
