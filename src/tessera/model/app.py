@@ -843,6 +843,32 @@ def merge_update(current: AppSpec, update: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+# ---- service ports -----------------------------------------------------------------------------
+
+# Marathon's --local_port_min/--local_port_max: where service ports come from.
+SERVICE_PORTS = range(10000, 20000)
+
+
+def assign_service_ports(app: AppSpec, previous: AppSpec | None, taken: set[int]) -> AppSpec:
+    """Give every `port: 0` definition a cluster-unique service port (what load balancers
+    such as Marathon-LB listen on), keeping the ones the app had; `taken` is updated."""
+    if app.require_ports or not any(p.port == 0 for p in app.port_definitions):
+        taken.update(p.port for p in app.port_definitions)
+        return app
+    before = previous.port_definitions if previous is not None else ()
+    free = (port for port in SERVICE_PORTS if port not in taken)
+    ports: list[AppPort] = []
+    for index, definition in enumerate(app.port_definitions):
+        port = definition.port
+        if port == 0 and index < len(before) and before[index].port not in taken:
+            port = before[index].port
+        if port == 0:
+            port = next(free, 0)
+        taken.add(port)
+        ports.append(replace(definition, port=port))
+    return app.with_changes(port_definitions=tuple(ports))
+
+
 # ---- the task an instance runs ------------------------------------------------------------------
 
 

@@ -48,7 +48,8 @@ def test_create_returns_the_app_with_defaults_and_headers(client: TestClient) ->
     assert app["upgradeStrategy"]["maximumOverCapacity"] == 1.0
     assert "progressDeadlineSeconds" not in app["upgradeStrategy"]  # shown only when set
     assert app["killSelection"] == "YOUNGEST_FIRST"
-    assert app["portDefinitions"] == [{"port": 0, "protocol": "tcp", "name": "default"}]
+    # port 0 gets a cluster-unique service port, as Marathon assigns them
+    assert app["portDefinitions"] == [{"port": 10000, "protocol": "tcp", "name": "default"}]
     assert app["versionInfo"]["lastConfigChangeAt"] == app["version"]
     assert app["deployments"] == [{"id": deployment_id}]
     assert app["tasksRunning"] == 0
@@ -270,3 +271,18 @@ def test_garbage_never_gets_a_500(client: TestClient) -> None:
             assert response.status_code < 500, (method, path, body, response.text)
             if response.status_code == 422:
                 assert response.json()["message"] in ("Object is not valid", "Invalid JSON")
+
+
+def test_service_ports_are_unique_and_kept(client: TestClient) -> None:
+    two = [{"port": 0, "name": "http"}, {"port": 0, "name": "admin"}]
+    client.post("/v2/apps", json={"id": "/a", "cmd": "x", "portDefinitions": two})
+    client.post("/v2/apps", json={"id": "/b", "cmd": "x"})
+    ports = {
+        a["id"]: [p["port"] for p in a["portDefinitions"]]
+        for a in client.get("/v2/apps").json()["apps"]
+    }
+    assert ports == {"/a": [10000, 10001], "/b": [10002]}
+    replaced = {"cmd": "y", "portDefinitions": two}
+    client.put("/v2/apps/a?force=true&partialUpdate=false", json=replaced)
+    after = client.get("/v2/apps/a").json()["app"]["portDefinitions"]
+    assert [p["port"] for p in after] == [10000, 10001]

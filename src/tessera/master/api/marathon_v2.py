@@ -133,7 +133,7 @@ def task_json(task: Task, app: AppSpec | None, agents: dict[str, Agent]) -> dict
         "appId": task.spec.app_id,
         "host": task.hostname,
         "ports": list(task.ports),
-        "servicePorts": [],
+        "servicePorts": [p.port for p in app.port_definitions] if app is not None else [],
         "slaveId": task.agent_id,
         "stagedAt": timestamp(task.created_at),
         "startedAt": timestamp(task.started_at) if task.started_at else None,

@@ -16,7 +16,7 @@ from typing import Any
 from tessera.clock import Clock
 from tessera.master.controllers.service_state import ServiceState
 from tessera.master.events import EventBus
-from tessera.model.app import AppSpec, app_to_json, next_version
+from tessera.model.app import AppSpec, app_to_json, assign_service_ports, next_version
 from tessera.model.group import GroupSpec
 from tessera.reconcile.deployments import (
     Deployment,
@@ -75,6 +75,7 @@ class DeploymentManager:
         if blocking and not force:
             raise DeploymentConflict(blocking)
         version = next_version(now, state.last_version)
+        changes = self._with_service_ports(changes)
         stamped = {
             app_id: self._stamp(app_id, app, version, app_id in restart)
             for app_id, app in changes.items()
@@ -143,6 +144,24 @@ class DeploymentManager:
             # from before are current, the others get replaced.
             return fresh.with_changes(last_config_change_at=app.last_config_change_at)
         return fresh
+
+    def _with_service_ports(
+        self, changes: Mapping[str, AppSpec | None]
+    ) -> dict[str, AppSpec | None]:
+        taken = {
+            port.port
+            for app_id, app in self.state.apps.items()
+            if app_id not in changes
+            for port in app.port_definitions
+        }
+        return {
+            app_id: (
+                assign_service_ports(app, self.state.apps.get(app_id), taken)
+                if app is not None
+                else None
+            )
+            for app_id, app in changes.items()
+        }
 
     def _wake_apps(self, deployment: Deployment) -> None:
         for app_id in {*deployment.original, *deployment.target}:
