@@ -14,13 +14,14 @@ import psutil
 from tessera.testing.cluster import Cluster, task_processes, wait_for
 
 # A web server that answers 200 with its VERSION, keeps serving for a second after SIGTERM
-# (a well-behaved service drains), and fails /health once a file `unhealthy` appears in its
-# sandbox.
+# (a well-behaved service drains), fails /health once a file `unhealthy` appears in its
+# sandbox, and answers /ready only once a file `ready` does.
 SERVER = """exec python3 -c '
 import http.server as s, os, signal, threading
 class H(s.BaseHTTPRequestHandler):
     def do_GET(self):
         ok = not (self.path == "/health" and os.path.exists("unhealthy"))
+        ok = ok and not (self.path == "/ready" and not os.path.exists("ready"))
         self.send_response(200 if ok else 500); self.end_headers()
         self.wfile.write(os.environ.get("VERSION", "v1").encode())
     def log_message(self, *a): pass
@@ -297,3 +298,31 @@ def test_instance_on_unreachable_agent_is_replaced(cluster: Cluster) -> None:
         frozen.signal(signal.SIGCONT)
     wait_for(lambda: cluster.task(lost["id"])["state"] == "TASK_KILLED", 20, "the kill")
     assert [t["host"] for t in app(cluster, "sleep")["tasks"]] == ["127.0.0.2"]
+
+
+def test_readiness_gates_the_deployment(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_agent()
+    ready_check = {
+        "name": "warm",
+        "path": "/ready",
+        "portName": "default",
+        "intervalSeconds": 2,
+        "timeoutSeconds": 1,
+    }
+    response = cluster.http.post(
+        "/v2/apps", json=web_app(instances=1, readinessChecks=[{**ready_check}])
+    )
+    assert response.status_code == 201, response.text
+    wait_for(lambda: app(cluster)["tasksHealthy"] == 1, 20, "a healthy instance")
+    time.sleep(1.5)
+    (deployment,) = cluster.get("/v2/deployments")
+    results = deployment["currentActions"][0]["readinessCheckResults"]
+    assert [(r["name"], r["ready"]) for r in results] == [("warm", False)]
+    task_id = results[0]["taskId"]
+    sandbox = next((tmp_path / "agent-1" / "sandboxes").glob(f"{task_id}*"))
+    (sandbox / "ready").write_text("")
+    deployed(cluster)
+    shown = app(cluster)
+    assert shown["readinessCheckResults"] == [
+        {"name": "warm", "taskId": task_id, "ready": True, "lastResponse": None}
+    ]

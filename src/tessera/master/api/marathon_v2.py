@@ -182,7 +182,7 @@ def app_json(controller: ServicesController, app: AppSpec, embed: set[str]) -> d
         agents = controller.master.state.agents
         data["tasks"] = [task_json(t, app, agents) for t in tasks]
     if "apps.readiness" in embed or "app.readiness" in embed:
-        data["readinessCheckResults"] = []
+        data["readinessCheckResults"] = readiness_results(app, tasks)
     failure = controller.state.last_failure.get(app.id)
     if failure is not None and (
         "apps.lastTaskFailure" in embed
@@ -201,6 +201,20 @@ def app_json(controller: ServicesController, app: AppSpec, embed: set[str]) -> d
             "version": failure.spec.app_version,
         }
     return data
+
+
+def readiness_results(app: AppSpec, tasks: Iterable[Task]) -> list[dict[str, Any]]:
+    """Marathon's TaskReadinessCheckResult for each running task of an app with readiness
+    checks (the agent reports whether a task is ready, not the last response)."""
+    if not app.readiness_checks:
+        return []
+    names = [str(check.get("name", "readinessCheck")) for check in app.readiness_checks]
+    return [
+        {"name": name, "taskId": task.id, "ready": task.ready is True, "lastResponse": None}
+        for task in tasks
+        if task.state is TaskState.TASK_RUNNING
+        for name in names
+    ]
 
 
 def counts(app: AppSpec, tasks: list[Task]) -> dict[str, int]:

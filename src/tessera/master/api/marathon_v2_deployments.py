@@ -8,8 +8,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from tessera.http_errors import ApiError
-from tessera.master.api.marathon_v2 import deployment_result, services
-from tessera.reconcile.deployments import marathon_json
+from tessera.master.api.marathon_v2 import deployment_result, readiness_results, services
+from tessera.master.controllers.services import ServicesController
+from tessera.reconcile.deployments import Deployment, marathon_json
+from tessera.reconcile.services import current_config
 
 router = APIRouter()
 
@@ -18,7 +20,20 @@ router = APIRouter()
 async def list_deployments(request: Request) -> list[dict[str, Any]]:
     controller = services(request)
     running = sorted(controller.state.deployments.values(), key=lambda d: d.created_at)
-    return [marathon_json(d) for d in running]
+    return [_with_readiness(controller, d) for d in running]
+
+
+def _with_readiness(controller: ServicesController, deployment: Deployment) -> dict[str, Any]:
+    """The deployment with, per current action, the readiness of the new instances."""
+    data = marathon_json(deployment)
+    for action in data["currentActions"]:
+        target = deployment.target.get(action["app"])
+        if target is None:
+            continue
+        current = current_config(target)
+        tasks = [t for t in controller.state.tasks_of(target.id) if current(t)]
+        action["readinessCheckResults"] = readiness_results(target, tasks)
+    return data
 
 
 @router.delete("/v2/deployments/{deployment_id}")
