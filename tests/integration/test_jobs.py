@@ -84,6 +84,19 @@ def test_run_now_success_failure_cli_and_queue(cluster: Cluster, tmp_path: Path)
     listed = cluster.cli("job", "list")
     assert "hello" in listed.stdout and "broken" in listed.stdout
 
+    schedule = tmp_path / "schedule.json"
+    schedule.write_text('{"id": "hourly", "cron": "0 * * * *", "timezone": "America/New_York"}')
+    added = cluster.cli("job", "schedule", "add", "hello", str(schedule))
+    assert added.returncode == 0 and "next run at" in added.stdout, added.stderr
+    schedules = cluster.cli("job", "schedule", "list", "hello")
+    assert "America/New_York" in schedules.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"id": "bad", "cron": "0 25 * * *"}')
+    refused = cluster.cli("job", "schedule", "add", "hello", str(bad))
+    assert refused.returncode == 1 and "/cron" in refused.stderr, refused.stderr
+    removed = cluster.cli("job", "schedule", "remove", "hello", "hourly")
+    assert removed.returncode == 0, removed.stderr
+
 
 def test_on_failure_retries_until_the_deadline(cluster: Cluster) -> None:
     cluster.start_agent()
