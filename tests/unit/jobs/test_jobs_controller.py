@@ -292,3 +292,21 @@ async def test_run_recorded_but_not_submitted_is_submitted_after_restart(
     assert submitted[0] in again.master.state.tasks
     assert len(again.master.state.tasks) == 1
     await again.stop()
+
+
+async def test_failed_commit_submits_nothing_and_is_undone(harness: Harness) -> None:
+    await harness.jobs.create_job(_job())
+    store = harness.master.store
+    original = store.commit
+
+    async def broken(*args: Any, **kwargs: Any) -> int:
+        raise OSError("disk full")
+
+    store.commit = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await harness.jobs.start_run("report")
+    store.commit = original  # type: ignore[method-assign]
+    assert harness.jobs.records.active_runs("report") == []
+    assert harness.master.state.tasks == {}
+    await harness.settle()
+    assert harness.master.state.tasks == {}

@@ -89,6 +89,11 @@ class JobsController:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
 
+    async def _reload(self) -> None:
+        self.records = JobRecords(self.master.store, self.records.limit)
+        await self.records.load()
+        self.mark_dirty(self.records.all_job_ids())
+
     def mark_dirty(self, job_ids: Iterable[str]) -> None:
         self._dirty.update(job_ids)
         self.wake()
@@ -164,9 +169,15 @@ class JobsController:
             if not job_ids:
                 return
             change = RunChange()
-            for job_id in sorted(job_ids):
-                self._set_timer(job_id, self._reconcile(job_id, now, change))
-            await self._apply(change)
+            try:
+                for job_id in sorted(job_ids):
+                    self._set_timer(job_id, self._reconcile(job_id, now, change))
+                await self._apply(change)
+            except Exception:
+                # Memory may be ahead of a commit that failed: start again from the store,
+                # so that no task is ever submitted for a run the store does not hold.
+                await self._reload()
+                raise
 
     def _reconcile(self, job_id: str, now: float, change: RunChange) -> float | None:
         """Decide for one job; returns when to look at it again without an event."""
@@ -300,7 +311,11 @@ class JobsController:
     async def _apply(self, change: RunChange) -> None:
         """Commit the pass, then act on it: the store knows every run before any task."""
         if change.operations:
-            await self.master.store.commit(change.operations)
+            try:
+                await self.master.store.commit(change.operations)
+            except Exception:
+                await self._reload()  # memory is ahead of the store: undo
+                raise
         if change.submits:
             await asyncio.gather(
                 *(self.master.submit(task_id, spec) for task_id, spec in change.submits)
