@@ -214,8 +214,13 @@ class DeploymentManager:
         now = self.clock.wall()
         ordered = sorted(self.state.deployments.values(), key=lambda d: d.created_at)
         for deployment in ordered:
-            if deployment.id in self.state.deployments:
+            if deployment.id not in self.state.deployments:
+                continue
+            try:
                 await self._advance_one(deployment, now)
+            except Exception:
+                # One broken deployment must not stop the others (nor the apps' upkeep).
+                log.exception("deployment %s: cannot advance it now", deployment.id)
 
     async def _advance_one(self, deployment: Deployment, now: float) -> None:
         moved = False

@@ -8,10 +8,11 @@ deleted at that version), `groups` (explicit groups), `deployments` (running dep
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tessera.model.app import AppSpec, app_from_json, app_to_json
+from tessera.model.app import AppSpec, InvalidApp, app_from_json, app_to_json
 from tessera.model.group import GroupSpec
 from tessera.model.task import Task
 from tessera.reconcile.deployments import Deployment
@@ -21,6 +22,8 @@ APPS = "apps"
 APP_VERSIONS = "app_versions"
 GROUPS = "groups"
 DEPLOYMENTS = "deployments"
+log = logging.getLogger(__name__)
+
 # Versions kept per app (Marathon's --max_versions default is 50).
 MAX_VERSIONS = 50
 
@@ -44,14 +47,23 @@ class ServiceState:
         self.last_version = ""
 
     async def load(self) -> None:
-        for data in (await self.store.load(APPS)).values():
-            app = app_from_json(data)
+        for key, data in (await self.store.load(APPS)).items():
+            try:
+                app = app_from_json(data)
+            except InvalidApp as error:
+                # Stored by an older version with laxer rules: say so, keep the rest going.
+                log.error("app %s in the store is no longer valid, not managed: %s", key, error)
+                continue
             self.apps[app.id] = app
         for data in (await self.store.load(GROUPS)).values():
             group = GroupSpec.from_json(data)
             self.groups[group.id] = group
-        for data in (await self.store.load(DEPLOYMENTS)).values():
-            deployment = Deployment.from_json(data)
+        for key, data in (await self.store.load(DEPLOYMENTS)).items():
+            try:
+                deployment = Deployment.from_json(data)
+            except (InvalidApp, KeyError, ValueError) as error:
+                log.error("deployment %s in the store cannot be read, dropped: %s", key, error)
+                continue
             self.deployments[deployment.id] = deployment
         for key, data in (await self.store.load(APP_VERSIONS)).items():
             app_id, _, version = key.rpartition("@")

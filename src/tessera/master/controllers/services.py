@@ -232,10 +232,17 @@ class ServicesController:
             now = self.master.clock.wall()
             work: list[Awaitable[Any]] = []
             for app_id in sorted(keys):
-                if self.state.knows(app_id):
+                if not self.state.knows(app_id):
+                    continue
+                try:
                     work.extend(self._reconcile_app(app_id, now))
+                except Exception:
+                    log.exception("app %s: cannot reconcile it now", app_id)
             if work:
-                await asyncio.gather(*work)
+                for outcome in await asyncio.gather(*work, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.error("services: a launch or kill failed: %r", outcome)
+                        self._resync = True
 
     def _reconcile_app(self, app_id: str, now: float) -> list[Awaitable[Any]]:
         deployment = self.state.deployment_of(app_id)
