@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,18 @@ def test_container_apps_are_stored_and_wait_with_a_reason(client: TestClient) ->
     body = {"id": "/nginx", "container": {"type": "DOCKER", "docker": {"image": "nginx"}}}
     assert client.post("/v2/apps", json=body).status_code == 201
     assert client.get("/v2/apps/nginx").json()["app"]["container"]["docker"]["image"] == "nginx"
+
+    def queued() -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = client.get("/v2/queue").json()["queue"]
+        return entries
+
+    deadline = time.monotonic() + 5
+    while not queued() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (entry,) = queued()
+    assert entry["app"]["id"] == "/nginx" and entry["count"] == 1
+    reasons = entry["processedOffersSummary"]["rejectSummaryLastOffers"]
+    assert [r["reason"] for r in reasons] == ["UnsupportedContainerRuntime"]
 
 
 GARBAGE = [
