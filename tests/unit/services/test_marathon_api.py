@@ -299,3 +299,37 @@ def test_service_ports_are_unique_and_kept(client: TestClient) -> None:
     client.put("/v2/apps/a?force=true&partialUpdate=false", json=replaced)
     after = client.get("/v2/apps/a").json()["app"]["portDefinitions"]
     assert [p["port"] for p in after] == [10000, 10001]
+
+
+def test_group_replace_versions_and_rollback(client: TestClient) -> None:
+    first = {"id": "/g", "apps": [{"id": "a", "cmd": "x"}, {"id": "b", "cmd": "x"}]}
+    v1 = client.post("/v2/groups", json=first).json()["version"]
+    replaced = client.put(
+        "/v2/groups/g?force=true", json={"apps": [{"id": "a", "cmd": "y"}, {"id": "c", "cmd": "z"}]}
+    )
+    assert replaced.status_code == 200
+    ids = sorted(a["id"] for a in client.get("/v2/groups/g").json()["apps"])
+    assert ids == ["/g/a", "/g/c"]  # b was left out: removed
+    versions = client.get("/v2/groups/g/versions").json()
+    assert versions[0] == replaced.json()["version"] and v1 in versions
+    back = client.put("/v2/groups/g?force=true", json={"version": v1})
+    assert back.status_code == 200, back.text
+    apps = {a["id"]: a["cmd"] for a in client.get("/v2/groups/g").json()["apps"]}
+    assert apps == {"/g/a": "x", "/g/b": "x"}
+    removed = client.delete("/v2/groups/g?force=true")
+    assert removed.status_code == 200
+    assert client.get("/v2/apps").json()["apps"] == []
+
+
+def test_event_bus_drops_the_oldest_for_a_slow_subscriber() -> None:
+    from tessera.master.events import EventBus
+
+    bus = EventBus()
+    slow = bus.subscribe(["deployment_success"])
+    bus.publish("status_update_event", 0.0, taskId="t")
+    for number in range(10_005):
+        bus.publish("deployment_success", 0.0, id=str(number))
+    assert slow.queue.qsize() == 10_000 and slow.dropped == 5
+    assert slow.queue.get_nowait()["id"] == "5"
+    bus.unsubscribe(slow)
+    assert bus.subscribers == 0
