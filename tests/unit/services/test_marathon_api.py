@@ -333,3 +333,15 @@ def test_event_bus_drops_the_oldest_for_a_slow_subscriber() -> None:
     assert slow.queue.get_nowait()["id"] == "5"
     bus.unsubscribe(slow)
     assert bus.subscribers == 0
+
+
+def test_controller_restarts_from_the_store(client: TestClient) -> None:
+    """Stop and start again (as after losing and winning back the leadership): the state
+    comes from the store once, not twice."""
+    client.post("/v2/apps", json={"id": "/web", "cmd": "sleep 60"})
+    controller = client.app.state.services  # type: ignore[attr-defined]
+    client.portal.call(controller.stop)  # type: ignore[union-attr]
+    client.portal.call(controller.start)  # type: ignore[union-attr]
+    assert len(client.get("/v2/apps/web/versions").json()["versions"]) == 1
+    assert [a["id"] for a in client.get("/v2/apps").json()["apps"]] == ["/web"]
+    assert client.put("/v2/apps/web?force=true", json={"instances": 2}).status_code == 200

@@ -47,6 +47,14 @@ class ServiceState:
         self.last_version = ""
 
     async def load(self) -> None:
+        """Everything from the store, replacing what memory held (a master that lost and
+        won back the leadership starts from the store, not from what it knew before)."""
+        self.apps.clear()
+        self.groups.clear()
+        self.deployments.clear()
+        self.versions.clear()
+        self.live_tasks.clear()
+        self.last_failure.clear()
         for key, data in (await self.store.load(APPS)).items():
             try:
                 app = app_from_json(data)

@@ -81,14 +81,21 @@ class ServicesController:
         self._next_check: float | None = None
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
+        self._subscribed = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.state.load()
+        self.backoffs.clear()
+        self.waiting.clear()
         for task in self.master.state.tasks.values():
             self.state.index_task(task)
-        self.master.state.subscribe(self._on_task)
+        if not self._subscribed:
+            self.master.state.subscribe(self._on_task)
+            self._subscribed = True
+        self._stopping = False
+        self._resync = True
         self._loop = asyncio.create_task(self._run(), name="services")
         log.info(
             "services: %d apps, %d deployments in progress",
