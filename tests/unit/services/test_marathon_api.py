@@ -191,6 +191,8 @@ def test_groups_with_dependencies_deploy_in_order(client: TestClient) -> None:
         "/shop/web",
     ]
     assert client.post("/v2/groups", json=group).status_code == 409
+    in_group = client.get("/v2/apps/shop/*").json()["*"]
+    assert [a["id"] for a in in_group] == ["/shop/api", "/shop/db", "/shop/web"]
     scaled = client.put("/v2/groups/shop?force=true", json={"scaleBy": 2})
     assert scaled.status_code == 200
     assert client.get("/v2/apps/shop/web").json()["app"]["instances"] == 2

@@ -29,6 +29,7 @@ from tessera.model.app import (
     InvalidApp,
     app_to_json,
     canonical_path,
+    is_under,
     merge_update,
     parent_path,
     parse_app,
@@ -231,6 +232,16 @@ async def restart_app(app_id: str, request: Request, force: Force = False) -> JS
 @router.get("/v2/apps/{app_id:path}")
 async def show_app(app_id: str, request: Request, embed: Embed = None) -> dict[str, Any]:
     controller = services(request)
+    if app_id.rstrip("/").endswith("*"):
+        # Marathon's `GET /v2/apps/{group}/*`: every app in the group, under "*".
+        group = canonical_path(app_id.rstrip("/")[:-1])
+        wanted = embeds(embed)
+        found = [
+            app_json(controller, app, wanted)
+            for app_id, app in sorted(controller.state.apps.items())
+            if is_under(app_id, group)
+        ]
+        return {"*": found}
     app_id = canonical_path(app_id)
     app = controller.state.apps.get(app_id)
     if app is None:
