@@ -136,10 +136,11 @@ class UpgradeStrategy:
 @dataclass(frozen=True, slots=True)
 class UnreachableStrategy:
     """When an instance on an unreachable agent is replaced (inactive) and forgotten
-    (expunged: killed if it ever comes back). Marathon 1.x defaults: both at once."""
+    (expunged: killed if it ever comes back). Marathon's documented defaults: 5 and 10
+    minutes."""
 
-    inactive_after_seconds: float = 0.0
-    expunge_after_seconds: float = 0.0
+    inactive_after_seconds: float = 300.0
+    expunge_after_seconds: float = 600.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -749,8 +750,13 @@ def _read_unreachable(reader: _Reader) -> UnreachableStrategy | None:
     for name in value:
         if name not in ("inactiveAfterSeconds", "expungeAfterSeconds"):
             sub.fail(str(name), "unknown field")
-    inactive = sub.number("inactiveAfterSeconds", 0.0, 0.0, 365 * 86400.0)
-    expunge = sub.number("expungeAfterSeconds", max(inactive, 0.0), 0.0, 365 * 86400.0)
+    default = UnreachableStrategy()
+    inactive = sub.number(
+        "inactiveAfterSeconds", default.inactive_after_seconds, 0.0, 365 * 86400.0
+    )
+    expunge = sub.number(
+        "expungeAfterSeconds", max(inactive, default.expunge_after_seconds), 0.0, 365 * 86400.0
+    )
     if expunge < inactive:
         sub.fail("expungeAfterSeconds", "must be at least inactiveAfterSeconds")
     return UnreachableStrategy(inactive, expunge)
