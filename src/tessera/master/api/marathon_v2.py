@@ -8,7 +8,7 @@ docs/marathon.md for what differs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -124,9 +124,39 @@ def deployment_result(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class _Renderings:
+    """JSON of immutable records, reused while the very same record objects come back (an
+    app or task that changes is a new object): `GET /v2/apps?embed=apps.tasks` at 1,000
+    tasks would otherwise rebuild every dict on every call. Callers must not mutate them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: dict[str, tuple[tuple[object, ...], dict[str, Any]]] = {}
+
+    def get(
+        self, key: str, records: tuple[object, ...], render: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        hit = self.entries.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], records, strict=True)):
+            return hit[1]
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+        data = render()
+        self.entries[key] = (records, data)
+        return data
+
+
+_APPS = _Renderings(50_000)
+_TASKS = _Renderings(200_000)
+
+
 def task_json(task: Task, app: AppSpec | None, agents: dict[str, Agent]) -> dict[str, Any]:
     """Marathon's enriched task (the keys `marathon` clients know, no others)."""
     agent = agents.get(task.agent_id or "")
+    return _TASKS.get(task.id, (task, app, agent), lambda: _task_json(task, app, agent))
+
+
+def _task_json(task: Task, app: AppSpec | None, agent: Agent | None) -> dict[str, Any]:
     attributes = agent.attributes if agent else {}
     data: dict[str, Any] = {
         "id": task.id,
@@ -174,7 +204,7 @@ def visible_tasks(controller: ServicesController, app_id: str) -> list[Task]:
 
 def app_json(controller: ServicesController, app: AppSpec, embed: set[str]) -> dict[str, Any]:
     """Marathon's app with the live counts, its deployments, and what `embed` asks for."""
-    data = app_to_json(app)
+    data = dict(_APPS.get(app.id, (app,), lambda: app_to_json(app)))
     tasks = visible_tasks(controller, app.id)
     data.update(counts(app, tasks))
     data["deployments"] = [{"id": d.id} for d in controller.state.deployments_of(app.id)]
