@@ -101,10 +101,6 @@ def current_config(app: AppSpec) -> Callable[[Task], bool]:
     return check
 
 
-def is_current(task: Task, app: AppSpec) -> bool:
-    return current_config(app)(task)
-
-
 def is_ready(task: Task, app: AppSpec) -> bool:
     """Running, and healthy / ready when the app has health / readiness checks."""
     if task.state is not TaskState.TASK_RUNNING:
@@ -273,8 +269,3 @@ def _kill_pending(task: Task, now: float) -> bool:
     if task.state is not TaskState.TASK_KILLING:
         return False
     return now - task.updated_at <= task.spec.kill_grace_seconds + KILL_PATIENCE_SECONDS
-
-
-def ready_count(app: AppSpec, tasks: Iterable[Task]) -> int:
-    check = current_config(app)
-    return sum(1 for t in tasks if check(t) and is_ready(t, app))

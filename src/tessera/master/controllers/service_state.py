@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from tessera.model.app import AppSpec, InvalidApp, app_from_json, app_to_json
 from tessera.model.group import GroupSpec
@@ -222,9 +221,3 @@ class ServiceState:
     async def finish_deployment(self, deployment_id: str) -> None:
         await self.store.commit([Delete(DEPLOYMENTS, deployment_id)])
         self.deployments.pop(deployment_id, None)
-
-
-def app_json_with(app: AppSpec, **extra: Any) -> dict[str, Any]:
-    data = app_to_json(app)
-    data.update(extra)
-    return data

@@ -21,7 +21,7 @@ from typing import Any
 from tessera.master.controllers.deployments import DeploymentManager
 from tessera.master.controllers.service_state import ServiceState
 from tessera.master.core import Master
-from tessera.master.events import EventBus, timestamp
+from tessera.master.events import EventBus
 from tessera.model.app import AppSpec, task_spec_for
 from tessera.model.task import Task, TaskState, new_task_id
 from tessera.reconcile.deployments import effective_app
@@ -292,9 +292,3 @@ class ServicesController:
     def _launch(self, app: AppSpec, count: int) -> list[Awaitable[Any]]:
         spec = task_spec_for(app)
         return [self.master.submit(new_task_id(app.id), spec) for _ in range(count)]
-
-    # ---- reads for the API ---------------------------------------------------------------
-
-    def queue_since(self, app_id: str) -> str | None:
-        waiting = self.waiting.get(app_id)
-        return timestamp(waiting.since) if waiting else None
