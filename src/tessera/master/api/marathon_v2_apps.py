@@ -119,7 +119,7 @@ def label_matches(labels: Mapping[str, str], selector: str) -> bool:
 async def list_apps(
     request: Request,
     cmd: str | None = None,
-    id: str | None = None,
+    id_part: Annotated[str | None, Query(alias="id")] = None,
     label: str | None = None,
     embed: Embed = None,
 ) -> dict[str, Any]:
@@ -130,7 +130,7 @@ async def list_apps(
         app = controller.state.apps[app_id]
         if cmd is not None and cmd not in (app.cmd or ""):
             continue
-        if id is not None and id not in app_id:
+        if id_part is not None and id_part not in app_id:
             continue
         if label is not None and not label_matches(app.labels, label):
             continue
