@@ -169,3 +169,27 @@ def test_ready_needs_health_when_the_app_checks_it() -> None:
     assert not is_ready(make_task(checked, 1), checked)
     assert is_ready(make_task(checked, 1, healthy=True), checked)
     assert is_ready(make_task(make_app(), 1), make_app())
+
+
+def test_tasks_read_back_from_the_store_run_the_current_config() -> None:
+    from tessera.model.app import parse_app
+    from tessera.reconcile.services import current_config
+
+    app = parse_app(
+        {
+            "id": "/web",
+            "args": ["serve", "--fast"],
+            "env": {"A": "1"},
+            "labels": {"team": "x"},
+            "constraints": [["hostname", "MAX_PER", "2"]],
+            "healthChecks": [{"protocol": "TCP"}],
+            "fetch": [{"uri": "https://example.com/a.tgz"}],
+        }
+    ).with_changes(version=NEW, last_scaling_at=NEW, last_config_change_at=NEW)
+    task = make_task(app, 1)
+    stored = Task.from_json(task.to_json())
+    assert current_config(app)(stored)
+    changed = app.with_changes(env={"A": "2"})
+    assert not current_config(changed)(stored)
+    restarted = app.with_changes(last_config_change_at="2026-01-03T00:00:00.000Z")
+    assert not current_config(restarted)(stored)
