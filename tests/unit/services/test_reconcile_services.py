@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from services_helpers import make_app, make_task
 
 from tessera.model.app import KillSelection, UnreachableStrategy
-from tessera.model.task import TaskState
+from tessera.model.task import Task, TaskState
 from tessera.reconcile.services import (
     Backoff,
     Mode,
