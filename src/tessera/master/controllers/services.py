@@ -257,6 +257,10 @@ class ServicesController:
         tasks = self.state.tasks_of(app_id)
         if app is None and not tasks:
             self.waiting.pop(app_id, None)
+            if app_id not in self.state.apps:
+                # A deleted app leaves nothing behind (a new app of that id starts afresh).
+                self.backoffs.pop(app_id, None)
+                self.state.last_failure.pop(app_id, None)
             return []
         backoff = self.backoffs.get(app_id, Backoff())
         actions = reconcile_app(app, mode, tasks, backoff, now)
