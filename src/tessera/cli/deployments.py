@@ -23,27 +23,32 @@ deployment_app = typer.Typer(
 _POLL_SECONDS = 0.5
 
 
+def _progress(action: dict[str, Any], apps: dict[str, dict[str, Any]]) -> str:
+    app = apps.get(action["app"])
+    if app is None:
+        return ""
+    checked = bool(app.get("healthChecks"))
+    ready = app["tasksHealthy"] if checked else app["tasksRunning"]
+    return f"{ready}/{app['instances']} {'healthy' if checked else 'running'}"
+
+
 def _table(deployments: list[dict[str, Any]], apps: dict[str, dict[str, Any]]) -> Table:
-    table = Table("STEP", "ACTIONS", "PROGRESS", "VERSION")
+    """One row per step of each deployment: done, under way (with its apps' progress), or
+    still to come."""
+    table = Table("STEP", "ACTION", "APP", "PROGRESS")
     table.columns.insert(0, Column("DEPLOYMENT", no_wrap=True))
     for deployment in deployments:
-        progress = []
-        for action in deployment["currentActions"]:
-            app = apps.get(action["app"])
-            if app is None:
-                progress.append(f"{action['app']}: -")
-                continue
-            checked = bool(app.get("healthChecks"))
-            ready = app["tasksHealthy"] if checked else app["tasksRunning"]
-            word = "healthy" if checked else "running"
-            progress.append(f"{action['app']}: {ready}/{app['instances']} {word}")
-        table.add_row(
-            deployment["id"],
-            f"{deployment['currentStep']}/{deployment['totalSteps']}",
-            "\n".join(f"{a['action']} {a['app']}" for a in deployment["currentActions"]),
-            "\n".join(progress),
-            deployment["version"],
-        )
+        current = deployment["currentStep"]
+        for number, step in enumerate(deployment["steps"], start=1):
+            mark = "done" if number < current else "now" if number == current else "next"
+            for index, action in enumerate(step["actions"]):
+                table.add_row(
+                    deployment["id"] if number == 1 and index == 0 else "",
+                    f"{number}/{deployment['totalSteps']} {mark}" if index == 0 else "",
+                    action["action"],
+                    action["app"],
+                    _progress(action, apps) if mark == "now" else "",
+                )
     return table
 
 
