@@ -1,3 +1,5 @@
+"""Fixtures shared by the integration and fault suites: a real master on loopback."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import eventually, process_gone
 
+from conftest import eventually, process_gone
 from tessera.agent.cgroup_v2 import CgroupV2
 from tessera.agent.cgroups import parse_mountinfo
 from tessera.agent.exec_spawn import WRAPPER_SCRIPT, spawn_wrapper

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import psutil
-from conftest import eventually, process_gone
 
+from conftest import eventually, process_gone
 from tessera.agent.executor import Executor, LaunchSpec
 
 PYTHON = "/usr/bin/python3"

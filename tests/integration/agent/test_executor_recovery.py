@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import eventually, process_gone
 
+from conftest import eventually, process_gone
 from tessera.agent.executor import Executor, LaunchSpec
 
 PYTHON = "/usr/bin/python3"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import eventually, needs_root, process_gone
 
+from conftest import eventually, needs_root, process_gone
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, UnknownTask
 
 ENV = {"PATH": "/usr/bin:/bin", "MESOS_TASK_ID": "t", "PORT0": "31000", "HOST": "h1"}
