@@ -40,8 +40,11 @@ class Planner:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the event fires, and the master's stop hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.retry_interval)
+                async with asyncio.timeout(self.retry_interval):
+                    await self._wake.wait()
             # Let a burst of submissions gather, so that one pass places them all.
             await asyncio.sleep(BATCH_WINDOW)
             self._wake.clear()
