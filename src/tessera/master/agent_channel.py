@@ -169,13 +169,21 @@ class AgentChannel:
         now = self.clock.wall()
         reported_ids = {str(entry["task_id"]) for entry in reported}
         changed: list[Task] = []
+        strangers: list[str] = []
         for entry in reported:
             task = self.state.tasks.get(str(entry["task_id"]))
             if task is None:
-                # A task no one asked for (e.g. launched before a lost master write):
-                # nothing may run that the master does not know about.
-                session.send({"type": "kill", "task_id": entry["task_id"], "grace": 3.0})
-            elif task.state is TaskState.TASK_UNREACHABLE and entry.get("state"):
+                # A task no one asked for (e.g. launched before a lost master write, or a
+                # store restored from a backup): nothing may run that the master does not
+                # know about. Killed once the agent has its registration answer.
+                strangers.append(str(entry["task_id"]))
+            elif (
+                task.state is TaskState.TASK_UNREACHABLE
+                and entry.get("state")
+                and not TaskState(entry["state"]).terminal
+            ):
+                # Back and still running. An end it reached meanwhile comes as its own
+                # status update, with the exit code and message this entry lacks.
                 back = task.with_changes(state=TaskState(entry["state"]), updated_at=now)
                 changed.append(apply_reported_health(back, entry))
             elif (checked := apply_reported_health(task, entry)) is not task:
@@ -194,6 +202,9 @@ class AgentChannel:
                 "heartbeat_interval": self.config.heartbeat_interval,
             }
         )
+        for task_id in strangers:
+            log.warning("agent %s runs unknown task %s: killing it", agent.id, task_id)
+            session.send({"type": "kill", "task_id": task_id, "grace": 3.0})
         for task in self.state.active_tasks_on(agent.id):
             if task.state is TaskState.TASK_STAGING and task.id not in reported_ids:
                 self.send_launch(task)
