@@ -68,6 +68,10 @@ class AgentChannel:
         self.join_token = join_token
         self.on_change = on_change
         self.sessions: dict[str, AgentSession] = {}
+        # When each agent whose connection ended was last heard from: a dropped connection
+        # (an agent restarting, a proxy recycling) is not a missed heartbeat, so the
+        # liveness timeout still counts from its last message.
+        self._last_heard: dict[str, float] = {}
         self.started_at = clock.monotonic()
 
     # ---- sending -------------------------------------------------------------------
@@ -90,6 +94,8 @@ class AgentChannel:
         session = self.sessions.get(agent_id)
         if session is not None:
             return session.last_seen
+        if agent_id in self._last_heard:
+            return self._last_heard[agent_id]
         # An agent the master has not heard from since it started gets the
         # re-registration window, measured from the master's start.
         return self.started_at + self.config.reregistration_timeout
@@ -97,6 +103,7 @@ class AgentChannel:
     def disconnect(self, agent_id: str) -> None:
         session = self.sessions.pop(agent_id, None)
         if session is not None:
+            self._last_heard[agent_id] = session.last_seen
             session.close()
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().create_task(
@@ -140,6 +147,7 @@ class AgentChannel:
         finally:
             if self.sessions.get(agent.id) is session:
                 del self.sessions[agent.id]
+                self._last_heard[agent.id] = session.last_seen
             session.close()
             with contextlib.suppress(Exception):
                 await pump

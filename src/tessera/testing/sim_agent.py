@@ -1,0 +1,180 @@
+"""Simulated agents for benchmarks: they speak the real agent protocol to a real master
+(register, heartbeat, status updates with acknowledgements) but run no processes. A launch
+is answered with TASK_RUNNING at once, a kill with TASK_KILLED.
+
+One asyncio loop carries hundreds of them, so a benchmark can put a master in front of a
+cluster far larger than this machine. `die()` makes one go silent the way a dead host does:
+no close frame, no more heartbeats, its tasks gone with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tessera.model.protocol import AGENT_STREAM_PATH, StatusUpdate
+from tessera.model.task import TaskState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimAgent:
+    """One simulated agent. `masters` are tried in turn, like the real agent's."""
+
+    agent_id: str
+    hostname: str
+    masters: list[str]
+    join_token: str
+    resources: dict[str, Any]
+    attributes: dict[str, str] = field(default_factory=dict)
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    pending: dict[str, StatusUpdate] = field(default_factory=dict)
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
+    dead: bool = False
+    _connection: ClientConnection | None = None
+    _runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name=f"sim-{self.agent_id}")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+    def die(self) -> None:
+        """The host is gone: its tasks with it, and silence on the wire. The connection
+        stays open (a dead host sends no FIN or RST); the master must notice the missing
+        heartbeats."""
+        self.dead = True
+        self.tasks.clear()
+        self.pending.clear()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self.dead:
+            for master in self.masters:
+                try:
+                    await self._session(master)
+                    delay = 0.2
+                except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as error:
+                    log.debug("%s: master %s: %s", self.agent_id, master, error)
+                finally:
+                    self.registered.clear()
+                    self._connection = None
+                if self.dead:
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _session(self, master: str) -> None:
+        url = master.rstrip("/").replace("http://", "ws://") + AGENT_STREAM_PATH
+        headers = {"Authorization": f"Bearer {self.join_token}"}
+        async with connect(url, additional_headers=headers, open_timeout=5) as connection:
+            await connection.send(json.dumps(self._registration()))
+            reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
+            while reply.get("type") == "kill":  # a master may kill strangers first
+                await self._on_message(connection, reply)
+                reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
+            if reply.get("type") != "registered":
+                raise OSError(f"unexpected reply to registration: {reply.get('type')!r}")
+            interval = float(reply.get("heartbeat_interval", 5.0))
+            self._connection = connection
+            self.registered.set()
+            for update in list(self.pending.values()):
+                await connection.send(json.dumps(update.to_json()))
+            beat = asyncio.create_task(self._heartbeats(connection, interval))
+            try:
+                async for raw in connection:
+                    await self._on_message(connection, json.loads(raw))
+            finally:
+                beat.cancel()
+
+    def _registration(self) -> dict[str, Any]:
+        return {
+            "type": "register",
+            "agent_id": self.agent_id,
+            "hostname": self.hostname,
+            "resources": self.resources,
+            "attributes": self.attributes,
+            "http_url": None,
+            "isolation": {"simulated": True},
+            "version": "sim",
+            "tasks": [
+                {"task_id": task_id, "state": state.value} for task_id, state in self.tasks.items()
+            ],
+        }
+
+    async def _heartbeats(self, connection: ClientConnection, interval: float) -> None:
+        while not self.dead:
+            await asyncio.sleep(interval)
+            if self.dead:
+                return
+            await connection.send('{"type": "heartbeat"}')
+            for update in list(self.pending.values()):
+                await connection.send(json.dumps(update.to_json()))
+
+    async def _on_message(self, connection: ClientConnection, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if self.dead:
+            return
+        if kind == "launch":
+            task_id = str(message["task"]["id"])
+            self.tasks[task_id] = TaskState.TASK_RUNNING
+            await self._report(connection, task_id, TaskState.TASK_RUNNING, healthy=True)
+        elif kind == "kill":
+            task_id = str(message["task_id"])
+            self.tasks.pop(task_id, None)
+            await self._report(connection, task_id, TaskState.TASK_KILLED)
+        elif kind == "ack":
+            self.pending.pop(str(message["uuid"]), None)
+
+    async def _report(
+        self,
+        connection: ClientConnection,
+        task_id: str,
+        state: TaskState,
+        healthy: bool | None = None,
+    ) -> None:
+        update = StatusUpdate(
+            uuid=str(uuid.uuid4()),
+            task_id=task_id,
+            state=state,
+            timestamp=time.time(),
+            healthy=healthy,
+        )
+        self.pending[update.uuid] = update
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(json.dumps(update.to_json()))
+
+
+def fleet(
+    count: int,
+    masters: list[str],
+    join_token: str,
+    resources: dict[str, Any],
+    zones: int = 1,
+) -> list[SimAgent]:
+    """`count` simulated agents named sim-000 ..., spread over `zones` zones."""
+    return [
+        SimAgent(
+            agent_id=f"sim-{index:04d}",
+            hostname=f"sim-{index:04d}.local",
+            masters=masters,
+            join_token=join_token,
+            resources=resources,
+            attributes={"zone": f"zone-{index % zones}"},
+        )
+        for index in range(count)
+    ]
