@@ -57,6 +57,16 @@ def master(
     reregistration_timeout: Annotated[
         float, typer.Option(envvar="TESSERA_REREGISTRATION_TIMEOUT", min=0)
     ] = 30.0,
+    unreachable_throttle_fraction: Annotated[
+        float,
+        typer.Option(
+            envvar="TESSERA_UNREACHABLE_THROTTLE_FRACTION",
+            min=0,
+            max=1,
+            help="stop replacing tasks on unreachable agents while more than this "
+            "fraction of the agents is out of contact (1: never stop)",
+        ),
+    ] = 0.4,
     log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
 ) -> None:
     """Run a master in the foreground until SIGTERM or Ctrl-C."""
@@ -72,6 +82,7 @@ def master(
         heartbeat_interval=heartbeat_interval,
         max_missed_heartbeats=max_missed_heartbeats,
         reregistration_timeout=reregistration_timeout,
+        unreachable_throttle_fraction=unreachable_throttle_fraction,
     )
     try:
         run_master(config, log_level.lower())

@@ -21,6 +21,9 @@ class MasterConfig:
     # How often queued tasks are retried against the cluster when nothing else wakes the
     # planner (a new agent or a finished task wakes it at once).
     placement_retry_interval: float = 2.0
+    # When more than this fraction of the agents is out of contact at once, tasks on
+    # unreachable agents are not replaced until enough agents are back (1 turns it off).
+    unreachable_throttle_fraction: float = 0.4
 
     @property
     def join_token_path(self) -> Path:
