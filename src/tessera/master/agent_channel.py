@@ -110,6 +110,15 @@ class AgentChannel:
                     session.websocket.close(CLOSE_UNREACHABLE, "missed heartbeats")
                 )
 
+    def close_all(self, code: int, reason: str) -> None:
+        """End every agent session (this master stops leading: agents dial the next one)."""
+        for agent_id in list(self.sessions):
+            session = self.sessions.pop(agent_id)
+            self._last_heard[agent_id] = session.last_seen
+            session.close()
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().create_task(session.websocket.close(code, reason))
+
     # ---- serving -------------------------------------------------------------------
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -185,6 +194,10 @@ class AgentChannel:
                 # store restored from a backup): nothing may run that the master does not
                 # know about. Killed once the agent has its registration answer.
                 strangers.append(str(entry["task_id"]))
+            elif task.state.terminal and entry.get("state") and not _ended(entry["state"]):
+                # Still running where the master has it ended (given up while its agent was
+                # away): it must not come back as an extra instance.
+                strangers.append(task.id)
             elif (
                 task.state is TaskState.TASK_UNREACHABLE
                 and entry.get("state")
@@ -211,7 +224,7 @@ class AgentChannel:
             }
         )
         for task_id in strangers:
-            log.warning("agent %s runs unknown task %s: killing it", agent.id, task_id)
+            log.warning("agent %s runs unknown or ended task %s: killing it", agent.id, task_id)
             session.send({"type": "kill", "task_id": task_id, "grace": 3.0})
         for task in self.state.active_tasks_on(agent.id):
             if task.state is TaskState.TASK_STAGING and task.id not in reported_ids:
@@ -241,6 +254,13 @@ class AgentChannel:
                     self.on_change()
         # Acknowledge even unknown or duplicate updates, or the agent resends them forever.
         session.send({"type": "ack", "uuid": update.uuid, "task_id": update.task_id})
+
+
+def _ended(state: str) -> bool:
+    try:
+        return TaskState(state).terminal
+    except ValueError:
+        return False
 
 
 def launch_payload(task: Task) -> dict[str, Any]:

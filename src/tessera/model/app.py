@@ -136,10 +136,12 @@ class UpgradeStrategy:
 @dataclass(frozen=True, slots=True)
 class UnreachableStrategy:
     """When an instance on an unreachable agent is replaced (inactive) and forgotten
-    (expunged: killed if it ever comes back). Marathon's documented defaults: 5 and 10
-    minutes."""
+    (expunged: killed if it ever comes back). Tessera replaces at once (Marathon waits 5
+    minutes): the master already waited out the missed heartbeats, a copy that comes back
+    is killed within a reconcile pass, and a mass outage is caught by the replacement
+    throttle instead. Expunged after 10 minutes, as in Marathon."""
 
-    inactive_after_seconds: float = 300.0
+    inactive_after_seconds: float = 0.0
     expunge_after_seconds: float = 600.0
 
     def to_json(self) -> dict[str, Any]:

@@ -159,6 +159,10 @@ class Task:
     # UUIDs of the status updates already applied, so a resent update is acknowledged
     # again but never applied twice.
     applied_updates: tuple[str, ...] = ()
+    # When the services controller gave the task up: unreachable past its app's
+    # inactiveAfterSeconds, so a replacement counts in its place (Marathon's
+    # UnreachableInactive). Kept if the task comes back, so the surplus copy is this one.
+    inactive_since: float | None = None
 
     def with_changes(self, **changes: Any) -> Task:
         return replace(self, **changes)
@@ -182,6 +186,7 @@ class Task:
             "healthy": self.healthy,
             "ready": self.ready,
             "applied_updates": list(self.applied_updates),
+            "inactive_since": self.inactive_since,
         }
 
     @staticmethod
@@ -204,4 +209,5 @@ class Task:
             healthy=data.get("healthy"),
             ready=data.get("ready"),
             applied_updates=tuple(data.get("applied_updates", ())),
+            inactive_since=data.get("inactive_since"),
         )

@@ -4,8 +4,11 @@ Three modes. MAINTAIN keeps `instances` tasks (any version) and replaces what di
 the app's backoff delay. RESTART is a rolling upgrade to the app's current config that
 keeps ceil(instances x minimumHealthCapacity) instances serving and never runs more than
 instances x (1 + maximumOverCapacity). STOP kills everything. Tasks on unreachable agents
-stop counting after `inactiveAfterSeconds` (so they are replaced) and are killed after
-`expungeAfterSeconds`. Every function takes `now` (wall seconds) and does no I/O.
+stop counting after `inactiveAfterSeconds` (so they are replaced; the task is marked
+inactive) and are killed after `expungeAfterSeconds`; while replacements are throttled (too
+many agents out at once) no task becomes inactive. An inactive task whose agent comes back
+counts again, and is the first to go when that leaves more instances than wanted. Every
+function takes `now` (wall seconds) and does no I/O.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class AppActions:
     kill: tuple[str, ...] = ()
     recheck_at: float | None = None
     delayed: bool = False
+    # Unreachable tasks given up just now: to be marked inactive (their replacements are
+    # in `launch`).
+    inactive: tuple[str, ...] = ()
 
 
 # ---- backoff ---------------------------------------------------------------------------------
@@ -118,29 +124,42 @@ def unreachable_since(task: Task) -> float:
 class _Split:
     counted: list[Task]
     expunge: list[Task]
+    inactive: list[Task]
     recheck_at: float | None
 
 
-def _split(app: AppSpec, tasks: Iterable[Task], now: float) -> _Split:
-    """Tasks that count as instances, and unreachable ones to give up on."""
+def _split(app: AppSpec, tasks: Iterable[Task], now: float, throttled: bool = False) -> _Split:
+    """Tasks that count as instances, unreachable ones to give up on now (inactive) and
+    unreachable ones to forget (expunge). While `throttled`, a task not given up yet stays
+    counted, and so is neither replaced nor expunged."""
     counted: list[Task] = []
     expunge: list[Task] = []
+    inactive: list[Task] = []
     recheck: list[float] = []
     strategy = app.unreachable_strategy
     for task in tasks:
         if task.state.terminal or task.state is TaskState.TASK_KILLING:
             continue
-        if task.state is TaskState.TASK_UNREACHABLE and strategy is not None:
-            away = now - unreachable_since(task)
-            if away >= strategy.expunge_after_seconds:
-                expunge.append(task)
-                continue
-            recheck.append(unreachable_since(task) + strategy.expunge_after_seconds)
-            if away >= strategy.inactive_after_seconds:
-                continue
-            recheck.append(unreachable_since(task) + strategy.inactive_after_seconds)
+        if task.state is not TaskState.TASK_UNREACHABLE or strategy is None:
+            counted.append(task)
+            continue
+        given_up = task.inactive_since is not None
+        if throttled and not given_up:
+            counted.append(task)
+            continue
+        since = unreachable_since(task)
+        if now - since >= strategy.expunge_after_seconds:
+            expunge.append(task)
+            continue
+        recheck.append(since + strategy.expunge_after_seconds)
+        if given_up:
+            continue
+        if now - since >= strategy.inactive_after_seconds:
+            inactive.append(task)
+            continue
+        recheck.append(since + strategy.inactive_after_seconds)
         counted.append(task)
-    return _Split(counted, expunge, min(recheck, default=None))
+    return _Split(counted, expunge, inactive, min(recheck, default=None))
 
 
 # ---- kill selection ---------------------------------------------------------------------------
@@ -152,13 +171,15 @@ def _kill_rank(task: Task, app: AppSpec) -> int:
         return 0
     if task.state is TaskState.TASK_UNREACHABLE:
         return 1
+    if task.inactive_since is not None:
+        return 2  # back from an unreachable agent after it was replaced: the stale copy
     if task.state in (TaskState.TASK_STAGING, TaskState.TASK_STARTING):
-        return 2
-    return 4 if is_ready(task, app) else 3
+        return 3
+    return 5 if is_ready(task, app) else 4
 
 
 def choose_kills(tasks: Sequence[Task], count: int, app: AppSpec) -> list[Task]:
-    """`count` tasks to kill when scaling down: not-yet-useful ones first, then the
+    """`count` tasks to kill when scaling down: not-yet-useful or stale ones first, then the
     youngest (YOUNGEST_FIRST, the default) or the oldest."""
     if count <= 0:
         return []
@@ -180,12 +201,14 @@ def reconcile_app(
     tasks: Sequence[Task],
     backoff: Backoff,
     now: float,
+    throttled: bool = False,
 ) -> AppActions:
-    """Launches and kills that move this app's tasks towards `app` in `mode`."""
+    """Launches and kills that move this app's tasks towards `app` in `mode`; with
+    `throttled`, tasks on unreachable agents are not given up (see `_split`)."""
     if app is None or mode is Mode.STOP:
         live = [t for t in tasks if not t.state.terminal and t.state is not TaskState.TASK_KILLING]
         return AppActions(kill=tuple(t.id for t in live))
-    split = _split(app, tasks, now)
+    split = _split(app, tasks, now, throttled)
     if mode is Mode.RESTART:
         launch, kills = _rolling(app, split.counted)
     else:
@@ -198,20 +221,28 @@ def reconcile_app(
         if now < allowed_at:
             launch, delayed = 0, True
             recheck = min(allowed_at, recheck) if recheck is not None else allowed_at
-    return AppActions(launch, tuple(t.id for t in kills), recheck, delayed)
+    inactive = tuple(t.id for t in split.inactive)
+    return AppActions(launch, tuple(t.id for t in kills), recheck, delayed, inactive)
 
 
 def _maintain(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
     missing = app.instances - len(counted)
     if missing >= 0:
         return missing, []
-    # Old-config instances go first when there are more than wanted.
+    # When there are more than wanted, those not serving yet and the stale copies of
+    # replaced instances go first, then old-config instances, then the rest.
     check = current_config(app)
-    old = [t for t in counted if not check(t)]
-    current = [t for t in counted if check(t)]
-    excess = -missing
-    kills = choose_kills(old, excess, app)
-    return 0, kills + choose_kills(current, excess - len(kills), app)
+
+    def tier(task: Task) -> int:
+        if task.state is TaskState.TASK_QUEUED or task.inactive_since is not None:
+            return 0
+        return 2 if check(task) else 1
+
+    kills: list[Task] = []
+    for level in (0, 1, 2):
+        group = [t for t in counted if tier(t) == level]
+        kills += choose_kills(group, -missing - len(kills), app)
+    return 0, kills
 
 
 def capacity_bounds(app: AppSpec) -> tuple[int, int]:

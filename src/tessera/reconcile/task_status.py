@@ -42,10 +42,12 @@ def apply_status(task: Task, update: StatusUpdate, now: float) -> Task | None:
 def mark_unreachable(task: Task, now: float) -> Task | None:
     if not task.state.active or task.state is TaskState.TASK_UNREACHABLE:
         return None
+    # A new spell away: whether the task is given up again is decided afresh.
     return task.with_changes(
         state=TaskState.TASK_UNREACHABLE,
         message="agent missed its heartbeats",
         updated_at=now,
+        inactive_since=None,
     )
 
 

@@ -49,3 +49,10 @@ def test_mark_unreachable_only_active() -> None:
 
 def test_silent_agents() -> None:
     assert silent_agents({"a": 10.0, "b": 4.0, "c": 5.0}, now=20.0, timeout=15.0) == ["b"]
+
+
+def test_a_new_spell_unreachable_forgets_an_earlier_give_up() -> None:
+    back = _task(TaskState.TASK_RUNNING).with_changes(inactive_since=1.0)
+    marked = mark_unreachable(back, 5)
+    assert marked is not None and marked.inactive_since is None
+    assert Task.from_json(back.to_json()) == back

@@ -60,6 +60,30 @@ def test_defaults_are_marathons() -> None:
     assert app.port_definitions[0].port == 0 and app.unreachable_strategy is not None
 
 
+def test_unreachable_strategy_defaults_to_replacing_at_once() -> None:
+    def strategy(value: object) -> object:
+        body = {"id": "x", "cmd": "sleep 1"}
+        if value is not None:
+            body["unreachableStrategy"] = value
+        return app_to_json(parse_app(body))["unreachableStrategy"]
+
+    assert strategy(None) == {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 600}
+    assert strategy({}) == {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 600}
+    assert strategy({"expungeAfterSeconds": 30}) == {
+        "inactiveAfterSeconds": 0,
+        "expungeAfterSeconds": 30,
+    }
+    assert strategy({"inactiveAfterSeconds": 300}) == {
+        "inactiveAfterSeconds": 300,
+        "expungeAfterSeconds": 600,
+    }
+    assert strategy({"inactiveAfterSeconds": 900}) == {
+        "inactiveAfterSeconds": 900,
+        "expungeAfterSeconds": 900,
+    }
+    assert strategy("disabled") == "disabled"
+
+
 def test_paths() -> None:
     assert canonical_path("web", "/shop") == "/shop/web"
     assert canonical_path("../db", "/shop/web") == "/shop/db"

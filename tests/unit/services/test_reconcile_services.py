@@ -12,6 +12,7 @@ from services_helpers import make_app, make_task
 from tessera.model.app import KillSelection, UnreachableStrategy
 from tessera.model.task import Task, TaskState
 from tessera.reconcile.services import (
+    AppActions,
     Backoff,
     Mode,
     backoff_delay,
@@ -94,6 +95,59 @@ def test_unreachable_instance_replaced_after_inactive_and_killed_after_expunge()
     assert inactive.launch == 1 and inactive.kill == ()
     expunged = reconcile_app(app, Mode.MAINTAIN, [away], Backoff(), 1121.0)
     assert expunged.launch == 1 and expunged.kill == (away.id,)
+
+
+def test_default_strategy_replaces_at_once_and_marks_the_task_inactive() -> None:
+    app = make_app(instances=2)
+    assert app.unreachable_strategy == UnreachableStrategy(0.0, 600.0)
+    here = make_task(app, 1)
+    away = make_task(app, 2, TaskState.TASK_UNREACHABLE, updated=1000.0)
+    actions = reconcile_app(app, Mode.MAINTAIN, [here, away], Backoff(), 1000.0)
+    assert actions.launch == 1 and actions.kill == () and actions.inactive == (away.id,)
+    assert actions.recheck_at == 1600.0
+
+
+def test_a_task_given_up_stays_given_up_and_is_expunged_later() -> None:
+    app = make_app(instances=1)
+    away = make_task(app, 1, TaskState.TASK_UNREACHABLE, updated=1000.0)
+    given_up = dataclasses.replace(away, inactive_since=1000.0)
+    replacement = make_task(app, 2, TaskState.TASK_STAGING)
+    quiet = reconcile_app(app, Mode.MAINTAIN, [given_up, replacement], Backoff(), 1300.0)
+    assert quiet == AppActions(recheck_at=1600.0)
+    expunged = reconcile_app(app, Mode.MAINTAIN, [given_up, replacement], Backoff(), 1600.0)
+    assert expunged.kill == (away.id,) and expunged.launch == 0
+
+
+def test_throttled_keeps_unreachable_tasks_counted() -> None:
+    app = make_app(instances=2)
+    away = [make_task(app, n, TaskState.TASK_UNREACHABLE, updated=0.0) for n in (1, 2)]
+    held = reconcile_app(app, Mode.MAINTAIN, away, Backoff(), 5000.0, throttled=True)
+    assert held == AppActions()
+    # Already replaced before the throttle: stays replaced, and is still expunged.
+    given_up = dataclasses.replace(away[0], inactive_since=0.0)
+    tasks = [given_up, away[1], make_task(app, 3)]
+    mixed = reconcile_app(app, Mode.MAINTAIN, tasks, Backoff(), 5000.0, throttled=True)
+    assert mixed == AppActions(kill=(given_up.id,))
+    resumed = reconcile_app(app, Mode.MAINTAIN, away, Backoff(), 5.0)
+    assert resumed.launch == 2 and set(resumed.inactive) == {t.id for t in away}
+
+
+def test_stale_copy_that_comes_back_goes_before_its_replacement() -> None:
+    app = make_app(instances=2)
+    stale = make_task(app, 1, started=1.0).with_changes(inactive_since=50.0)
+    other = make_task(app, 2, started=2.0)
+    replacement = make_task(app, 3, started=60.0)
+    actions = reconcile_app(app, Mode.MAINTAIN, [stale, other, replacement], Backoff(), 70.0)
+    # YOUNGEST_FIRST alone would pick the replacement.
+    assert actions.kill == (stale.id,) and actions.launch == 0
+
+
+def test_queued_replacement_goes_before_the_stale_copy() -> None:
+    app = make_app(instances=1)
+    stale = make_task(app, 1, started=1.0).with_changes(inactive_since=50.0)
+    queued = make_task(app, 2, TaskState.TASK_QUEUED, started=60.0)
+    actions = reconcile_app(app, Mode.MAINTAIN, [stale, queued], Backoff(), 70.0)
+    assert actions.kill == (queued.id,)
 
 
 def test_unreachable_strategy_disabled_never_replaces() -> None:

@@ -43,23 +43,30 @@ class LivenessController:
         active = [a for a in self.state.agents.values() if a.state is AgentState.ACTIVE]
         last_seen = {agent.id: self.channel.last_seen(agent.id) for agent in active}
         silent = silent_agents(last_seen, self.clock.monotonic(), self.timeout)
-        for agent_id in silent:
-            await self._mark_unreachable(agent_id)
+        if silent:
+            await self._mark_unreachable(silent)
         return silent
 
-    async def _mark_unreachable(self, agent_id: str) -> None:
+    async def _mark_unreachable(self, agent_ids: list[str]) -> None:
+        """One write for every agent found silent in this pass, so the services controller
+        sees an outage of several agents whole (its replacement throttle counts them)."""
         now = self.clock.wall()
-        agent = self.state.agents[agent_id].with_changes(state=AgentState.UNREACHABLE)
+        agents = [
+            self.state.agents[agent_id].with_changes(state=AgentState.UNREACHABLE)
+            for agent_id in agent_ids
+        ]
         tasks: list[Task] = []
-        for task in self.state.active_tasks_on(agent_id):
-            changed = mark_unreachable(task, now)
-            if changed is not None:
-                tasks.append(changed)
-        await self.state.save(tasks=tasks, agents=[agent])
-        self.channel.disconnect(agent_id)
-        log.warning(
-            "agent %s missed %d heartbeats: marked unreachable with %d tasks",
-            agent_id,
-            self.config.max_missed_heartbeats,
-            len(tasks),
-        )
+        for agent_id in agent_ids:
+            for task in self.state.active_tasks_on(agent_id):
+                changed = mark_unreachable(task, now)
+                if changed is not None:
+                    tasks.append(changed)
+        await self.state.save(tasks=tasks, agents=agents)
+        for agent_id in agent_ids:
+            self.channel.disconnect(agent_id)
+            log.warning(
+                "agent %s missed %d heartbeats: marked unreachable with %d tasks",
+                agent_id,
+                self.config.max_missed_heartbeats,
+                sum(1 for t in tasks if t.agent_id == agent_id),
+            )

@@ -7,6 +7,11 @@ apps, the deployments and the live tasks and applies what `reconcile.services` d
 A full resync runs every second, which is also what fires the timers (backoff delays,
 unreachable timeouts, progress deadlines). After a master restart everything is rebuilt
 from the store, so a deployment that was running goes on where it was.
+
+Tasks on unreachable agents are replaced per each app's unreachableStrategy, unless more
+than `unreachable_throttle_fraction` of the agents are out of contact at once: then none is
+given up until enough agents are back, and an `unreachable_throttle_event` says when
+replacement stops and when it resumes.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from tessera.master.controllers.deployments import DeploymentManager
 from tessera.master.controllers.service_state import ServiceState
 from tessera.master.core import Master
 from tessera.master.events import EventBus
+from tessera.model.agent import AgentState
 from tessera.model.app import AppSpec, task_spec_for
 from tessera.model.task import Task, TaskState, new_task_id
 from tessera.reconcile.deployments import effective_app
+from tessera.reconcile.liveness import Outage, outage, replacement_throttled
 from tessera.reconcile.services import (
     Backoff,
     Mode,
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 1.0
 BATCH_WINDOW = 0.01
+# A reachable agent silent for this many heartbeat intervals counts as out of contact for
+# the replacement throttle (it missed a heartbeat; see `reconcile.liveness.outage`).
+OVERDUE_HEARTBEATS = 1.5
+THROTTLE_EVENT = "unreachable_throttle_event"
 
 CONDITIONS = {
     TaskState.TASK_QUEUED: "Scheduled",
@@ -82,6 +93,8 @@ class ServicesController:
         self._loop: asyncio.Task[None] | None = None
         self._stopping = False
         self._subscribed = False
+        # Whether replacing tasks on unreachable agents is held back (too many agents out).
+        self.throttled = False
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -237,6 +250,7 @@ class ServicesController:
             self._resync = False
             await self.deployments.advance()
             now = self.master.clock.wall()
+            self._update_throttle(now)
             work: list[Awaitable[Any]] = []
             for app_id in sorted(keys):
                 if not self.state.knows(app_id):
@@ -263,12 +277,14 @@ class ServicesController:
                 self.state.last_failure.pop(app_id, None)
             return []
         backoff = self.backoffs.get(app_id, Backoff())
-        actions = reconcile_app(app, mode, tasks, backoff, now)
+        actions = reconcile_app(app, mode, tasks, backoff, now, self.throttled)
         if actions.recheck_at is not None and (
             self._next_check is None or actions.recheck_at < self._next_check
         ):
             self._next_check = actions.recheck_at
         work: list[Awaitable[Any]] = [self.master.kill(task_id) for task_id in actions.kill]
+        if actions.inactive:
+            work.append(self._mark_inactive(actions.inactive, now))
         launch = actions.launch
         if app is not None and launch and app.container is not None:
             self._wait(app_id, launch, now, reason="no agent offers a container runtime yet")
@@ -281,6 +297,63 @@ class ServicesController:
         if app is not None and launch:
             work.extend(self._launch(app, launch))
         return work
+
+    async def _mark_inactive(self, task_ids: tuple[str, ...], now: float) -> None:
+        """Record that these unreachable tasks were given up (and replaced), so that the
+        copy that goes if their agent comes back is the stale one, not its replacement."""
+        tasks = self.master.state.tasks
+        given_up = [
+            tasks[task_id].with_changes(inactive_since=now)
+            for task_id in task_ids
+            if task_id in tasks and tasks[task_id].state is TaskState.TASK_UNREACHABLE
+        ]
+        await self.master.state.save(tasks=given_up)
+
+    # ---- the replacement throttle ------------------------------------------------------------
+
+    def outage(self) -> Outage:
+        agents = list(self.master.state.agents.values())
+        unreachable = [a.id for a in agents if a.state is AgentState.UNREACHABLE]
+        reachable = {
+            a.id: self.master.channel.last_seen(a.id)
+            for a in agents
+            if a.state in (AgentState.ACTIVE, AgentState.DRAINING)
+        }
+        overdue_after = OVERDUE_HEARTBEATS * self.master.config.heartbeat_interval
+        return outage(unreachable, reachable, self.master.clock.monotonic(), overdue_after)
+
+    def _update_throttle(self, now: float) -> None:
+        current = self.outage()
+        limit = self.master.config.unreachable_throttle_fraction
+        throttled = replacement_throttled(current, limit)
+        if throttled == self.throttled:
+            return
+        self.throttled = throttled
+        if throttled:
+            log.warning(
+                "%d of %d agents out of contact (more than %.0f%%): tasks on unreachable "
+                "agents are not replaced until enough of them are back",
+                current.out,
+                current.total,
+                limit * 100,
+            )
+        else:
+            log.warning(
+                "%d of %d agents out of contact: replacing tasks on unreachable agents again",
+                current.out,
+                current.total,
+            )
+            self._resync = True
+            self._wake.set()
+        self.events.publish(
+            THROTTLE_EVENT,
+            now,
+            throttled=throttled,
+            unreachableAgents=current.out,
+            totalAgents=current.total,
+            fraction=round(current.fraction, 4),
+            threshold=limit,
+        )
 
     def _wait(
         self,
