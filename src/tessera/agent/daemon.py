@@ -18,12 +18,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import tessera
 from tessera.agent.config import AgentConfig
+from tessera.agent.disk import write_atomic
 from tessera.agent.environment import task_environment
 from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
-from tessera.agent.journal import StatusJournal
+from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
 from tessera.model.protocol import (
@@ -59,7 +60,7 @@ def load_agent_id(work_dir: Path, hostname: str) -> str:
         return path.read_text().strip()
     work_dir.mkdir(parents=True, exist_ok=True)
     agent_id = f"{hostname}-{uuid.uuid4().hex[:8]}"
-    path.write_text(agent_id + "\n")
+    write_atomic(path, agent_id + "\n", 0o644)  # a full disk must not leave an empty ID
     return agent_id
 
 
@@ -261,7 +262,8 @@ class AgentDaemon:
         )
         local = self.tasks.setdefault(task_id, LocalTask(task_id, state))
         local.state = state
-        await self.journal.record(update)
+        with contextlib.suppress(NotDurable):  # logged; still pending, so sent and resent
+            await self.journal.record(update)
         await self._send(update)
 
     async def _launch(self, payload: dict[str, Any]) -> None:

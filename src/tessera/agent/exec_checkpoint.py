@@ -3,7 +3,9 @@
 Layout, per task, in `<work_dir>/meta/tasks/<task_id>/` (owned by the agent, not the task):
 `task.json` (pid, process start time, boot id, cgroups), `exit_status` (written by the task
 wrapper when the command ends), `kill_requested` (we started killing it) and `exit.json`
-(the final TaskExit, once the executor has cleaned up).
+(the final TaskExit, once the executor has cleaned up). The space for `task.json` and
+`exit.json` is reserved when the directory is made, so a disk that fills up while the task
+runs cannot keep either from being written, and a full disk fails the launch up front.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tessera.agent.disk import reserve_file, write_atomic
 from tessera.agent.exec_types import TaskExit
 
 _boot_id: str | None = None
@@ -84,11 +87,8 @@ class TaskCheckpoint:
         )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+# Room reserved for each of task.json and exit.json (a filesystem block).
+_RESERVED_BYTES = 4096
 
 
 class MetaStore:
@@ -105,14 +105,23 @@ class MetaStore:
         return self.root / task_id / "exit_status"
 
     def create(self, task_id: str) -> None:
-        os.mkdir(self.task_dir(task_id), 0o700)
+        """Make the task's directory with room for its checkpoints; raises FileExistsError
+        when it exists, another OSError (ENOSPC) when the room is not there."""
+        directory = self.task_dir(task_id)
+        os.mkdir(directory, 0o700)
+        try:
+            reserve_file(directory / "task.json", _RESERVED_BYTES)
+            reserve_file(directory / "exit.json", _RESERVED_BYTES)
+        except OSError:
+            self.forget(task_id)
+            raise
 
     def exists(self, task_id: str) -> bool:
         return self.task_dir(task_id).exists()
 
     def write_checkpoint(self, checkpoint: TaskCheckpoint) -> None:
         path = self.task_dir(checkpoint.task_id) / "task.json"
-        _write_atomic(path, json.dumps(checkpoint.to_json()))
+        write_atomic(path, json.dumps(checkpoint.to_json()))
 
     def read_checkpoint(self, task_id: str) -> TaskCheckpoint | None:
         try:
@@ -134,7 +143,7 @@ class MetaStore:
         return (self.task_dir(task_id) / "kill_requested").exists()
 
     def write_exit(self, task_id: str, result: TaskExit) -> None:
-        _write_atomic(self.task_dir(task_id) / "exit.json", json.dumps(result.to_json()))
+        write_atomic(self.task_dir(task_id) / "exit.json", json.dumps(result.to_json()))
 
     def read_exit(self, task_id: str) -> TaskExit | None:
         try:

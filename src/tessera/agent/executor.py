@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
+from tessera.agent.disk import describe_os_error, write_atomic
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
 from tessera.agent.exec_outcome import (
     Evidence,
@@ -127,9 +128,7 @@ class Executor:
     @staticmethod
     def _install_wrapper(path: Path) -> str:
         if not path.exists() or path.read_text() != WRAPPER_SCRIPT:
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text(WRAPPER_SCRIPT)
-            os.replace(temporary, path)
+            write_atomic(path, WRAPPER_SCRIPT, 0o644)
         return str(path)
 
     # ---- what the agent reports ----------------------------------------------------------
@@ -209,7 +208,8 @@ class Executor:
         except FileExistsError:
             raise LaunchFailed(f"task {spec.task_id} was already launched on this agent") from None
         except OSError as error:
-            raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
+            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
+            raise LaunchFailed(message) from None
         try:
             return self._spawn(spec, run_as, argv, ROOT_WRAPPER_ENV if switch else env)
         except BaseException:
@@ -257,7 +257,8 @@ class Executor:
             self._meta.write_checkpoint(checkpoint)
         except OSError as error:
             abort_launch(pid, cgroup)
-            raise LaunchFailed(f"cannot checkpoint the task: {error.strerror}") from None
+            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
+            raise LaunchFailed(message) from None
         return TaskRecord(checkpoint, cgroup)
 
     def _run_as(self, user: str | None) -> RunAs:
@@ -280,7 +281,8 @@ class Executor:
                 os.chown(sandbox, run_as.uid, run_as.gid)
             stdout_fd = os.open(sandbox / "stdout", _LOG_FLAGS, 0o640)
         except OSError as error:
-            raise LaunchFailed(f"cannot create the sandbox {sandbox}: {error.strerror}") from None
+            message = f"cannot create the sandbox: {describe_os_error(error, sandbox)}"
+            raise LaunchFailed(message) from None
         try:
             stderr_fd = os.open(sandbox / "stderr", _LOG_FLAGS, 0o640)
             if chown:
@@ -288,7 +290,8 @@ class Executor:
                 os.fchown(stderr_fd, run_as.uid, run_as.gid)
         except OSError as error:
             os.close(stdout_fd)
-            raise LaunchFailed(f"cannot create the sandbox {sandbox}: {error.strerror}") from None
+            message = f"cannot create the sandbox: {describe_os_error(error, sandbox)}"
+            raise LaunchFailed(message) from None
         return stdout_fd, stderr_fd
 
     def _make_cgroup(self, spec: LaunchSpec) -> TaskCgroup | None:
@@ -352,7 +355,8 @@ class Executor:
         try:
             self._meta.write_exit(task.task_id, result)
         except OSError as error:
-            log.error("task %s: cannot checkpoint its exit: %s", task.task_id, error)
+            reason = describe_os_error(error)
+            log.error("task %s: cannot checkpoint its exit: %s", task.task_id, reason)
         if task.cgroup is not None:
             await remove_cgroup(task.cgroup, task.task_id)
         self._tasks.pop(task.task_id, None)
@@ -469,7 +473,10 @@ class Executor:
             settled = self._meta.read_exit(found.task_id)
             if settled is None and found.exit is not None and found.exit.state == "TASK_LOST":
                 settled = found.exit
-                self._meta.write_exit(found.task_id, settled)
+                try:
+                    self._meta.write_exit(found.task_id, settled)
+                except OSError as error:  # it is decided again the same way next time
+                    log.error("task %s: cannot checkpoint its exit: %s", found.task_id, error)
             if settled is None:
                 reap_if_ours(checkpoint)
                 task.exited.set_result(None)

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from tessera.agent.disk import describe_os_error
 from tessera.agent.exec_spawn import (
     ROOT_WRAPPER_ENV,
     RunAs,
@@ -286,5 +287,5 @@ def _check_member(name: str, archive: Path, shown: str | None = None) -> None:
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+        return describe_os_error(error)
     return str(error) or type(error).__name__

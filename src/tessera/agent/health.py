@@ -32,13 +32,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from tessera.agent.disk import describe_os_error, write_atomic
 from tessera.agent.health_probes import (
     CommandContext,
     HttpTarget,
@@ -425,10 +425,7 @@ class HealthMonitors:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             path = self.state_dir / f"{task.task_id}.json"
-            temporary = path.with_name(path.name + ".tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(task.to_json(), handle)
-            os.replace(temporary, path)
+            write_atomic(path, json.dumps(task.to_json()), 0o600)
         except OSError as error:
-            log.error("task %s: cannot save its check state: %s", task.task_id, error)
+            reason = describe_os_error(error)
+            log.error("task %s: cannot save its check state: %s", task.task_id, reason)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+import pytest
 
 from tessera.agent.exec_checkpoint import (
     MetaStore,
@@ -70,3 +73,25 @@ def test_start_ticks_identify_a_process() -> None:
 
 def test_boot_id_is_stable() -> None:
     assert boot_id() == boot_id() != ""
+
+
+def test_create_reserves_room_for_both_checkpoints(tmp_path: Path) -> None:
+    store = MetaStore(tmp_path)
+    store.create("t")
+    reserved = sorted(path.name for path in store.task_dir("t").iterdir())
+    assert reserved == ["exit.json.tmp", "task.json.tmp"]
+    store.write_checkpoint(checkpoint("t"))
+    assert store.read_checkpoint("t") == checkpoint("t")
+
+
+def test_create_without_room_leaves_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    store = MetaStore(tmp_path)
+    with pytest.raises(OSError):
+        store.create("t")
+    assert store.task_ids() == []
