@@ -192,6 +192,7 @@ class Executor:
         try:
             task = self._start(spec)
         except LaunchFailed as failure:
+            log.warning("task %s cannot start: %s", spec.task_id, failure.message)
             self._exits.setdefault(spec.task_id, failure.exit)
             raise
         self._tasks[spec.task_id] = task

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from tessera.agent.disk import describe_os_error, reserve_beyond_end, write_all
+from tessera.agent.disk import describe_os_error, is_disk_full, reserve_beyond_end, write_all
 from tessera.model.protocol import StatusUpdate
 from tessera.store.group_commit import GroupCommitter
 
@@ -91,7 +91,9 @@ class StatusJournal:
             reserve_beyond_end(descriptor, size, RESERVE_BYTES)
         except OSError as error:
             if self._reserved_to >= 0:  # say it once, until a reservation works again
-                log.warning("status journal: cannot reserve space: %s", describe_os_error(error))
+                level = logging.WARNING if is_disk_full(error) else logging.INFO
+                reason = describe_os_error(error, self.path)
+                log.log(level, "status journal: cannot reserve space: %s", reason)
             self._reserved_to = -1
             return
         self._reserved_to = size + RESERVE_BYTES
