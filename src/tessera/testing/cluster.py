@@ -45,11 +45,13 @@ class Daemon:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # Runs the command through this (e.g. `ip netns exec NAME`, see testing/netns.py).
+    wrapper: list[str] = field(default_factory=list)
 
     def start(self) -> Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            tessera_command(*self.args),
+            [*self.wrapper, *tessera_command(*self.args)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -103,7 +105,11 @@ class Cluster:
     def token_file(self) -> Path:
         return self.root / "master" / "join-token"
 
-    def start_master(self, reregistration_timeout: float = 30.0) -> Daemon:
+    def start_master(
+        self, reregistration_timeout: float = 30.0, extra: list[str] | None = None
+    ) -> Daemon:
+        """Start the master; `extra` adds flags (e.g. `--bind 0.0.0.0` for agents in
+        network namespaces)."""
         self.master = Daemon(
             "master",
             [
@@ -118,6 +124,7 @@ class Cluster:
                 str(self.misses),
                 "--reregistration-timeout",
                 str(reregistration_timeout),
+                *(extra or []),
             ],
             self.root / "master.log",
         ).start()
@@ -156,10 +163,12 @@ class Cluster:
         wait: bool = True,
         extra: list[str] | None = None,
         master: str | None = None,
+        wrapper: list[str] | None = None,
     ) -> Daemon:
-        """Start an agent; `master` dials another URL than the master's (e.g. a proxy)."""
+        """Start an agent; `master` dials another URL than the master's (e.g. a proxy);
+        `wrapper` runs it through a command (e.g. into a network namespace)."""
         args = self.agent_args(name, resources, host, master) + (extra or [])
-        agent = Daemon(name, args, self.root / f"{name}.log").start()
+        agent = Daemon(name, args, self.root / f"{name}.log", wrapper=wrapper or []).start()
         self.agents.append(agent)
         if wait:
             wait_for(lambda: self.agent_registered(name), 20, f"{name} to register")
