@@ -31,6 +31,7 @@ from tessera.model.protocol import (
     AGENT_STREAM_PATH,
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
+    CLOSE_NOT_LEADER,
     StatusUpdate,
 )
 from tessera.model.task import TaskSpec, TaskState
@@ -40,10 +41,21 @@ log = logging.getLogger(__name__)
 # Unacknowledged updates are sent again after this long, or two heartbeats when those come
 # faster (the master may have missed them).
 RESEND_AFTER = 5.0
+# While masters answer "not the leader" an election is under way (or just over): the next
+# round comes this soon, however long the back-off after unreachable masters has grown.
+NOT_LEADER_RETRY = 0.25
 
 
 class AgentRefused(Exception):
     """The master refused this agent for a reason retrying cannot fix (token, duplicate ID)."""
+
+
+class NotLeading(Exception):
+    """The master dialled does not lead; `leader` is the URL it named, if it knows one."""
+
+    def __init__(self, master: str, leader: str) -> None:
+        super().__init__(f"{master} does not lead (leader: {leader or 'none yet'})")
+        self.leader = leader
 
 
 @dataclass
@@ -105,20 +117,38 @@ class AgentDaemon:
                 known.state = update.state
 
     async def run(self) -> None:
-        """Stay connected to a master until cancelled; raises AgentRefused when refused."""
+        """Stay connected to a master until cancelled; raises AgentRefused when refused.
+
+        Masters are dialled in turn; one that does not lead names the leader, which is
+        dialled next."""
         delay = 0.2
         while True:
-            for master in self.config.masters:
+            pending = list(self.config.masters)
+            tried: set[str] = set()
+            told_not_leader = False
+            while pending:
+                master = pending.pop(0).rstrip("/")
+                if master in tried:
+                    continue
+                tried.add(master)
                 try:
                     await self._session(master)
                     delay = 0.2
                 except AgentRefused:
                     raise
+                except NotLeading as answer:
+                    log.info("%s", answer)
+                    told_not_leader = True
+                    if answer.leader:
+                        pending.insert(0, answer.leader)
                 except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as error:
                     log.warning("master %s: %s", master, error or type(error).__name__)
                 finally:
                     self.registered.clear()
                     self._connection = None
+            if told_not_leader:
+                await asyncio.sleep(NOT_LEADER_RETRY * (1 + random.random() / 2))
+                continue
             await asyncio.sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, self.config.reconnect_max_delay)
 
@@ -142,11 +172,11 @@ class AgentDaemon:
         async with connect(
             url + AGENT_STREAM_PATH, additional_headers=headers, open_timeout=5, max_size=2**24
         ) as connection:
-            await connection.send(json.dumps(self._registration()))
             try:
+                await connection.send(json.dumps(self._registration()))
                 reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
             except ConnectionClosed as closed:
-                self._raise_if_refused(closed)
+                self._raise_if_refused(closed, master)
                 raise
             if reply.get("type") != "registered":
                 raise OSError(f"unexpected reply to registration: {reply.get('type')!r}")
@@ -161,21 +191,24 @@ class AgentDaemon:
                 async for raw in connection:
                     await self._on_message(json.loads(raw))
             except ConnectionClosed as closed:
-                self._raise_if_refused(closed)
+                self._raise_if_refused(closed, master)
                 raise
             finally:
                 heartbeat.cancel()
             if connection.close_code is not None:
-                self._raise_if_refused_code(connection.close_code, connection.close_reason)
+                self._raise_if_refused_code(connection.close_code, connection.close_reason, master)
 
-    def _raise_if_refused(self, closed: ConnectionClosed) -> None:
+    def _raise_if_refused(self, closed: ConnectionClosed, master: str) -> None:
         if closed.rcvd is not None:
-            self._raise_if_refused_code(closed.rcvd.code, closed.rcvd.reason)
+            self._raise_if_refused_code(closed.rcvd.code, closed.rcvd.reason, master)
 
     @staticmethod
-    def _raise_if_refused_code(code: int | None, reason: str | None) -> None:
+    def _raise_if_refused_code(code: int | None, reason: str | None, master: str) -> None:
         if code in (CLOSE_BAD_TOKEN, CLOSE_DUPLICATE_AGENT):
             raise AgentRefused(f"master refused this agent: {reason}")
+        if code == CLOSE_NOT_LEADER:
+            leader = (reason or "").strip().rstrip("/")
+            raise NotLeading(master, leader if leader.startswith(("http://", "https://")) else "")
 
     def _registration(self) -> dict[str, Any]:
         config = self.config

@@ -16,6 +16,7 @@ from tessera.agent.daemon import AgentDaemon, AgentRefused
 from tessera.agent.http_api import create_agent_app
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
+from tessera.master.core import Master
 
 log = logging.getLogger("tessera")
 
@@ -25,11 +26,20 @@ def setup_logging(level: str = "INFO") -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per forwarded request would drown a follower's log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def run_master(config: MasterConfig, log_level: str = "info") -> None:
-    """Serve until SIGTERM or SIGINT; uvicorn drains requests and runs the shutdown hooks."""
+# `tessera master` exits with this when its leadership (etcd) ended: its supervisor starts
+# it again, and it rejoins as a follower with nothing left over from its term.
+EXIT_LEADERSHIP_LOST = 75
+
+
+def run_master(config: MasterConfig, log_level: str = "info") -> int:
+    """Serve until SIGTERM or SIGINT (exit code 0; uvicorn drains requests and runs the
+    shutdown hooks) or until this master's leadership ends (EXIT_LEADERSHIP_LOST)."""
     app = create_app(config)
+    master: Master = app.state.master
     server_config = uvicorn.Config(
         app,
         host=config.bind,
@@ -39,10 +49,18 @@ def run_master(config: MasterConfig, log_level: str = "info") -> None:
         timeout_graceful_shutdown=3,
         ws_ping_interval=None,
     )
+    server = uvicorn.Server(server_config)
+
+    def term_ended(reason: str) -> None:
+        log.error("exiting with code %d: %s", EXIT_LEADERSHIP_LOST, reason)
+        server.should_exit = True
+
+    master.on_term_end = term_ended
     log.info(
         "master listening on http://%s:%d (work dir %s)", config.bind, config.port, config.work_dir
     )
-    uvicorn.Server(server_config).run()
+    server.run()
+    return 0 if master.lost_reason is None else EXIT_LEADERSHIP_LOST
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -46,7 +46,12 @@ def master(
     work_dir: Annotated[Path, typer.Option(envvar="TESSERA_WORK_DIR")] = Path("master-data"),
     bind: Annotated[str, typer.Option(envvar="TESSERA_BIND")] = "127.0.0.1",
     store: Annotated[
-        str, typer.Option(envvar="TESSERA_STORE", help="sqlite (default) or sqlite:///path")
+        str,
+        typer.Option(
+            envvar="TESSERA_STORE",
+            help="sqlite (default), sqlite:///path, or etcd://h1:2379,h2:2379,... for "
+            "several masters (docs/etcd.md)",
+        ),
     ] = "sqlite",
     heartbeat_interval: Annotated[
         float, typer.Option(envvar="TESSERA_HEARTBEAT_INTERVAL", min=0.05)
@@ -67,9 +72,26 @@ def master(
             "fraction of the agents is out of contact (1: never stop)",
         ),
     ] = 0.4,
+    leader_lease: Annotated[
+        int,
+        typer.Option(
+            envvar="TESSERA_LEADER_LEASE",
+            min=2,
+            help="etcd only: seconds a dead leader blocks the next one (failover time)",
+        ),
+    ] = 5,
+    advertise_url: Annotated[
+        str,
+        typer.Option(
+            envvar="TESSERA_ADVERTISE_URL",
+            help="etcd only: the URL other masters and agents reach this master at "
+            "(default http://<bind>:<port>)",
+        ),
+    ] = "",
     log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
 ) -> None:
-    """Run a master in the foreground until SIGTERM or Ctrl-C."""
+    """Run a master in the foreground until SIGTERM or Ctrl-C. With an etcd store it exits
+    with code 75 when it loses the leadership; run it under a supervisor that restarts it."""
     from tessera.cli.daemons import run_master, setup_logging
     from tessera.master.config import MasterConfig
 
@@ -83,11 +105,15 @@ def master(
         max_missed_heartbeats=max_missed_heartbeats,
         reregistration_timeout=reregistration_timeout,
         unreachable_throttle_fraction=unreachable_throttle_fraction,
+        leader_lease=leader_lease,
+        advertise_url=advertise_url,
     )
     try:
-        run_master(config, log_level.lower())
+        code = run_master(config, log_level.lower())
     except (OSError, ValueError) as error:
         fail(f"master cannot start: {error}")
+    if code:
+        raise typer.Exit(code)
 
 
 @agent_app.callback()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, WebSocket
-from fastapi.responses import PlainTextResponse
+import httpx
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 import tessera
 from tessera.clock import Clock
@@ -14,14 +17,24 @@ from tessera.http_errors import install_error_handlers
 from tessera.master.api import marathon_v2, metronome_v1, native_v1
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
-from tessera.model.protocol import AGENT_STREAM_PATH
-from tessera.store import StateStore
+from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
+from tessera.model.protocol import AGENT_STREAM_PATH, CLOSE_NOT_LEADER
+from tessera.store import NotLeader, StateStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# RFC 6455's "try again later": the agent dials again (this or its next master).
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 def create_app(
     config: MasterConfig, store: StateStore | None = None, clock: Clock | None = None
 ) -> FastAPI:
     master = Master(config, store=store, clock=clock)
+    # Only masters that can follow get the proxy: a lone master's requests take no detour.
+    forwarder = None
+    if master.leadership is not None:
+        forwarder = httpx.AsyncClient(timeout=FORWARD_TIMEOUT)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -30,6 +43,8 @@ def create_app(
             yield
         finally:
             await master.stop()
+            if forwarder is not None:
+                await forwarder.aclose()
 
     app = FastAPI(
         title="Tessera master",
@@ -39,6 +54,14 @@ def create_app(
     )
     app.state.master = master
     install_error_handlers(app)
+    install_store_error_handlers(app)
+    if forwarder is not None:
+        app.add_middleware(
+            LeaderProxy,
+            leader_url=master.leader_url,
+            self_url=lambda: config.url,
+            http=forwarder,
+        )
     app.include_router(native_v1.router)
     # Marathon v2 (services): its routers, the services controller and the event bus.
     marathon_v2.install(app, master)
@@ -51,6 +74,33 @@ def create_app(
 
     @app.websocket(AGENT_STREAM_PATH)
     async def agent_stream(websocket: WebSocket) -> None:
-        await master.channel.serve(websocket)
+        if not master.leading:
+            # The agent dials the master named in the reason, or its next one.
+            await websocket.accept()
+            await websocket.close(CLOSE_NOT_LEADER, (master.leader_url() or "")[:120])
+            return
+        try:
+            await master.channel.serve(websocket)
+        except NotLeader:
+            # The term ended under this session (the master is stepping down).
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_NOT_LEADER, "")
+        except StoreUnavailable as error:
+            log.warning("agent stream closed: store unavailable: %s", error)
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_TRY_AGAIN_LATER, "store unavailable")
 
     return app
+
+
+def install_store_error_handlers(app: FastAPI) -> None:
+    """A store that cannot answer, or a term that ended under a request: retry later."""
+
+    @app.exception_handler(NotLeader)
+    async def on_not_leader(_: Request, exc: NotLeader) -> JSONResponse:
+        message = "this master is no longer the leader; retry (another master takes over)"
+        return JSONResponse({"message": message}, status_code=503)
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse({"message": f"store unavailable, retry later: {exc}"}, 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,20 @@ class MasterConfig:
     # When more than this fraction of the agents is out of contact at once, tasks on
     # unreachable agents are not replaced until enough agents are back (1 turns it off).
     unreachable_throttle_fraction: float = 0.4
+    # With an etcd store: seconds etcd keeps a dead leader's key, so roughly how long a
+    # failover takes (see docs/etcd.md, "The election and its timeouts").
+    leader_lease: int = 5
+    # The URL other masters forward requests to and agents are pointed at; empty means
+    # http://<bind>:<port> (the host's name when bound to every interface).
+    advertise_url: str = ""
 
     @property
     def join_token_path(self) -> Path:
         return self.work_dir / "join-token"
+
+    @property
+    def url(self) -> str:
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host = socket.getfqdn() if self.bind in ("", "0.0.0.0", "::") else self.bind
+        return f"http://{host}:{self.port}"

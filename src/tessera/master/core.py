@@ -1,11 +1,18 @@
-"""Wires the master's parts together: state, agent channel, planner and controllers."""
+"""Wires the master's parts together: state, agent channel, planner and controllers.
+
+With SQLite the master always leads. With etcd it leads only while it holds the leader
+lease (master/ha.py): its parts run during a term and are stopped when the term ends.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from tessera.clock import Clock, SystemClock
 from tessera.master.agent_channel import AgentChannel
@@ -14,10 +21,19 @@ from tessera.master.controllers.liveness import LivenessController
 from tessera.master.join_token import ensure_join_token
 from tessera.master.planner import Planner
 from tessera.master.state import ClusterState
+from tessera.model.protocol import CLOSE_NOT_LEADER
 from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.store import StateStore, open_store
 
+if TYPE_CHECKING:
+    from tessera.store.etcd import EtcdStore
+    from tessera.store.etcd_commit import LeaderFence
+    from tessera.store.leadership import Leadership
+
 log = logging.getLogger(__name__)
+
+# How long stepping down waits for a component to stop before going on without it.
+STOP_TIMEOUT = 5.0
 
 
 class Component(Protocol):
@@ -30,13 +46,52 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderView:
+    """Who leads, for /v1/leader and /v2/leader."""
+
+    id: str
+    url: str
+    address: str  # host:port
+    is_self: bool
+    term: int = 0  # with etcd: grows with every new term (0 for a lone master)
+
+
+def _etcd_store(store: StateStore) -> EtcdStore | None:
+    # The etcd client (grpc) is imported only when an etcd store was opened.
+    if "tessera.store.etcd" not in sys.modules:
+        return None
+    from tessera.store.etcd import EtcdStore
+
+    return store if isinstance(store, EtcdStore) else None
+
+
 class Master:
     def __init__(
         self, config: MasterConfig, store: StateStore | None = None, clock: Clock | None = None
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = store or open_store(config.store, config.work_dir)
+        backing = store or open_store(config.store, config.work_dir)
+        self.store: StateStore = backing
+        # Under etcd: the election, and the store that fences every write by the term.
+        self.leadership: Leadership | None = None
+        etcd = _etcd_store(backing)
+        if etcd is not None:
+            from tessera.master.ha import TermStore, leadership_for
+
+            self.store = TermStore(etcd, self._step_down)
+            self.leadership = leadership_for(etcd, config, self._elected, self._step_down)
+        # True while this master serves as the leader (its state loaded, its parts running).
+        self.leading = False
+        # Why the term ended; once set, this master never leads again in this process.
+        self.lost_reason: str | None = None
+        # Called once a term has ended and everything is stopped (`tessera master` exits).
+        self.on_term_end: Callable[[str], None] | None = None
+        self._campaign: asyncio.Task[None] | None = None
+        self._taking_over: asyncio.Task[None] | None = None
+        self._stepping_down: asyncio.Task[None] | None = None
+        self._stopping = False
         self.join_token = ensure_join_token(config.join_token_path)
         self.state = ClusterState(self.store)
         self.channel = AgentChannel(
@@ -57,6 +112,14 @@ class Master:
         self.planner.wake()
 
     async def start(self) -> None:
+        if self.leadership is None:
+            await self._lead()
+            return
+        self._campaign = asyncio.create_task(self.leadership.run(), name="leadership")
+        log.info("master %s campaigns for the leadership", self.config.url)
+
+    async def _lead(self) -> None:
+        """Load the cluster from the store and start every part, as a restart does."""
         await self.state.load()
         self.channel.started_at = self.clock.monotonic()
         self._loops = [
@@ -67,21 +130,117 @@ class Master:
             await component.start()
         if self.state.queued_tasks():
             self.planner.wake()
+        self.leading = True
         log.info(
             "master started: %d agents, %d tasks known",
             len(self.state.agents),
             len(self.state.tasks),
         )
 
-    async def stop(self) -> None:
+    async def _stop_parts(self) -> None:
+        self.leading = False
         for component in reversed(self.components):
-            await component.stop()
-        for loop in self._loops:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(component).__name__)
+        loops, self._loops = self._loops, []
+        for loop in loops:
             loop.cancel()
-        for loop in self._loops:
+        for loop in loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._taking_over is not None:
+            self._taking_over.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._taking_over
+        await self._stop_parts()
+        if self._campaign is not None:
+            # Cancelling the campaign resigns: a leader's lease is revoked, so another
+            # master takes over at once instead of after the lease.
+            self._campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign
         await self.store.close()
+
+    # ---- leadership (etcd only) ------------------------------------------------------
+
+    def _elected(self, fence: LeaderFence) -> None:
+        if self.lost_reason is not None:
+            return  # a master leads at most once per process; its campaign is ending
+        from tessera.master.ha import TermStore
+
+        assert isinstance(self.store, TermStore)
+        self.store.begin(fence)
+        self._taking_over = asyncio.get_running_loop().create_task(
+            self._take_over(), name="take over"
+        )
+
+    async def _take_over(self) -> None:
+        try:
+            await self._lead()
+        except Exception as error:
+            log.exception("taking over as leader failed")
+            self._step_down(f"taking over failed: {error}")
+
+    def _step_down(self, reason: str) -> None:
+        """The term is over (lease lost, or etcd refused a write): stop acting at once."""
+        from tessera.master.ha import TermStore
+
+        if isinstance(self.store, TermStore):
+            self.store.end()  # this process's later writes fail before reaching etcd
+        if self.lost_reason is not None or self._stopping:
+            return  # already stepping down, or shutting down (which resigns)
+        self.lost_reason = reason
+        self.leading = False
+        log.error("leadership lost (%s): stepping down", reason)
+        self.channel.close_all(CLOSE_NOT_LEADER, "leadership lost")
+        self._stepping_down = asyncio.get_running_loop().create_task(
+            self._stop_term(reason), name="step down"
+        )
+
+    async def _stop_term(self, reason: str) -> None:
+        if self._taking_over is not None and self._taking_over is not asyncio.current_task():
+            self._taking_over.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._taking_over
+        await self._stop_parts()
+        if self._campaign is not None and self._campaign is not asyncio.current_task():
+            self._campaign.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign
+        if self.on_term_end is not None:
+            self.on_term_end(reason)
+
+    def leader_url(self) -> str | None:
+        """For the leader proxy: None while this master serves requests itself, the
+        leader's URL while another master leads, "" while none does (or this one is still
+        taking over, or stepping down)."""
+        if self.leading or self.leadership is None:
+            return None
+        leader = self.leadership.leader
+        if leader is None or leader.id == self.leadership.id:
+            return ""
+        return leader.url
+
+    def leader(self) -> LeaderView | None:
+        """Who leads now, as this master knows it; None while no one does. A master
+        without etcd always leads."""
+        if self.leadership is None:
+            return LeaderView("self", self.config.url, self.config.url.split("//")[-1], True)
+        from tessera.master.ha import leader_address
+
+        found = self.leadership.leader
+        if found is None:
+            return None
+        is_self = found.id == self.leadership.id and self.leading
+        if found.id == self.leadership.id and not self.leading:
+            return None  # elected but not serving yet, or already stepping down
+        return LeaderView(found.id, found.url, leader_address(found), is_self, found.term)
 
     # ---- commands from the API -------------------------------------------------------
 

@@ -30,6 +30,12 @@ _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
 )
 FORWARDED_BY = "x-tessera-forwarded-by"
+# Marathon's leader proxy defaults: a leader that is paused or cut off must not hold the
+# client (and this master's connection) for longer; event streams may stay quiet forever.
+FORWARD_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+STREAM_TIMEOUT = httpx.Timeout(10.0, connect=5.0, read=None)
+# As Marathon: every answer names the master that served it, forwarded or not.
+SERVED_BY = b"x-marathon-leader"
 
 
 class LeaderProxy:
@@ -37,12 +43,18 @@ class LeaderProxy:
     served here), the leader's URL while another leads, and "" while no one leads."""
 
     def __init__(
-        self, app: ASGIApp, leader_url: Callable[[], str | None], self_url: Callable[[], str]
+        self,
+        app: ASGIApp,
+        leader_url: Callable[[], str | None],
+        self_url: Callable[[], str],
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.app = app
         self.leader_url = leader_url
         self.self_url = self_url
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        # Owned by the caller when given (the master's app closes it at shutdown).
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=FORWARD_TIMEOUT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in LOCAL_PATHS:
@@ -50,7 +62,7 @@ class LeaderProxy:
             return
         leader = self.leader_url()
         if leader is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._marked(send))
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if not leader or FORWARDED_BY in headers:
@@ -58,6 +70,17 @@ class LeaderProxy:
             await _answer(send, 503, b'{"message": "no leading master; try again shortly"}')
             return
         await self._forward(leader, scope, receive, send, headers)
+
+    def _marked(self, send: Send) -> Send:
+        served_by = self.self_url().encode()
+
+        async def send_marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (SERVED_BY, served_by)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_marked
 
     async def _forward(
         self, leader: str, scope: Scope, receive: Receive, send: Send, headers: dict[str, str]
@@ -72,7 +95,14 @@ class LeaderProxy:
         url = leader.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
         outgoing = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
         outgoing[FORWARDED_BY] = self.self_url()
-        request = self._http.build_request(scope["method"], url, headers=outgoing, content=body)
+        stream = "text/event-stream" in headers.get("accept", "")
+        request = self._http.build_request(
+            scope["method"],
+            url,
+            headers=outgoing,
+            content=body,
+            timeout=STREAM_TIMEOUT if stream else FORWARD_TIMEOUT,
+        )
         try:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as error:
@@ -98,7 +128,8 @@ class LeaderProxy:
             await response.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
 
 async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:

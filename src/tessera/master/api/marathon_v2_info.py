@@ -17,9 +17,13 @@ router = APIRouter()
 MARATHON_VERSION = "1.10.0"
 
 
-def _leader(request: Request) -> str:
-    config = services(request).master.config
-    return f"{request.url.hostname or config.bind}:{request.url.port or config.port}"
+def _leader(request: Request) -> str | None:
+    master = services(request).master
+    if master.leadership is None:  # a lone master: named as the client reached it
+        config = master.config
+        return f"{request.url.hostname or config.bind}:{request.url.port or config.port}"
+    leader = master.leader()
+    return None if leader is None else leader.address
 
 
 @router.get("/v2/info")
@@ -31,14 +35,14 @@ async def info(request: Request) -> dict[str, Any]:
         "name": "marathon",
         "version": MARATHON_VERSION,
         "buildref": f"tessera-{tessera.__version__}",
-        "elected": True,
+        "elected": controller.master.leading,
         "leader": leader,
         "frameworkId": "tessera",
         "marathon_config": {
             "master": leader,
             "framework_name": "tessera",
             "hostname": config.bind,
-            "ha": False,
+            "ha": controller.master.leadership is not None,
             "checkpoint": True,
             "executor": "//cmd",
             "features": [],
@@ -53,7 +57,10 @@ async def info(request: Request) -> dict[str, Any]:
 
 @router.get("/v2/leader")
 async def leader(request: Request) -> dict[str, Any]:
-    return {"leader": _leader(request)}
+    found = _leader(request)
+    if found is None:
+        raise ApiError(404, "There is no leader")
+    return {"leader": found}
 
 
 @router.delete("/v2/leader")

@@ -164,6 +164,23 @@ def _master(request: Request) -> Master:
     return master
 
 
+@router.get("/leader")
+async def leader(request: Request) -> dict[str, Any]:
+    """Who leads, answered by every master (a follower from what it last saw in etcd)."""
+    master = _master(request)
+    found = master.leader()
+    if found is None:
+        raise ApiError(404, "no master leads at the moment; retry shortly")
+    return {
+        "leader": found.address,
+        "url": found.url,
+        "id": found.id,
+        "self": found.is_self,
+        "term": found.term,
+        "ha": master.leadership is not None,
+    }
+
+
 @router.get("/agents")
 async def list_agents(request: Request) -> dict[str, Any]:
     master = _master(request)

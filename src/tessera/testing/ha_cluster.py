@@ -1,0 +1,188 @@
+"""Several real `tessera master` processes on one etcd, plus agents dialling all of them."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tessera.testing.cluster import Daemon, free_port, wait_for
+
+
+class MasterGroup:
+    """`size` masters sharing `store` (an etcd:// URL) and one join token; stopped at the end.
+
+    Masters exit when they lose the leadership (their supervisor's job is to start them
+    again): `restart(i)` plays the supervisor."""
+
+    def __init__(
+        self,
+        root: Path,
+        store: str,
+        size: int = 3,
+        lease: int = 3,
+        heartbeat_interval: float = 0.5,
+        misses: int = 6,
+    ) -> None:
+        self.root = root
+        self.store = store
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval
+        self.misses = misses
+        self.ports = [free_port() for _ in range(size)]
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.masters: list[Daemon | None] = [None] * size
+        self.agents: list[Daemon] = []
+        self.http = httpx.Client(timeout=5)
+        # Every master must accept the same agents: one join token, copied to each.
+        self.token = secrets.token_urlsafe(32)
+        self.token_file = root / "join-token"
+        root.mkdir(parents=True, exist_ok=True)
+        self.token_file.write_text(self.token + "\n")
+
+    def start(self) -> MasterGroup:
+        for index in range(len(self.urls)):
+            self.start_master(index)
+        return self
+
+    def start_master(self, index: int) -> Daemon:
+        work_dir = self.root / f"master-{index}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "join-token").write_text(self.token + "\n")
+        args = [
+            "master",
+            "--port",
+            str(self.ports[index]),
+            "--work-dir",
+            str(work_dir),
+            "--store",
+            self.store,
+            "--leader-lease",
+            str(self.lease),
+            "--advertise-url",
+            self.urls[index],
+            "--heartbeat-interval",
+            str(self.heartbeat_interval),
+            "--max-missed-heartbeats",
+            str(self.misses),
+            "--reregistration-timeout",
+            "30",
+        ]
+        daemon = Daemon(f"master-{index}", args, self.root / f"master-{index}.log").start()
+        self.masters[index] = daemon
+        wait_for(lambda: self._pings(index), 20, f"master-{index} /ping")
+        return daemon
+
+    def restart(self, index: int) -> Daemon:
+        daemon = self.masters[index]
+        if daemon is not None and daemon.process is not None:
+            daemon.process.wait(20)
+        return self.start_master(index)
+
+    def _pings(self, index: int) -> bool:
+        try:
+            return self.http.get(self.urls[index] + "/ping").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def leader_seen_by(self, index: int) -> dict[str, Any] | None:
+        try:
+            response = self.http.get(self.urls[index] + "/v1/leader", timeout=2)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        found: dict[str, Any] = response.json()
+        return found
+
+    def leader(self, among: list[int] | None = None) -> int | None:
+        """The index of the master that says it leads and is named by every other one asked."""
+        asked = among if among is not None else list(range(len(self.urls)))
+        views = {index: self.leader_seen_by(index) for index in asked}
+        leaders = [i for i, view in views.items() if view is not None and view["self"]]
+        if len(leaders) != 1:
+            return None
+        url = self.urls[leaders[0]]
+        if any(view is None or view["url"] != url for view in views.values()):
+            return None
+        return leaders[0]
+
+    def wait_leader(self, among: list[int] | None = None, timeout: float = 20.0) -> int:
+        found: int = wait_for(
+            lambda: (index := self.leader(among)) is not None and index + 1,
+            timeout,
+            "one master to lead",
+        )
+        return found - 1
+
+    def url_of_leader(self) -> str:
+        return self.urls[self.wait_leader(self.running())]
+
+    def running(self) -> list[int]:
+        return [
+            index
+            for index, daemon in enumerate(self.masters)
+            if daemon is not None and daemon.process is not None and daemon.process.poll() is None
+        ]
+
+    def start_agent(
+        self,
+        name: str = "agent-1",
+        resources: str = "cpus:8;mem:8192;disk:1000;ports:[31000-31999]",
+    ) -> Daemon:
+        args = [
+            "agent",
+            "--master",
+            ",".join(self.urls),
+            "--work-dir",
+            str(self.root / name),
+            "--join-token-file",
+            str(self.token_file),
+            "--hostname",
+            "127.0.0.1",
+            "--resources",
+            resources,
+            "--kill-tasks-on-exit",
+        ]
+        agent = Daemon(name, args, self.root / f"{name}.log").start()
+        self.agents.append(agent)
+        wait_for(lambda: self.agent_registered(name), 30, f"{name} to register")
+        return agent
+
+    def agent_registered(self, name: str, url: str | None = None) -> bool:
+        agent_id_file = self.root / name / "agent-id"
+        if not agent_id_file.exists():
+            return False
+        agent_id = agent_id_file.read_text().strip()
+        try:
+            response = self.http.get((url or self.url_of_leader()) + "/v1/agents")
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 200:
+            return False
+        agents = response.json()["agents"]
+        return any(a["id"] == agent_id and a["state"] == "ACTIVE" for a in agents)
+
+    def get(self, path: str, url: str | None = None) -> Any:
+        response = self.http.get((url or self.url_of_leader()) + path)
+        response.raise_for_status()
+        return response.json()
+
+    def logs(self) -> str:
+        parts = []
+        for daemon in [*self.masters, *self.agents]:
+            if daemon is not None and daemon.log_path.exists():
+                parts.append(f"==== {daemon.name}\n{daemon.log()[-4000:]}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+        for daemon in self.masters:
+            if daemon is not None:
+                daemon.signal(signal.SIGCONT)  # a paused master cannot stop
+                daemon.stop()
+        self.http.close()
