@@ -5,8 +5,10 @@ host in its own network namespace and takes its link down."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tessera.testing.cluster import Cluster, task_processes, wait_for
@@ -274,3 +277,31 @@ def test_netns_helper_cleans_up() -> None:
         name = hosts[0].name
         assert os.path.exists(f"/run/netns/{name}")
     assert not os.path.exists(f"/run/netns/{name}")
+
+
+def test_task_the_master_has_as_ended_is_killed_when_its_agent_returns(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The master's record says a task ended (here: edited in the store while the master
+    was down) but its agent comes back still running it: it is killed, not adopted."""
+    cluster.start_agent()
+    task = cluster.launch(name="ended", cmd="sleep 600", cpus=0.01, mem=8)
+    cluster.wait_state(task["id"], "TASK_RUNNING")
+    processes = task_processes(task["id"])
+    assert processes and cluster.master is not None
+    cluster.master.kill9()
+    with sqlite3.connect(tmp_path / "master" / "state.db") as db:
+        (value,) = db.execute(
+            "SELECT value FROM objects WHERE kind = 'tasks' AND key = ?", (task["id"],)
+        ).fetchone()
+        record = json.loads(value)
+        record["state"] = "TASK_FINISHED"
+        db.execute(
+            "UPDATE objects SET value = ? WHERE kind = 'tasks' AND key = ?",
+            (json.dumps(record), task["id"]),
+        )
+    cluster.start_master()
+    wait_for(lambda: cluster.agent_registered("agent-1"), 20, "the agent to re-register")
+    _gone, alive = psutil.wait_procs(processes, timeout=15)
+    assert alive == [], "a task the master had as ended was left running"
+    assert cluster.task(task["id"])["state"] == "TASK_FINISHED"

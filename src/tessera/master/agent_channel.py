@@ -194,7 +194,7 @@ class AgentChannel:
                 # store restored from a backup): nothing may run that the master does not
                 # know about. Killed once the agent has its registration answer.
                 strangers.append(str(entry["task_id"]))
-            elif False:
+            elif task.state.terminal and entry.get("state") and not _ended(entry["state"]):
                 # Still running where the master has it ended (given up while its agent was
                 # away): it must not come back as an extra instance.
                 strangers.append(task.id)
