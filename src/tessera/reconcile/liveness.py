@@ -19,10 +19,12 @@ def silent_agents(last_seen: Mapping[str, float], now: float, timeout: float) ->
 
 @dataclass(frozen=True, slots=True)
 class Outage:
-    """How many of the cluster's agents are out of contact right now."""
+    """How many of the cluster's agents are out of contact right now, and how many of
+    those are marked unreachable already."""
 
     out: int
     total: int
+    marked: int = 0
 
     @property
     def fraction(self) -> float:
@@ -46,11 +48,15 @@ def outage(
         if agent_id not in marked and now - seen > overdue_after
     }
     total = len(marked | set(reachable_last_seen))
-    return Outage(len(marked) + len(overdue), total)
+    return Outage(len(marked) + len(overdue), total, len(marked))
 
 
 def replacement_throttled(current: Outage, fraction: float) -> bool:
     """Whether more than `fraction` of the agents (and more than THROTTLE_FLOOR of them)
     are out of contact: then the likelier cause is the network or the master's side, and
-    replacing every task at once would only overload the rest of the cluster."""
+    replacing every task at once would only overload the rest of the cluster. Only once
+    an agent is marked unreachable: before that there is nothing to replace, and a master
+    that stalled for a moment (every agent overdue) should not cry wolf."""
+    if current.marked == 0:
+        return False
     return current.out > THROTTLE_FLOOR and current.out > fraction * current.total
