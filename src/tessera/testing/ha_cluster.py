@@ -132,11 +132,13 @@ class MasterGroup:
         self,
         name: str = "agent-1",
         resources: str = "cpus:8;mem:8192;disk:1000;ports:[31000-31999]",
+        masters: list[str] | None = None,
     ) -> Daemon:
+        """An agent dialling `masters` (default: every master, in order)."""
         args = [
             "agent",
             "--master",
-            ",".join(self.urls),
+            ",".join(masters or self.urls),
             "--work-dir",
             str(self.root / name),
             "--join-token-file",
