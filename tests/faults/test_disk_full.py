@@ -12,7 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,9 +50,9 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Write a file until the filesystem has not one block left; returns the file."""
+    """Write a file until the filesystem has not one block left (again); returns the file."""
     filler = directory / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         for chunk in (1 << 20, 4096, 1):
             with contextlib.suppress(OSError):
@@ -100,6 +102,8 @@ def assert_failed_for_space(cluster: Cluster, task_id: str) -> None:
 
 def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path)
+    cue = Path(tempfile.mkdtemp(prefix="tessera-cue-"))  # the task user can see in it
+    cue.chmod(0o755)
     with small_tmpfs(tmp_path / "agent-1", "8m") as work_dir:
         try:
             cluster.start_master()
@@ -111,7 +115,12 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
                     name="chatty", cmd="while true; do echo tick; sleep 0.1; done", mem=16
                 )["id"],
             ]
-            for task_id in running:
+            # Ends on cue while the agent is down and the disk full: its exit status must
+            # still be recorded (TASK_FINISHED, not "ended without recording an exit status").
+            on_cue = cluster.launch(
+                name="oncue", cmd=f"while [ ! -e {cue}/go ]; do sleep 0.05; done", mem=16
+            )["id"]
+            for task_id in [*running, on_cue]:
                 cluster.wait_state(task_id, "TASK_RUNNING")
             before = wait_for(lambda: all((p := pids(running)).values()) and p, 10, "task pids")
 
@@ -129,6 +138,8 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
             url = agent_url(cluster)
             agent.kill9()
             assert_readable(work_dir)
+            (cue / "go").touch()
+            wait_for(lambda: not task_processes(on_cue), 10, "the cued task to end")
             agent.start()
             url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
             adopted = cluster.http.get(f"{url}/v1/info").json()["tasks"]
@@ -136,6 +147,11 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
                 running, "TASK_RUNNING"
             )
             assert pids(running) == before, "a task was restarted across the agent crash"
+            finished = cluster.wait_state(on_cue, "TASK_FINISHED", "TASK_FAILED")
+            assert (finished["state"], finished["exitCode"]) == ("TASK_FINISHED", 0), finished
+            # Its end acknowledged, the cued task's checkpoint goes, and with it some space.
+            wait_for(lambda: not (work_dir / "meta" / "tasks" / on_cue).exists(), 10, "forget")
+            fill(work_dir)
             assert_failed_for_space(cluster, cluster.launch(cmd="sleep 600", mem=16)["id"])
 
             filler.unlink()  # space returns: tasks start again, fetches too
@@ -155,6 +171,7 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
             assert_readable(work_dir)
         finally:
             cluster.stop()
+            shutil.rmtree(cue, ignore_errors=True)
 
 
 def test_updates_the_full_disk_cannot_journal_are_sent_logged_and_journaled_later(

@@ -3,13 +3,15 @@
 Layout, per task, in `<work_dir>/meta/tasks/<task_id>/` (owned by the agent, not the task):
 `task.json` (pid, process start time, boot id, cgroups), `exit_status` (written by the task
 wrapper when the command ends), `kill_requested` (we started killing it) and `exit.json`
-(the final TaskExit, once the executor has cleaned up). The space for `task.json` and
-`exit.json` is reserved when the directory is made, so a disk that fills up while the task
-runs cannot keep either from being written, and a full disk fails the launch up front.
+(the final TaskExit, once the executor has cleaned up). The space for `task.json`,
+`exit.json` and `exit_status` is reserved when the directory is made, so a disk that fills
+up while the task runs cannot keep any of them from being written, and a full disk fails
+the launch up front.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tessera.agent.disk import reserve_file, write_atomic
+from tessera.agent.disk import reserve_beyond_end, reserve_file, write_atomic
 from tessera.agent.exec_types import TaskExit
 
 _boot_id: str | None = None
@@ -112,9 +114,21 @@ class MetaStore:
         try:
             reserve_file(directory / "task.json", _RESERVED_BYTES)
             reserve_file(directory / "exit.json", _RESERVED_BYTES)
+            self._reserve_status(task_id)
         except OSError:
             self.forget(task_id)
             raise
+
+    def _reserve_status(self, task_id: str) -> None:
+        """An empty `exit_status` with a block allocated past its end for the wrapper."""
+        descriptor = os.open(self.status_path(task_id), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            reserve_beyond_end(descriptor, 0, _RESERVED_BYTES)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise  # else this filesystem cannot: the status is written as it comes
+        finally:
+            os.close(descriptor)
 
     def exists(self, task_id: str) -> bool:
         return self.task_dir(task_id).exists()

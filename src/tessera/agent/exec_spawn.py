@@ -5,8 +5,9 @@ agent microseconds whatever its size) in a new session. The wrapper, still as th
 user, writes its own pid into the task's cgroup.procs files before anything else runs, so
 every process of the task is born inside the cgroups; then runs the command (through
 `setpriv` and `env -i`: drop to the run-as user, only then take the task's environment) and
-writes the command's exit status to the task's meta directory. It is not the agent's child
-after an agent restart, so that file is how a new agent learns how a task ended. It traps
+writes the command's exit status to the task's meta directory, into space reserved when the
+task was launched (a disk full by then cannot lose it). It is not the agent's child after
+an agent restart, so that file is how a new agent learns how a task ended. It traps
 SIGTERM so that signalling the task's process group (no cgroups) still lets it record it.
 """
 
@@ -36,7 +37,8 @@ shift
 trap : TERM INT HUP
 "$@"
 rc=$?
-echo "$rc" > "$status"
+# 1<> opens without truncating: the status goes into the space reserved for it at launch.
+echo "$rc" 1<> "$status"
 exit $rc
 """
 

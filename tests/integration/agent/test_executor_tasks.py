@@ -198,7 +198,10 @@ async def test_exit_code_survives_an_unwritable_status_file(
     executor: Executor, work_dir: Path
 ) -> None:
     await executor.launch(LaunchSpec("nostatus.1", command="sleep 0.3; exit 5", env=ENV))
-    # A directory where the status file goes makes the wrapper's write fail (like a full disk).
-    (work_dir / "meta" / "tasks" / "nostatus.1" / "exit_status").mkdir()
+    # A directory where the status file goes makes the wrapper's write fail (like a full disk
+    # on a filesystem where its space cannot be reserved).
+    status = work_dir / "meta" / "tasks" / "nostatus.1" / "exit_status"
+    status.unlink()
+    status.mkdir()
     result = await executor.wait("nostatus.1")
     assert (result.state, result.exit_code) == ("TASK_FAILED", 5)

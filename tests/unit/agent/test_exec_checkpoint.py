@@ -79,7 +79,8 @@ def test_create_reserves_room_for_both_checkpoints(tmp_path: Path) -> None:
     store = MetaStore(tmp_path)
     store.create("t")
     reserved = sorted(path.name for path in store.task_dir("t").iterdir())
-    assert reserved == ["exit.json.tmp", "task.json.tmp"]
+    assert reserved == ["exit.json.tmp", "exit_status", "task.json.tmp"]
+    assert store.read_status("t") == ""  # reserved past its end, still empty
     store.write_checkpoint(checkpoint("t"))
     assert store.read_checkpoint("t") == checkpoint("t")
 
