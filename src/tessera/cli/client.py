@@ -62,13 +62,19 @@ class MasterClient:
         self._http = httpx.Client(timeout=timeout, follow_redirects=True)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        unavailable: httpx.Response | None = None
         for url in [self.url, *(u for u in self.urls if u != self.url)]:
             try:
                 response = self._http.request(method, url + path, **kwargs)
             except httpx.ConnectError:
                 continue
+            if _try_next(method, response):
+                unavailable = response
+                continue
             self.url = url
             return response
+        if unavailable is not None:
+            return unavailable
         where = ", ".join(self.urls)
         fail(f"cannot reach the master at {where}: connection refused; {START_HINT}")
 
@@ -91,6 +97,14 @@ class MasterClient:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+
+def _try_next(method: str, response: httpx.Response) -> bool:
+    """A 503 from a master without a leader (mid-failover): another master may have one.
+    Writes move on only when they certainly were not applied (never sent to a leader)."""
+    if response.status_code != 503:
+        return False
+    return method == "GET" or "no leading master" in response.text
 
 
 def print_json(data: Any) -> None:
