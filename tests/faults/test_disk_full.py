@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tessera.agent.journal import NotDurable, StatusJournal
@@ -45,8 +46,16 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     try:
         yield path
     finally:
+        kill_processes_inside(path)  # tasks a failed test left behind keep it busy
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def kill_processes_inside(path: Path) -> None:
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if Path(process.cwd()).is_relative_to(path):
+                process.kill()
 
 
 def fill(directory: Path) -> Path:
