@@ -183,6 +183,33 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
             shutil.rmtree(cue, ignore_errors=True)
 
 
+def test_no_inodes_left_fails_new_tasks_too(tmp_path: Path) -> None:
+    """Out of inodes rather than blocks (every mkdir fails): same clear failure, same recovery."""
+    cluster = Cluster(tmp_path)
+    with small_tmpfs(tmp_path / "agent-1", "8m,nr_inodes=200") as work_dir:
+        try:
+            cluster.start_master()
+            cluster.start_agent(resources=RESOURCES)
+            sleeper = cluster.launch(cmd="sleep 600", mem=16)["id"]
+            cluster.wait_state(sleeper, "TASK_RUNNING")
+            fillers = work_dir / "inodes"
+            fillers.mkdir()
+            with contextlib.suppress(OSError):
+                for index in range(1000):
+                    (fillers / str(index)).touch()
+            assert os.statvfs(work_dir).f_ffree == 0
+            plain = cluster.launch(cmd="sleep 600", mem=16)["id"]
+            fetching = cluster.launch(cmd="true", mem=16, fetch=[{"uri": f"file://{FETCHED}"}])
+            assert_failed_for_space(cluster, plain)
+            assert_failed_for_space(cluster, fetching["id"])
+            assert cluster.task(sleeper)["state"] == "TASK_RUNNING"
+            shutil.rmtree(fillers)
+            cluster.wait_state(cluster.launch(cmd="sleep 600", mem=16)["id"], "TASK_RUNNING")
+            assert_readable(work_dir)
+        finally:
+            cluster.stop()
+
+
 def test_updates_the_full_disk_cannot_journal_are_sent_logged_and_journaled_later(
     tmp_path: Path,
 ) -> None:

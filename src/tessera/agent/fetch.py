@@ -80,7 +80,10 @@ async def fetch_all(
     """
     limits = limits or FetchLimits()
     run_as = _run_as(user)
-    sandbox.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        sandbox.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as error:  # e.g. a full disk: no block or inode for the directory
+        raise FetchFailed(None, f"cannot create the sandbox: {_describe(error)}") from None
     fetched = []
     async with httpx.AsyncClient(follow_redirects=True, transport=transport) as client:
         for entry in entries:
@@ -103,9 +106,9 @@ async def _fetch_one(
 ) -> Path:
     target = sandbox / _file_name(entry)
     partial = target.with_name(f".{target.name}.partial")
-    target.parent.mkdir(parents=True, exist_ok=True)
     scheme = urlsplit(entry.uri).scheme.lower()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         if scheme in ("http", "https"):
             await _download(client, entry.uri, partial, limits.max_bytes)
         elif scheme == "file" or entry.uri.startswith("/"):

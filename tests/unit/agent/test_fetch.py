@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -115,6 +116,26 @@ async def test_missing_local_file(tmp_path: Path) -> None:
         await fetch_all([FetchUri("file:///no/such/file")], tmp_path)
     assert str(caught.value) == "fetching file:///no/such/file failed: No such file or directory"
     assert caught.value.uri == "file:///no/such/file"
+
+
+async def test_directories_that_cannot_be_made_fail_the_fetch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never an OSError out of fetch_all: the task would hang in TASK_STAGING."""
+    source = tmp_path / "file"
+    source.write_text("x")
+    real_mkdir = Path.mkdir
+
+    def mkdir_on_full_disk(self: Path, *args: object, **kwargs: object) -> None:
+        if self.name in ("sandbox", "sub"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_on_full_disk)
+    with pytest.raises(FetchFailed, match="cannot fetch: cannot create the sandbox: the agent's"):
+        await fetch_all([FetchUri(str(source))], tmp_path / "sandbox")
+    with pytest.raises(FetchFailed, match=r"failed: the agent's disk is full \(No space left"):
+        await fetch_all([FetchUri(str(source), dest_path="sub/file")], tmp_path / "box")
 
 
 async def test_local_files_are_read_as_the_task_user(tmp_path: Path) -> None:
