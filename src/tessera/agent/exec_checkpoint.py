@@ -89,7 +89,7 @@ class TaskCheckpoint:
         )
 
 
-# Room reserved for each of task.json and exit.json (a filesystem block).
+# Room reserved for each of task.json, exit.json and exit_status (a filesystem block).
 _RESERVED_BYTES = 4096
 
 
