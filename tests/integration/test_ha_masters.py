@@ -66,6 +66,14 @@ def test_one_leads_the_others_forward_and_the_agent_follows(group: MasterGroup) 
     info = group.get("/v2/info", via)
     assert info["elected"] is True and info["marathon_config"]["ha"] is True
 
+    # Marathon's abdication, sent to a follower, reaches the leader, which steps down.
+    answer = group.http.delete(group.urls[followers[0]] + "/v2/leader")
+    assert answer.json() == {"message": "Leadership abdicated"}
+    daemon = group.masters[leader]
+    assert daemon is not None and daemon.process is not None
+    assert daemon.process.wait(15) == 75
+    assert group.wait_leader(followers, timeout=5) in followers
+
 
 def test_sigterm_hands_the_leadership_over_and_tasks_keep_running(group: MasterGroup) -> None:
     old = group.wait_leader()

@@ -48,6 +48,9 @@ def run_master(config: MasterConfig, log_level: str = "info") -> int:
         access_log=False,
         timeout_graceful_shutdown=3,
         ws_ping_interval=None,
+        # "on", not "auto": a master that fails to start must say why and exit, not serve
+        # without its controllers.
+        lifespan="on",
     )
     server = uvicorn.Server(server_config)
 

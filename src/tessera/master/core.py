@@ -92,6 +92,7 @@ class Master:
         self._taking_over: asyncio.Task[None] | None = None
         self._stepping_down: asyncio.Task[None] | None = None
         self._stopping = False
+        self._abdicating: asyncio.Task[None] | None = None
         self.join_token = ensure_join_token(config.join_token_path)
         self.state = ClusterState(self.store)
         self.channel = AgentChannel(
@@ -215,6 +216,15 @@ class Master:
                 await self._campaign
         if self.on_term_end is not None:
             self.on_term_end(reason)
+
+    def abdicate(self) -> None:
+        """Give the leadership up (DELETE /v2/leader): the lease is revoked, another master
+        takes over at once, and this one steps down as if it had lost."""
+        if self.leadership is not None:
+            leadership = self.leadership
+            self._abdicating = asyncio.get_running_loop().create_task(
+                leadership.resign(), name="abdicate"
+            )
 
     def leader_url(self) -> str | None:
         """For the leader proxy: None while this master serves requests itself, the

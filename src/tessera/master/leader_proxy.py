@@ -14,7 +14,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Answered by every master itself: liveness and "who leads".
+# Answered by every master itself: liveness and "who leads" (reads only: abdicating with
+# DELETE /v2/leader goes to the leader).
 LOCAL_PATHS = frozenset(
     {
         "/ping",
@@ -57,7 +58,9 @@ class LeaderProxy:
         self._http = http or httpx.AsyncClient(timeout=FORWARD_TIMEOUT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in LOCAL_PATHS:
+        if scope["type"] != "http" or (
+            scope["path"] in LOCAL_PATHS and scope["method"] in ("GET", "HEAD")
+        ):
             await self.app(scope, receive, send)
             return
         leader = self.leader_url()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,6 +101,18 @@ async def test_who_leads_is_answered_locally(proxied: tuple[httpx.AsyncClient, S
     client, setting = proxied
     setting.leader = LEADER
     assert (await client.get("/v2/leader")).json() == {"leader": "local answer"}
+
+
+async def test_lifespan_passes_through() -> None:
+    events: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        events.append(scope["type"])
+
+    proxy = LeaderProxy(app, lambda: LEADER, lambda: SELF)
+    await proxy({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    assert events == ["lifespan"]
+    await proxy.aclose()
 
 
 async def test_no_leader_or_a_forwarding_loop_is_503(

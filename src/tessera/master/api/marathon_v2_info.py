@@ -65,9 +65,16 @@ async def leader(request: Request) -> dict[str, Any]:
 
 @router.delete("/v2/leader")
 async def abdicate(request: Request) -> dict[str, Any]:
-    raise ApiError(
-        501, "this master runs alone (no standby masters), so there is no leadership to hand over"
-    )
+    master = services(request).master
+    if master.leadership is None:
+        raise ApiError(
+            501,
+            "this master runs alone (no standby masters), so there is no leadership to hand over",
+        )
+    if not master.leading:
+        raise ApiError(503, "this master does not lead")
+    master.abdicate()
+    return {"message": "Leadership abdicated"}
 
 
 @router.get("/ping", response_class=PlainTextResponse, include_in_schema=False)
