@@ -231,6 +231,16 @@ def test_updates_the_full_disk_cannot_journal_are_sent_logged_and_journaled_late
             journal = (journal_dir / "status-updates.jsonl").read_bytes()
             assert journal == before, "a failed write left part of an update behind"
 
+            # kill -9 with the disk still full: the journal replays, the task is re-adopted.
+            pid = wait_for(lambda: (found := pids([task]))[task] and found, 10, "the task's pid")
+            url = agent_url(cluster)
+            agent.kill9()
+            agent.start()
+            url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
+            assert cluster.http.get(f"{url}/v1/info").json()["tasks"] == {task: "TASK_RUNNING"}
+            assert pids([task]) == pid
+            assert (journal_dir / "status-updates.jsonl").read_bytes() == before
+
             filler.unlink()
             cluster.http.delete(f"/v1/tasks/{task}").raise_for_status()
             cluster.wait_state(task, "TASK_KILLED")
