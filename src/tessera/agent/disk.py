@@ -62,7 +62,10 @@ def reserve_file(path: Path, size: int = 4096) -> None:
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.posix_fallocate(descriptor, 0, size)
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(descriptor, 0, size)
+        else:  # macOS: zeros allocate the blocks as well
+            write_all(descriptor, bytes(size))
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(OSError):
