@@ -2,7 +2,7 @@
 
 Each host is a namespace joined to the root namespace by a veth pair on its own /30 from
 10.231.0.0/16: the root side gets .1, the namespace side .2. A process started with
-`host.command(...)` (through `ip netns exec`) sees only its loopback and that link, so
+`host.command(...)` sees only its loopback and that link, so
 `cut()` (the root side down) partitions it from everything, and `heal()` brings it back.
 Needs root and iproute2; `unavailable()` says why not, for a skip.
 """
@@ -67,7 +67,11 @@ class NetnsHost:
         return self
 
     def command(self, argv: list[str]) -> list[str]:
-        """`argv` run inside the namespace (ip netns exec replaces itself with it)."""
+        """`argv` run inside the namespace; both tools replace themselves with it. nsenter
+        changes only the network namespace; `ip netns exec` also remounts /sys, which hides
+        the cgroup hierarchy (an agent there would run its tasks without cgroups)."""
+        if shutil.which("nsenter"):
+            return ["nsenter", f"--net=/run/netns/{self.name}", "--", *argv]
         return ["ip", "netns", "exec", self.name, *argv]
 
     def cut(self) -> None:
