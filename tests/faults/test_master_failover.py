@@ -146,10 +146,13 @@ def test_kill9_of_the_leader_under_writes(group: MasterGroup) -> None:
     writer.start()
     try:
         wait_for(lambda: len(writer.acknowledged("task")) >= 20, 30, "20 acknowledged tasks")
-        wait_for(lambda: len(running_ids(group)) >= 10, 30, "10 running tasks")
-        running = running_ids(group)
-        before = pids(running)
-        assert all(before.values()), before
+
+        def seen_running() -> tuple[set[str], dict[str, frozenset[int]]] | None:
+            running = running_ids(group)
+            found = pids(running)  # a task just started may not show its process yet
+            return (running, found) if len(running) >= 10 and all(found.values()) else None
+
+        running, before = wait_for(seen_running, 30, "10 running tasks and their processes")
         old = group.wait_leader()
         acknowledged_then = len([a for a in writer.answers if a.acknowledged])
         daemon = group.masters[old]
