@@ -131,6 +131,21 @@ def pids(task_ids: set[str]) -> dict[str, frozenset[int]]:
     return {task_id: frozenset(p.pid for p in trees(task_id)) for task_id in task_ids}
 
 
+def settled(group: MasterGroup, count: int) -> tuple[set[str], dict[str, frozenset[int]]]:
+    """At least `count` running tasks, each showing its process (a task that has just
+    started may not yet), and their root processes."""
+
+    def seen() -> tuple[set[str], dict[str, frozenset[int]]] | None:
+        running = running_ids(group)
+        found = pids(running)
+        return (running, found) if len(running) >= count and all(found.values()) else None
+
+    found: tuple[set[str], dict[str, frozenset[int]]] = wait_for(
+        seen, 30, f"{count} running tasks and their processes"
+    )
+    return found
+
+
 def assert_acknowledged_present(group: MasterGroup, writer: Writer) -> None:
     tasks, apps = stored(group)
     task_ids = {a.body.get("id") for a in writer.acknowledged("task")}
@@ -146,13 +161,7 @@ def test_kill9_of_the_leader_under_writes(group: MasterGroup) -> None:
     writer.start()
     try:
         wait_for(lambda: len(writer.acknowledged("task")) >= 20, 30, "20 acknowledged tasks")
-
-        def seen_running() -> tuple[set[str], dict[str, frozenset[int]]] | None:
-            running = running_ids(group)
-            found = pids(running)  # a task just started may not show its process yet
-            return (running, found) if len(running) >= 10 and all(found.values()) else None
-
-        running, before = wait_for(seen_running, 30, "10 running tasks and their processes")
+        running, before = settled(group, 10)
         old = group.wait_leader()
         acknowledged_then = len([a for a in writer.answers if a.acknowledged])
         daemon = group.masters[old]
@@ -187,7 +196,8 @@ def test_kill9_of_the_leader_under_writes(group: MasterGroup) -> None:
 def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> None:
     """Pass: of the writes sent to a leader while it was paused past its lease, none is
     accepted by it (it answers 503, or forwards to the new leader); nothing it refused is in
-    the store, and everything acknowledged is."""
+    the store, and everything acknowledged is. Meanwhile the agent follows the new leader
+    and no task is restarted."""
     old = group.wait_leader()
     old_url = group.urls[old]
     daemon = group.masters[old]
@@ -203,6 +213,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     late_threads: list[threading.Thread] = []
     try:
         wait_for(lambda: len(direct.acknowledged("task")) >= 10, 30, "10 writes to the leader")
+        running, before = settled(group, 5)
         daemon.signal(signal.SIGSTOP)
         paused_at = time.monotonic()
         new = group.wait_leader(others, timeout=20)
@@ -223,6 +234,14 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
             20,
             "the new leader to write",
         )
+        # The agent stops waiting for the frozen master's pongs and follows the new leader.
+        agent = group.agents[0]
+        wait_for(
+            lambda: f"registered with {group.urls[new]}" in agent.log(),
+            25,
+            "the agent to leave the paused leader",
+        )
+        print(f"the agent follows master-{new} {time.monotonic() - paused_at:.1f}s after")
         time.sleep(max(0.0, LEASE + 1.0 - (time.monotonic() - paused_at)))
         daemon.signal(signal.SIGCONT)
         assert daemon.process is not None
@@ -245,6 +264,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     assert any(a.status == 503 for a in after_pause), "nothing reached the old leader"
     group.restart(old)
     assert group.wait_leader() == new
+    assert pids(running) == before, "a task running before the pause was restarted"
     writers = Writer([], "")
     writers.answers = [*direct.answers, *spread.answers, *late]
     assert_acknowledged_present(group, writers)

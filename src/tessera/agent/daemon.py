@@ -44,6 +44,10 @@ RESEND_AFTER = 5.0
 # While masters answer "not the leader" an election is under way (or just over): the next
 # round comes this soon, however long the back-off after unreachable masters has grown.
 NOT_LEADER_RETRY = 0.25
+# Never give up on a master's pong sooner: a busy master's event loop may stall briefly.
+PING_TIMEOUT_MIN = 5.0
+# How long closing a connection to an unresponsive master may wait for its answer.
+CLOSE_TIMEOUT = 2.0
 
 
 class AgentRefused(Exception):
@@ -170,7 +174,13 @@ class AgentDaemon:
         url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
         headers = {"Authorization": f"Bearer {self.config.join_token}"}
         async with connect(
-            url + AGENT_STREAM_PATH, additional_headers=headers, open_timeout=5, max_size=2**24
+            url + AGENT_STREAM_PATH,
+            additional_headers=headers,
+            open_timeout=5,
+            max_size=2**24,
+            ping_interval=self.heartbeat_interval,
+            ping_timeout=self._ping_timeout(),
+            close_timeout=CLOSE_TIMEOUT,
         ) as connection:
             try:
                 await connection.send(json.dumps(self._registration()))
@@ -181,6 +191,12 @@ class AgentDaemon:
             if reply.get("type") != "registered":
                 raise OSError(f"unexpected reply to registration: {reply.get('type')!r}")
             self.heartbeat_interval = float(reply.get("heartbeat_interval", 5.0))
+            # A master that stops answering (paused, or cut off without the connection
+            # being closed) is left well before a new leader's re-registration window
+            # (30 s by default) ends: a ping every heartbeat, ~3 heartbeats to answer it.
+            # (websockets reads both before each ping.)
+            connection.ping_interval = self.heartbeat_interval
+            connection.ping_timeout = self._ping_timeout()
             self._connection = connection
             self.registered.set()
             log.info("registered with %s as %s", master, self.agent_id)
@@ -197,6 +213,9 @@ class AgentDaemon:
                 heartbeat.cancel()
             if connection.close_code is not None:
                 self._raise_if_refused_code(connection.close_code, connection.close_reason, master)
+
+    def _ping_timeout(self) -> float:
+        return max(PING_TIMEOUT_MIN, 3 * self.heartbeat_interval)
 
     def _raise_if_refused(self, closed: ConnectionClosed, master: str) -> None:
         if closed.rcvd is not None:
