@@ -59,7 +59,7 @@ def create_app(
         app.add_middleware(
             LeaderProxy,
             leader_url=master.leader_url,
-            self_url=lambda: config.url,
+            self_url=lambda: master.url,
             http=forwarder,
         )
     app.include_router(native_v1.router)

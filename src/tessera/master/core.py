@@ -71,6 +71,8 @@ class Master:
         self, config: MasterConfig, store: StateStore | None = None, clock: Clock | None = None
     ) -> None:
         self.config = config
+        # Where other masters and agents reach this one (resolved once: it may ask DNS).
+        self.url = config.url
         self.clock = clock or SystemClock()
         backing = store or open_store(config.store, config.work_dir)
         self.store: StateStore = backing
@@ -81,7 +83,7 @@ class Master:
             from tessera.master.ha import TermStore, leadership_for
 
             self.store = TermStore(etcd, self._step_down)
-            self.leadership = leadership_for(etcd, config, self._elected, self._step_down)
+            self.leadership = leadership_for(etcd, config, self.url, self._elected, self._step_down)
         # True while this master serves as the leader (its state loaded, its parts running).
         self.leading = False
         # Why the term ended; once set, this master never leads again in this process.
@@ -117,7 +119,7 @@ class Master:
             await self._lead()
             return
         self._campaign = asyncio.create_task(self.leadership.run(), name="leadership")
-        log.info("master %s campaigns for the leadership", self.config.url)
+        log.info("master %s campaigns for the leadership", self.url)
 
     async def _lead(self) -> None:
         """Load the cluster from the store and start every part, as a restart does."""
@@ -241,7 +243,7 @@ class Master:
         """Who leads now, as this master knows it; None while no one does. A master
         without etcd always leads."""
         if self.leadership is None:
-            return LeaderView("self", self.config.url, self.config.url.split("//")[-1], True)
+            return LeaderView("self", self.url, self.url.split("//")[-1], True)
         from tessera.master.ha import leader_address
 
         found = self.leadership.leader

@@ -68,6 +68,7 @@ class TermStore:
 def leadership_for(
     store: EtcdStore,
     config: MasterConfig,
+    url: str,
     on_elected: Callable[[LeaderFence], None],
     on_lost: Callable[[str], None],
 ) -> Leadership:
@@ -78,7 +79,7 @@ def leadership_for(
         "master",
         config.leader_lease,
         candidate_id=candidate_id,
-        url=config.url,
+        url=url,
         on_elected=on_elected,
         on_lost=on_lost,
     )
