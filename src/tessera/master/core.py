@@ -133,7 +133,7 @@ class Master:
             await component.start()
         if self.state.queued_tasks():
             self.planner.wake()
-        self.leading = True
+        self.leading = self.lost_reason is None  # a term may end while it starts
         log.info(
             "master started: %d agents, %d tasks known",
             len(self.state.agents),

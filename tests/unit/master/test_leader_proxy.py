@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.master.leader_proxy import FORWARDED_BY, LeaderProxy
-from tessera.store import MemoryStore
+from tessera.store import MemoryStore, StoreUnavailable
 
 SELF = "http://follower:5050"
 LEADER = "http://leader:5050"
@@ -164,3 +164,16 @@ def test_a_lone_master_always_leads(lone_master: TestClient) -> None:
     assert info["elected"] is True and info["marathon_config"]["ha"] is False
     # No proxy in front of a lone master: no leader header either.
     assert "x-marathon-leader" not in lone_master.get("/v1/tasks").headers
+
+
+class UnavailableStore(MemoryStore):
+    async def commit(self, operations: Any, *, expect_revision: int | None = None) -> int:
+        raise StoreUnavailable("no quorum")
+
+
+def test_a_store_without_quorum_is_503_with_its_reason(tmp_path: Path) -> None:
+    app = create_app(MasterConfig(work_dir=tmp_path), store=UnavailableStore())
+    with TestClient(app) as client:
+        response = client.post("/v1/tasks", json={"cmd": "true"})
+    assert response.status_code == 503
+    assert response.json() == {"message": "store unavailable, retry later: no quorum"}
