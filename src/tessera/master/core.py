@@ -96,7 +96,8 @@ class Master:
         self._stopping = False
         self._abdicating: asyncio.Task[None] | None = None
         self.join_token = ensure_join_token(config.join_token_path)
-        self.state = ClusterState(self.store)
+        # etcd refuses transactions above its --max-txn-ops (one is the revision counter's).
+        self.state = ClusterState(self.store, etcd.max_txn_ops - 1 if etcd else None)
         self.channel = AgentChannel(
             self.state, config, self.clock, self.join_token, on_change=self._wake_planner
         )

@@ -20,8 +20,13 @@ TASKS = "tasks"
 
 
 class ClusterState:
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, max_batch: int | None = None) -> None:
         self.store = store
+        # The most operations the store takes in one commit (etcd's --max-txn-ops); a
+        # larger change (a big placement pass, an agent with many tasks going silent) is
+        # committed in parts. Each task or agent is its own record, so a part that is
+        # durable without the next is still a consistent state, as after a failed commit.
+        self.max_batch = max_batch
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, Task] = {}
         self._tasks_by_agent: dict[str, set[str]] = {}
@@ -61,7 +66,9 @@ class ClusterState:
             operations.append(Put(AGENTS, agent.id, agent.to_json()))
         if not operations:
             return
-        await self.store.commit(operations)
+        size = self.max_batch or len(operations)
+        for start in range(0, len(operations), size):
+            await self.store.commit(operations[start : start + size])
 
     def _index(self, task: Task) -> Task | None:
         previous = self.tasks.get(task.id)

@@ -14,7 +14,7 @@ from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.ha import TermStore
 from tessera.master.state import TASKS
-from tessera.model.task import TaskSpec
+from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.store import NotLeader, Put
 from tessera.store.etcd_client import delete_op
 from tessera.store.etcd_commit import LeaderFence
@@ -114,3 +114,22 @@ async def test_a_write_refused_by_etcd_reports_the_lost_term(
     assert len(lost) == 1 and "refused" in lost[0]
     assert await store.load(TASKS) == {}
     await store.close()
+
+
+async def test_a_change_larger_than_one_etcd_transaction_is_committed_in_parts(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    store = f"etcd://{etcd.endpoints[0]}/ha{next(_prefixes)}?max_txn_ops=8"
+    master = Master(MasterConfig(work_dir=tmp_path, store=store, leader_lease=2))
+    await master.start()
+    try:
+        await until(lambda: master.leading)
+        now = master.clock.wall()
+        tasks = [
+            Task(f"t{i}", TaskSpec(name="t", cmd="true"), TaskState.TASK_QUEUED, now, now)
+            for i in range(20)
+        ]
+        await master.state.save(tasks=tasks)  # 20 operations, 7 per transaction
+        assert len(await master.store.load(TASKS)) == 20
+    finally:
+        await master.stop()
