@@ -10,11 +10,29 @@ from dataclasses import dataclass
 # loses one or two machines replaces their tasks (Kubernetes' node lifecycle controller
 # has the same floor before it calls a zone partially disrupted).
 THROTTLE_FLOOR = 2
+# An agent unreachable for longer than this no longer counts for the throttle, neither as
+# out nor in the total: a machine gone for good must not hold replacement back forever (a
+# cluster that lost its fifth machine over the months would never replace anything
+# again), and after ten minutes, as long as Marathon's default expunge, an outage is
+# treated as permanent.
+THROTTLE_MEMORY_SECONDS = 600.0
 
 
 def silent_agents(last_seen: Mapping[str, float], now: float, timeout: float) -> list[str]:
     """Agent IDs whose last sign of life (monotonic seconds) is older than `timeout`."""
     return sorted(agent_id for agent_id, seen in last_seen.items() if now - seen > timeout)
+
+
+def recently_lost(
+    unreachable_last_seen: Mapping[str, float | None], now: float, memory: float
+) -> list[str]:
+    """Unreachable agents last heard from (wall seconds) less than `memory` ago; one with
+    no such time counts as recent."""
+    return sorted(
+        agent_id
+        for agent_id, seen in unreachable_last_seen.items()
+        if seen is None or now - seen < memory
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from tessera.master.events import EventBus
 from tessera.model.agent import Agent, AgentState
 from tessera.model.resources import Resources
 from tessera.model.task import Task, TaskSpec, TaskState
+from tessera.reconcile.liveness import Outage
 from tessera.store import Delete, MemoryStore, Put
 from tessera.testing.clock import FakeClock
 
@@ -64,6 +65,8 @@ async def test_agents_silent_together_are_marked_in_one_write(tmp_path: Path) ->
         "a3": AgentState.ACTIVE,
     }
     assert master.state.tasks["t.1"].state is TaskState.TASK_UNREACHABLE
+    # Their last heartbeat, in wall time.
+    assert master.state.agents["a0"].last_seen_at == clock.wall() - 3.5
 
 
 async def test_throttle_event_when_replacement_stops_and_resumes(tmp_path: Path) -> None:
@@ -104,3 +107,20 @@ async def test_throttle_event_when_replacement_stops_and_resumes(tmp_path: Path)
     resumed = watched.queue.get_nowait()
     assert (resumed["throttled"], resumed["unreachableAgents"]) == (False, 1)
     assert not services.throttled
+
+
+async def test_agents_gone_for_ten_minutes_no_longer_throttle(tmp_path: Path) -> None:
+    master, clock = _master(tmp_path, 5)
+    services = ServicesController(master, EventBus())
+    for agent_id in ("a0", "a1", "a2"):
+        agent = master.state.agents[agent_id]
+        master.state.agents[agent_id] = agent.with_changes(
+            state=AgentState.UNREACHABLE, last_seen_at=clock.wall()
+        )
+    services._update_throttle(clock.wall())
+    assert services.throttled
+    clock.advance(601.0)
+    for agent_id in ("a3", "a4"):
+        master.channel._last_heard[agent_id] = clock.monotonic()
+    services._update_throttle(clock.wall())
+    assert not services.throttled and services.outage() == Outage(0, 2, 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tessera.reconcile.liveness import Outage, outage, replacement_throttled
+from tessera.reconcile.liveness import Outage, outage, recently_lost, replacement_throttled
 
 
 def test_outage_counts_marked_and_overdue_agents() -> None:
@@ -34,3 +34,8 @@ def test_overdue_agents_alone_never_throttle() -> None:
 
 def test_fraction_one_turns_the_throttle_off() -> None:
     assert not replacement_throttled(Outage(out=100, total=100, marked=100), 1.0)
+
+
+def test_agents_lost_long_ago_are_forgotten() -> None:
+    lost = {"old": 100.0, "new": 650.0, "unknown": None}
+    assert recently_lost(lost, now=800.0, memory=600.0) == ["new", "unknown"]

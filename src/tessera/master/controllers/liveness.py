@@ -51,8 +51,14 @@ class LivenessController:
         """One write for every agent found silent in this pass, so the services controller
         sees an outage of several agents whole (its replacement throttle counts them)."""
         now = self.clock.wall()
+        silent_for = {a: self.clock.monotonic() - self.channel.last_seen(a) for a in agent_ids}
         agents = [
-            self.state.agents[agent_id].with_changes(state=AgentState.UNREACHABLE)
+            # Its last heartbeat in wall time, so how long it has been away survives a
+            # restart (one silent since the master started counts from the end of the
+            # re-registration window).
+            self.state.agents[agent_id].with_changes(
+                state=AgentState.UNREACHABLE, last_seen_at=now - max(0.0, silent_for[agent_id])
+            )
             for agent_id in agent_ids
         ]
         tasks: list[Task] = []

@@ -31,7 +31,13 @@ from tessera.model.agent import AgentState
 from tessera.model.app import AppSpec, task_spec_for
 from tessera.model.task import Task, TaskState, new_task_id
 from tessera.reconcile.deployments import effective_app
-from tessera.reconcile.liveness import Outage, outage, replacement_throttled
+from tessera.reconcile.liveness import (
+    THROTTLE_MEMORY_SECONDS,
+    Outage,
+    outage,
+    recently_lost,
+    replacement_throttled,
+)
 from tessera.reconcile.services import (
     Backoff,
     Mode,
@@ -313,7 +319,8 @@ class ServicesController:
 
     def outage(self) -> Outage:
         agents = list(self.master.state.agents.values())
-        unreachable = [a.id for a in agents if a.state is AgentState.UNREACHABLE]
+        lost = {a.id: a.last_seen_at for a in agents if a.state is AgentState.UNREACHABLE}
+        unreachable = recently_lost(lost, self.master.clock.wall(), THROTTLE_MEMORY_SECONDS)
         reachable = {
             a.id: self.master.channel.last_seen(a.id)
             for a in agents
