@@ -94,7 +94,9 @@ async def test_task_environment_never_reaches_the_root_wrapper(executor: Executo
     env = {**ENV, "LD_PRELOAD": "/nonexistent/evil.so", "SECRET_OF_TASK": "x"}
     running = await executor.launch(LaunchSpec("preload.1", args=("sleep", "30"), env=env))
     wrapper = psutil.Process(running.pid)
-    await eventually(lambda: len(wrapper.children()) == 1)
+    # Wait for the exec, not the fork: between the two the child still has the wrapper's
+    # environment.
+    await eventually(lambda: [c.name() for c in wrapper.children()] == ["sleep"])
     assert "LD_PRELOAD" not in wrapper.environ()
     assert "SECRET_OF_TASK" not in wrapper.environ()
     [task] = wrapper.children()
