@@ -83,6 +83,26 @@ async def wait_async(check: Any, timeout: float, what: str, period: float = 0.25
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+async def start_and_deploy(
+    agents: list[SimAgent], http: httpx.Client, instances: int, timeout: float
+) -> int:
+    """Connect the simulated agents, deploy the apps through `http` and wait until every
+    instance runs; returns how many there are."""
+    for agent in agents:
+        agent.start()
+    await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in agents)), 60)
+    per_app = instances // APPS
+    for index in range(APPS):
+        http.post("/v2/apps", json=app(index, per_app)).raise_for_status()
+    total = per_app * APPS
+    await wait_async(
+        lambda: sum(running_by_agent(http)[0].values()) >= total,
+        timeout,
+        f"{total} instances running",
+    )
+    return total
+
+
 async def kill_and_time(
     http: httpx.Client, agents: list[SimAgent], victims: list[SimAgent], total: int
 ) -> dict[str, float]:
@@ -128,19 +148,8 @@ async def agents_part(agent_count: int, instances: int) -> list[dict[str, float]
         try:
             token = cluster.token_file.read_text().strip()
             agents = fleet(agent_count, [cluster.url], token, RESOURCES, zones=4)
-            for agent in agents:
-                agent.start()
-            await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in agents)), 60)
             http = httpx.Client(base_url=cluster.url, timeout=30)
-            per_app = instances // APPS
-            for index in range(APPS):
-                http.post("/v2/apps", json=app(index, per_app)).raise_for_status()
-            total = per_app * APPS
-            await wait_async(
-                lambda: sum(running_by_agent(http)[0].values()) >= total,
-                120,
-                f"{total} instances running",
-            )
+            total = await start_and_deploy(agents, http, instances, timeout=120)
             print(f"{agent_count} simulated agents, {total} instances running")
             rounds: list[dict[str, float]] = []
             rng = random.Random(7)
@@ -222,19 +231,8 @@ async def leader_part(agent_count: int, instances: int, lease: int) -> dict[str,
             group.start()
             old = group.wait_leader()
             agents = fleet(agent_count, group.urls, group.token, RESOURCES, zones=4)
-            for agent in agents:
-                agent.start()
-            await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in agents)), 60)
             http = httpx.Client(base_url=group.urls[old], timeout=30)
-            per_app = instances // APPS
-            for index in range(APPS):
-                http.post("/v2/apps", json=app(index, per_app)).raise_for_status()
-            total = per_app * APPS
-            await wait_async(
-                lambda: sum(running_by_agent(http)[0].values()) >= total,
-                180,
-                f"{total} instances running",
-            )
+            total = await start_and_deploy(agents, http, instances, timeout=180)
             before = set(running_by_agent(http)[1])
             http.close()
             print(

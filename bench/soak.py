@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
-from tessera.testing.cluster import Cluster, Daemon, task_processes, wait_for
+from tessera.testing.cluster import Cluster, Daemon, live_task_ids, task_trees, wait_for
 
 APP = {
     "id": "/soak/svc",
@@ -44,25 +42,6 @@ APP = {
 ONE_OFFS = 10
 
 
-def _roots(task_id: str) -> list[psutil.Process]:
-    processes = task_processes(task_id)
-    pids = {p.pid for p in processes}
-    return [p for p in processes if p.ppid() not in pids]
-
-
-def _app_processes() -> set[str]:
-    """Task IDs of the app that have a live process anywhere on this machine."""
-    live = set()
-    for process in psutil.process_iter():
-        try:
-            task_id = process.environ().get("MESOS_TASK_ID", "")
-        except psutil.Error:
-            continue
-        if task_id.startswith("soak_svc."):
-            live.add(task_id)
-    return live
-
-
 def _settled(cluster: Cluster, one_offs: list[str]) -> bool:
     tasks = {t["id"]: t for t in cluster.get("/v1/tasks")["tasks"]}
     if any(tasks[t]["state"] != "TASK_RUNNING" for t in one_offs):
@@ -71,7 +50,7 @@ def _settled(cluster: Cluster, one_offs: list[str]) -> bool:
         return False
     app = cluster.get("/v2/apps/soak/svc")["app"]
     running = {t["id"] for t in app["tasks"] if t["state"] == "TASK_RUNNING"}
-    return len(running) == APP["instances"] and _app_processes() == running
+    return len(running) == APP["instances"] and live_task_ids("soak_svc.") == running
 
 
 def _why_not_settled(cluster: Cluster, one_offs: list[str]) -> str:
@@ -81,7 +60,7 @@ def _why_not_settled(cluster: Cluster, one_offs: list[str]) -> str:
     app = cluster.get("/v2/apps/soak/svc")["app"]
     running = {t["id"] for t in app["tasks"] if t["state"] == "TASK_RUNNING"}
     others = sorted(f"{t['id'][:14]}:{t['state']}" for t in app["tasks"] if t["id"] not in running)
-    live = _app_processes()
+    live = live_task_ids("soak_svc.")
     return (
         f"one-offs {states}; agents {agents}; app running {len(running)}, other {others}; "
         f"live processes not running {sorted(live - running)}, running without "
@@ -92,13 +71,13 @@ def _why_not_settled(cluster: Cluster, one_offs: list[str]) -> str:
 def _check(cluster: Cluster, one_offs: dict[str, int], acknowledged: set[str]) -> list[str]:
     problems = []
     for task_id, pid in one_offs.items():
-        roots = _roots(task_id)
+        roots = task_trees(task_id)
         if [p.pid for p in roots] != [pid]:
             problems.append(f"one-off {task_id} runs as {[p.pid for p in roots]}, was {pid}")
     app = cluster.get("/v2/apps/soak/svc")["app"]
     for task in app["tasks"]:
-        if len(_roots(task["id"])) != 1:
-            problems.append(f"instance {task['id']} has {len(_roots(task['id']))} processes")
+        if len(task_trees(task["id"])) != 1:
+            problems.append(f"instance {task['id']} has {len(task_trees(task['id']))} processes")
     known = {t["id"] for t in cluster.get("/v1/tasks")["tasks"]}
     problems += [f"acknowledged task {t} is gone" for t in acknowledged - known]
     return problems
@@ -144,7 +123,7 @@ def soak(minutes: float, seed: int) -> int:
             response = cluster.http.post("/v2/apps", json=APP)
             response.raise_for_status()
             wait_for(lambda: _settled(cluster, ids), 60, "the first deployment")
-            one_offs = {task_id: _roots(task_id)[0].pid for task_id in ids}
+            one_offs = {task_id: task_trees(task_id)[0].pid for task_id in ids}
             acknowledged = set(ids)
             settle_times: list[float] = []
             violations: list[str] = []

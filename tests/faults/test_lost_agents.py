@@ -84,6 +84,16 @@ class Counter:
         return longest
 
 
+def start_spare_agents(cluster: Cluster) -> None:
+    """agent-2 and agent-3 on their own addresses: where lost instances go."""
+    for n in (2, 3):
+        cluster.start_agent(
+            f"agent-{n}",
+            host=f"127.0.0.{n}",
+            resources=f"cpus:2;mem:2048;ports:[31{n}00-31{n}99]",
+        )
+
+
 def kill_host(cluster: Cluster, index: int, task_ids: list[str]) -> None:
     """The machine dies: its agent and every task on it, at once."""
     cluster.agents[index].kill9()
@@ -102,12 +112,7 @@ def test_killed_host_instances_replaced_within_detection_plus_10s(tmp_path: Path
         deployed(cluster)
         doomed = [t["id"] for t in running(cluster)]
         assert len(doomed) == 20
-        for n in (2, 3):
-            cluster.start_agent(
-                f"agent-{n}",
-                host=f"127.0.0.{n}",
-                resources=f"cpus:2;mem:2048;ports:[31{n}00-31{n}99]",
-            )
+        start_spare_agents(cluster)
         with Counter(cluster) as counter:
             killed_at = time.monotonic()
             kill_host(cluster, 0, doomed)
@@ -157,12 +162,7 @@ def test_partition_never_runs_more_than_instances(tmp_path: Path, partitionable:
         deployed(cluster)
         stale = sorted(t["id"] for t in running(cluster))
         assert {t["host"] for t in running(cluster)} == {host.address}
-        for n in (2, 3):
-            cluster.start_agent(
-                f"agent-{n}",
-                host=f"127.0.0.{n}",
-                resources=f"cpus:2;mem:2048;ports:[31{n}00-31{n}99]",
-            )
+        start_spare_agents(cluster)
         with Counter(cluster) as counter:
             host.cut()
             try:

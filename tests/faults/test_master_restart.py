@@ -13,20 +13,13 @@ from typing import Any
 import httpx
 import psutil
 
-from tessera.testing.cluster import Cluster, task_processes, wait_for
+from tessera.testing.cluster import Cluster, live_task_ids, task_processes, task_trees, wait_for
 
 TINY = {"cpus": 0.01, "mem": 8}
 
 
 def _pids(task_ids: list[str]) -> dict[str, frozenset[int]]:
     return {task_id: frozenset(p.pid for p in task_processes(task_id)) for task_id in task_ids}
-
-
-def _trees(task_id: str) -> list[psutil.Process]:
-    """The roots of the task's process trees: one per launch."""
-    processes = task_processes(task_id)
-    pids = {p.pid for p in processes}
-    return [p for p in processes if p.ppid() not in pids]
 
 
 def _running_ids(cluster: Cluster) -> set[str]:
@@ -109,7 +102,7 @@ def test_master_kill9_under_writes_loses_nothing_acknowledged(cluster: Cluster) 
     assert _pids(running) == before, "a task running at the crash was restarted"
     # One process tree per task: nothing was launched twice across the crash.
     for task_id in writer.tasks:
-        assert len(_trees(task_id)) == 1, f"{task_id} runs more than once"
+        assert len(task_trees(task_id)) == 1, f"{task_id} runs more than once"
 
 
 def _backup(db: Path, to: Path) -> None:
@@ -260,15 +253,4 @@ def test_master_restart_halfway_through_a_deployment(cluster: Cluster) -> None:
 
     # No orphan: every task process of the app on this machine belongs to one of the six
     # instances (the old version's are all gone, nothing was launched twice).
-    def live_instances() -> set[str]:
-        live = set()
-        for process in psutil.process_iter():
-            try:
-                task_id = process.environ().get("MESOS_TASK_ID", "")
-            except psutil.Error:
-                continue
-            if task_id.startswith("roll."):
-                live.add(task_id)
-        return live
-
-    wait_for(lambda: live_instances() == ids, 20, "the old version's processes to be gone")
+    wait_for(lambda: live_task_ids("roll.") == ids, 20, "the old version's processes to be gone")

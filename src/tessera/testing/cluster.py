@@ -232,3 +232,23 @@ def task_processes(task_id: str) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def task_trees(task_id: str) -> list[psutil.Process]:
+    """The roots of the task's process trees: one per launch of it."""
+    processes = task_processes(task_id)
+    pids = {p.pid for p in processes}
+    return [p for p in processes if p.ppid() not in pids]
+
+
+def live_task_ids(prefix: str) -> set[str]:
+    """IDs starting with `prefix` of every task with a live process on this machine."""
+    live = set()
+    for process in psutil.process_iter():
+        try:
+            task_id = process.environ().get("MESOS_TASK_ID", "")
+        except psutil.Error:
+            continue
+        if task_id.startswith(prefix):
+            live.add(task_id)
+    return live
