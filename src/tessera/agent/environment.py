@@ -10,18 +10,36 @@ from tessera.model.task import TaskSpec
 def task_environment(
     task_id: str, spec: TaskSpec, ports: Sequence[int], host: str
 ) -> dict[str, str]:
+    """`ports` are the task's host ports, in the order of its port definitions (one per
+    port mapping for a bridged container)."""
     env = dict(spec.env)
     env["HOST"] = host
     env["MESOS_TASK_ID"] = task_id
     env["MARATHON_APP_ID"] = spec.app_id or "/" + spec.name
     env["MARATHON_APP_VERSION"] = spec.app_version or ""
-    env["PORTS"] = ",".join(str(port) for port in ports)
-    for index, port in enumerate(ports):
+    if spec.container is not None and spec.container.image:
+        env["MARATHON_APP_DOCKER_IMAGE"] = spec.container.image
+    seen = visible_ports(spec, ports)
+    env["PORTS"] = ",".join(str(port) for port in seen)
+    for index, port in enumerate(seen):
         env[f"PORT{index}"] = str(port)
         definitions = spec.port_definitions
         name = definitions[index].name if index < len(definitions) else None
         if name:
             env[f"PORT_{name.upper().replace('-', '_')}"] = str(port)
-    if ports:
-        env["PORT"] = str(ports[0])
+    if seen:
+        env["PORT"] = str(seen[0])
     return env
+
+
+def visible_ports(spec: TaskSpec, host_ports: Sequence[int]) -> list[int]:
+    """The ports the task listens on: inside a bridged container the container ports
+    (a mapping's `containerPort`, or its host port when that is 0), else the host ports."""
+    container = spec.container
+    if container is None or not container.bridged:
+        return list(host_ports)
+    mappings = container.port_mappings
+    return [
+        (mappings[index].container_port if index < len(mappings) else 0) or port
+        for index, port in enumerate(host_ports)
+    ]

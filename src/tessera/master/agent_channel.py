@@ -15,7 +15,7 @@ from tessera.clock import Clock
 from tessera.master.config import MasterConfig
 from tessera.master.join_token import token_matches
 from tessera.master.state import ClusterState
-from tessera.model.agent import Agent, AgentState
+from tessera.model.agent import Agent, AgentState, registered_containers
 from tessera.model.health import apply_reported_health
 from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
@@ -178,6 +178,7 @@ class AgentChannel:
             last_seen_at=now,
             isolation=message.get("isolation", {}),
             version=message.get("version"),
+            containers=registered_containers(message.get("containers")),
         )
 
     async def _register(

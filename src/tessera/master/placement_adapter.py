@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tessera.model.agent import Agent
+from tessera.model.agent import Agent, container_needs
 from tessera.model.constraints import parse_constraints
 from tessera.model.resources import Resources
 from tessera.model.task import Task, TaskSpec
@@ -49,6 +49,7 @@ def describe(agent: Agent, running: Sequence[Task]) -> AgentDescription:
             for task in running
         ),
         state=agent.state,
+        capabilities=agent.capabilities(),
     )
 
 
@@ -62,6 +63,7 @@ def request_for(task: Task) -> Request:
         ports=tuple(p.port for p in spec.port_definitions),
         require_ports=spec.require_ports,
         constraints=tuple(parse_constraints([list(c) for c in spec.constraints])),
+        needs=container_needs(spec.container),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from tessera.model.container import ContainerSpec
 from tessera.model.resources import Resources
 
 
@@ -30,6 +31,9 @@ class Agent:
     last_seen_at: float | None = None
     isolation: Mapping[str, Any] = field(default_factory=dict)
     version: str | None = None
+    # The agent's container runtime as it registered it, e.g. {"runtime": "runc 1.1.5",
+    # "bridge": true, "privileged": false}; None when it runs plain commands only.
+    containers: Mapping[str, Any] | None = None
 
     def with_changes(self, **changes: Any) -> Agent:
         return replace(self, **changes)
@@ -46,6 +50,7 @@ class Agent:
             "last_seen_at": self.last_seen_at,
             "isolation": dict(self.isolation),
             "version": self.version,
+            "containers": dict(self.containers) if self.containers is not None else None,
         }
 
     @staticmethod
@@ -61,4 +66,40 @@ class Agent:
             last_seen_at=data.get("last_seen_at"),
             isolation=dict(data.get("isolation", {})),
             version=data.get("version"),
+            containers=registered_containers(data.get("containers")),
         )
+
+    def capabilities(self) -> frozenset[str]:
+        """What placement may rely on this agent for: "containers", "containers.bridge",
+        "containers.privileged" (see `container_needs`)."""
+        if self.containers is None:
+            return frozenset()
+        found = {CONTAINERS}
+        if self.containers.get("bridge") is True:
+            found.add(CONTAINERS_BRIDGE)
+        if self.containers.get("privileged") is True:
+            found.add(CONTAINERS_PRIVILEGED)
+        return frozenset(found)
+
+
+CONTAINERS = "containers"
+CONTAINERS_BRIDGE = "containers.bridge"
+CONTAINERS_PRIVILEGED = "containers.privileged"
+
+
+def container_needs(container: ContainerSpec | None) -> frozenset[str]:
+    """The agent capabilities a task with this container needs."""
+    if container is None:
+        return frozenset()
+    needs = {CONTAINERS}
+    if container.bridged:
+        needs.add(CONTAINERS_BRIDGE)
+    if container.privileged:
+        needs.add(CONTAINERS_PRIVILEGED)
+    return frozenset(needs)
+
+
+def registered_containers(value: object) -> Mapping[str, Any] | None:
+    """The registration's `containers`: an object, or None (absent, null or malformed:
+    an agent that says nothing clear about a runtime gets no container tasks)."""
+    return dict(value) if isinstance(value, Mapping) else None

@@ -17,6 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from tessera.model.constraints import ConstraintError, parse_constraint
+from tessera.model.container import ContainerSpec, PortMapping
+from tessera.model.container_input import container_json, read_container
 from tessera.model.health import (
     FieldError,
     HealthSpecError,
@@ -205,8 +207,8 @@ class AppSpec:
     role: str = "*"
     accepted_resource_roles: tuple[str, ...] | None = None
     priority: int = 0
-    # Stored and returned as given; instances wait until an agent offers the runtime.
-    container: Mapping[str, Any] | None = None
+    container: ContainerSpec | None = None
+    # Marathon's `networks` in their current form; () is host networking.
     networks: tuple[Mapping[str, Any], ...] = ()
     version: str = ""
     last_scaling_at: str = ""
@@ -214,6 +216,19 @@ class AppSpec:
 
     def with_changes(self, **changes: Any) -> AppSpec:
         return replace(self, **changes)
+
+    @property
+    def bridged(self) -> bool:
+        """Runs in a container on the agent's bridge, its ports mapped from host ports."""
+        return self.container is not None and self.container.bridged
+
+    @property
+    def service_ports(self) -> list[int]:
+        """Marathon's `servicePorts`: of the port mappings when bridged, else of the
+        port definitions."""
+        if self.bridged and self.container is not None:
+            return [m.service_port for m in self.container.port_mappings]
+        return [p.port for p in self.port_definitions]
 
     @property
     def config_version(self) -> str:
@@ -338,7 +353,7 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
             "backoffSeconds": _whole(app.backoff_seconds),
             "backoffFactor": app.backoff_factor,
             "maxLaunchDelaySeconds": _whole(app.max_launch_delay_seconds),
-            "container": dict(app.container) if app.container is not None else None,
+            "container": container_json(app.container) if app.container is not None else None,
             "healthChecks": [dict(h) for h in app.health_checks],
             "readinessChecks": [dict(r) for r in app.readiness_checks],
             "dependencies": list(app.dependencies),
@@ -499,16 +514,23 @@ def _read_app(reader: _Reader, base: str) -> AppSpec:
     if cmd is not None and not cmd.strip():
         reader.fail("cmd", "must not be empty")
     args = reader.string_list("args")
-    container = _read_container(reader)
-    if (cmd is not None and args is not None) or (
-        cmd is None and args is None and container is None
-    ):
+    reading = read_container(raw.get("container"), raw.get("networks"), reader.where)
+    reader.errors.extend(reading.errors)
+    container = reading.container
+    # An invalid container has its own errors; then a missing cmd is no news.
+    runs_image = raw.get("container") is not None and (container is None or bool(container.image))
+    if (cmd is not None and args is not None) or (cmd is None and args is None and not runs_image):
         reader.fail(
             None,
             "AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'.",
         )
-    ports = _read_ports(reader)
-    health_checks, readiness_checks, fetch = _read_checks(reader, ports)
+    ports = _read_bridged_ports(reader) if reading.bridged else _read_ports(reader)
+    port_names = (
+        [m.name for m in container.port_mappings]
+        if container is not None and reading.bridged
+        else [p.name for p in ports]
+    )
+    health_checks, readiness_checks, fetch = _read_checks(reader, port_names)
     return AppSpec(
         id=app_id,
         cmd=cmd,
@@ -539,7 +561,7 @@ def _read_app(reader: _Reader, base: str) -> AppSpec:
         accepted_resource_roles=_read_roles(reader),
         priority=reader.integer("priority", 0, -1000, 1000),
         container=container,
-        networks=_read_networks(reader),
+        networks=reading.networks,
     )
 
 
@@ -556,22 +578,6 @@ def _read_id(reader: _Reader, base: str) -> str:
     if problem:
         reader.fail("id", problem)
     return app_id
-
-
-def _read_container(reader: _Reader) -> Mapping[str, Any] | None:
-    container = reader.raw.get("container")
-    if container is None:
-        return None
-    if not isinstance(container, Mapping):
-        reader.fail("container", "must be an object")
-        return None
-    kind = container.get("type", "DOCKER")
-    if kind not in ("DOCKER", "MESOS"):
-        reader.fail("container/type", "must be DOCKER or MESOS")
-    docker = container.get("docker")
-    if docker is not None and not (isinstance(docker, Mapping) and docker.get("image")):
-        reader.fail("container/docker/image", "is required")
-    return dict(container)
 
 
 def _read_env(reader: _Reader) -> dict[str, str]:
@@ -635,6 +641,15 @@ def _read_ports(reader: _Reader) -> tuple[AppPort, ...]:
     return tuple(ports)
 
 
+def _read_bridged_ports(reader: _Reader) -> tuple[AppPort, ...]:
+    """A bridged app's ports are its port mappings: it has no port definitions."""
+    for name in ("portDefinitions", "ports"):
+        value = reader.raw.get(name)
+        if value is not None and value != []:
+            reader.fail(name, f"{name} are only allowed with host-networking")
+    return ()
+
+
 def _read_port_definitions(reader: _Reader) -> tuple[AppPort, ...]:
     value = reader.raw["portDefinitions"]
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
@@ -674,7 +689,7 @@ def _read_port_definitions(reader: _Reader) -> tuple[AppPort, ...]:
 
 
 def _read_checks(
-    reader: _Reader, ports: Sequence[AppPort]
+    reader: _Reader, port_names: Sequence[str | None]
 ) -> tuple[
     tuple[Mapping[str, Any], ...], tuple[Mapping[str, Any], ...], tuple[Mapping[str, Any], ...]
 ]:
@@ -691,7 +706,7 @@ def _read_checks(
             port_reference_errors(
                 checks,
                 ready,
-                [p.name for p in ports],
+                port_names,
                 f"{prefix}healthChecks",
                 f"{prefix}readinessChecks",
             )
@@ -806,28 +821,6 @@ def _read_roles(reader: _Reader) -> tuple[str, ...] | None:
     return tuple(roles) if roles is not None else None
 
 
-def _read_networks(reader: _Reader) -> tuple[Mapping[str, Any], ...]:
-    value = reader.raw.get("networks")
-    if value is None:
-        return ()
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        reader.fail("networks", "must be a list")
-        return ()
-    networks: list[Mapping[str, Any]] = []
-    for index, item in enumerate(value):
-        if not isinstance(item, Mapping) or item.get("mode", "host") not in (
-            "host",
-            "container",
-            "container/bridge",
-        ):
-            reader.fail(f"networks/{index}", "mode must be host, container or container/bridge")
-        else:
-            networks.append(dict(item))
-    if all(dict(n) == {"mode": "host"} for n in networks):
-        return ()  # host networking is the default; keep one spelling of it
-    return tuple(networks)
-
-
 # ---- merging updates ---------------------------------------------------------------------------
 
 
@@ -848,7 +841,32 @@ def merge_update(current: AppSpec, update: Mapping[str, Any]) -> dict[str, Any]:
         merged.pop("portDefinitions", None)
     if "fetch" not in update and "uris" in update:
         merged.pop("fetch", None)
+    _merge_networking(merged, update)
     return merged
+
+
+def _merge_networking(merged: dict[str, Any], update: Mapping[str, Any]) -> None:
+    """A change between host and bridge networking brings its own ports: drop the
+    current app's ports of the other kind unless the update gives them."""
+    container = merged.get("container")
+    docker = container.get("docker") if isinstance(container, Mapping) else None
+    legacy = docker.get("network") if isinstance(docker, Mapping) else None
+    if legacy is not None and "networks" not in update:
+        merged.pop("networks", None)
+    networks = merged.get("networks")
+    bridged = legacy == "BRIDGE" or (
+        isinstance(networks, Sequence)
+        and any(isinstance(n, Mapping) and n.get("mode") == "container/bridge" for n in networks)
+    )
+    if bridged and "portDefinitions" not in update and "ports" not in update:
+        merged.pop("portDefinitions", None)
+    if (
+        not bridged
+        and "container" not in update
+        and isinstance(container, Mapping)
+        and container.get("portMappings")
+    ):
+        merged["container"] = {**container, "portMappings": []}
 
 
 # ---- service ports -----------------------------------------------------------------------------
@@ -858,8 +876,11 @@ SERVICE_PORTS = range(10000, 20000)
 
 
 def assign_service_ports(app: AppSpec, previous: AppSpec | None, taken: set[int]) -> AppSpec:
-    """Give every `port: 0` definition a cluster-unique service port (what load balancers
-    such as Marathon-LB listen on), keeping the ones the app had; `taken` is updated."""
+    """Give every `port: 0` definition (every `servicePort: 0` mapping of a bridged app) a
+    cluster-unique service port (what load balancers such as Marathon-LB listen on),
+    keeping the ones the app had; `taken` is updated."""
+    if app.bridged and app.container is not None:
+        return _assign_mapping_service_ports(app, app.container, previous, taken)
     if app.require_ports or not any(p.port == 0 for p in app.port_definitions):
         taken.update(p.port for p in app.port_definitions)
         return app
@@ -877,11 +898,48 @@ def assign_service_ports(app: AppSpec, previous: AppSpec | None, taken: set[int]
     return app.with_changes(port_definitions=tuple(ports))
 
 
+def _assign_mapping_service_ports(
+    app: AppSpec, container: ContainerSpec, previous: AppSpec | None, taken: set[int]
+) -> AppSpec:
+    mappings = container.port_mappings
+    taken.update(m.service_port for m in mappings if m.service_port)
+    if all(m.service_port for m in mappings):
+        return app
+    before = previous.service_ports if previous is not None and previous.bridged else []
+    free = (port for port in SERVICE_PORTS if port not in taken)
+    assigned: list[PortMapping] = []
+    for index, mapping in enumerate(mappings):
+        port = mapping.service_port
+        if port == 0 and index < len(before) and before[index] and before[index] not in taken:
+            port = before[index]
+        if port == 0:
+            port = next(free, 0)
+        taken.add(port)
+        assigned.append(replace(mapping, service_port=port))
+    return app.with_changes(container=replace(container, port_mappings=tuple(assigned)))
+
+
 # ---- the task an instance runs ------------------------------------------------------------------
 
 
 def task_spec_for(app: AppSpec) -> TaskSpec:
-    """What every instance of this app version runs."""
+    """What every instance of this app version runs.
+
+    A bridged container asks for one host port per port mapping, in their order: a fixed
+    `hostPort` exactly, 0 any free one (the request's `require_ports` keeps fixed ports
+    fixed and draws the zeros)."""
+    container = app.container if app.container is not None and app.container.image else None
+    if container is not None and container.bridged:
+        ports = tuple(
+            PortDefinition(m.host_port, m.name, m.protocol) for m in container.port_mappings
+        )
+        require_ports = True
+    else:
+        ports = tuple(
+            PortDefinition(p.port if app.require_ports else 0, p.name, _task_protocol(p.protocol))
+            for p in app.port_definitions
+        )
+        require_ports = app.require_ports
     return TaskSpec(
         name=app.id.strip("/").replace("/", "."),
         cmd=app.cmd,
@@ -891,11 +949,8 @@ def task_spec_for(app: AppSpec) -> TaskSpec:
         disk=app.disk,
         gpus=app.gpus,
         env=dict(app.env),
-        port_definitions=tuple(
-            PortDefinition(p.port if app.require_ports else 0, p.name, _task_protocol(p.protocol))
-            for p in app.port_definitions
-        ),
-        require_ports=app.require_ports,
+        port_definitions=ports,
+        require_ports=require_ports,
         constraints=app.constraints,
         user=app.user,
         kill_grace_seconds=(
@@ -911,6 +966,7 @@ def task_spec_for(app: AppSpec) -> TaskSpec:
         health_checks=app.health_checks,
         readiness_checks=app.readiness_checks,
         fetch=app.fetch,
+        container=container,
     )
 
 

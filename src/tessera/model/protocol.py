@@ -35,6 +35,8 @@ class StatusUpdate:
     # Set on updates the agent sends when a task's health or readiness changes.
     healthy: bool | None = None
     ready: bool | None = None
+    # The container's addresses on its bridge, sent with TASK_RUNNING of bridged containers.
+    ip_addresses: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class StatusUpdate:
             "exit_code": self.exit_code,
             "healthy": self.healthy,
             "ready": self.ready,
+            "ip_addresses": list(self.ip_addresses),
         }
 
     @staticmethod
@@ -62,4 +65,5 @@ class StatusUpdate:
             exit_code=data.get("exit_code"),
             healthy=data.get("healthy"),
             ready=data.get("ready"),
+            ip_addresses=tuple(str(a) for a in data.get("ip_addresses") or ()),
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from tessera.model.container import ContainerSpec
 
 
 class TaskState(StrEnum):
@@ -98,6 +101,10 @@ class TaskSpec:
     health_checks: tuple[Mapping[str, Any], ...] = ()
     readiness_checks: tuple[Mapping[str, Any], ...] = ()
     fetch: tuple[Mapping[str, Any], ...] = ()
+    # The image to run it in, with its network, port mappings and volumes; None runs the
+    # command on the host. For a bridged container the task's host ports are one per port
+    # mapping, in the same order.
+    container: ContainerSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,6 +112,7 @@ class TaskSpec:
         data["labels"] = dict(self.labels)
         for name in ("health_checks", "readiness_checks", "fetch"):
             data[name] = [dict(entry) for entry in getattr(self, name)]
+        data["container"] = self.container.to_json() if self.container is not None else None
         return data
 
     @staticmethod
@@ -119,6 +127,8 @@ class TaskSpec:
         values["labels"] = dict(values.get("labels", {}))
         for name in ("health_checks", "readiness_checks", "fetch"):
             values[name] = tuple(dict(entry) for entry in values.get(name, ()))
+        container = values.get("container")
+        values["container"] = ContainerSpec.from_json(container) if container else None
         return TaskSpec(**values)
 
 
@@ -163,6 +173,8 @@ class Task:
     # inactiveAfterSeconds, so a replacement counts in its place (Marathon's
     # UnreachableInactive). Kept if the task comes back, so the surplus copy is this one.
     inactive_since: float | None = None
+    # The container's own addresses on its bridge (from the agent's TASK_RUNNING update).
+    ip_addresses: tuple[str, ...] = ()
 
     def with_changes(self, **changes: Any) -> Task:
         return replace(self, **changes)
@@ -187,6 +199,7 @@ class Task:
             "ready": self.ready,
             "applied_updates": list(self.applied_updates),
             "inactive_since": self.inactive_since,
+            "ip_addresses": list(self.ip_addresses),
         }
 
     @staticmethod
@@ -210,4 +223,21 @@ class Task:
             ready=data.get("ready"),
             applied_updates=tuple(data.get("applied_updates", ())),
             inactive_since=data.get("inactive_since"),
+            ip_addresses=tuple(data.get("ip_addresses", ())),
         )
+
+
+def ip_addresses(task: Task) -> list[dict[str, str]]:
+    """Marathon's `ipAddresses` of a task: its container's own addresses when it has them
+    (bridged), else its agent's address when the host is an IP literal."""
+    found = list(task.ip_addresses)
+    if not found and task.hostname:
+        found = [task.hostname]
+    shown = []
+    for address in found:
+        try:
+            version = ipaddress.ip_address(address).version
+        except ValueError:
+            continue  # a host name, not an address
+        shown.append({"ipAddress": address, "protocol": f"IPv{version}"})
+    return shown

@@ -58,6 +58,23 @@ class RoleFilter:
         )
 
 
+class CapabilityFilter:
+    """Only agents that offer what the task needs (a container runtime, bridge networking)."""
+
+    reason = Reason.UNSUPPORTED_CONTAINER_RUNTIME
+    structural = True
+
+    def copies(self, ctx: Context) -> IntArray | None:
+        needs = ctx.request.needs
+        if not needs:
+            return None
+        offered = ctx.snapshot.capabilities
+        return ctx.snapshot.cached(
+            ("needs", needs),
+            lambda: as_copies(np.array([needs <= caps for caps in offered], dtype=np.bool_)),
+        )
+
+
 class ConstraintFilter:
     """Agents the request's constraints exclude outright (LIKE, UNLIKE, IS, CLUSTER, …)."""
 

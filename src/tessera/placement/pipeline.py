@@ -11,6 +11,7 @@ from tessera.placement.context import Context
 from tessera.placement.fill import Fill, Limits, fill_binpack, fill_spread
 from tessera.placement.filters import (
     AgentStateFilter,
+    CapabilityFilter,
     ConstraintFilter,
     Filter,
     PortFilter,
@@ -44,6 +45,7 @@ def build_pipeline(policy: Policy) -> Pipeline:
         filters=(
             AgentStateFilter(),
             RoleFilter(),
+            CapabilityFilter(),
             ConstraintFilter(),
             ResourceFilter(0, Reason.INSUFFICIENT_CPUS),
             ResourceFilter(1, Reason.INSUFFICIENT_MEMORY),

@@ -38,6 +38,8 @@ class Request:
     priority: int = 0
     first_instance: int = 0
     app_id: str = ""
+    # Capabilities every agent that runs it must offer (AgentDescription.capabilities).
+    needs: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.count < 0:

@@ -36,6 +36,8 @@ class AgentDescription:
     tasks: tuple[RunningTask, ...] = ()
     state: AgentState = AgentState.ACTIVE
     role: str = UNRESERVED
+    # What the agent can run beyond plain commands, e.g. "containers" (see Request.needs).
+    capabilities: frozenset[str] = frozenset()
 
 
 def _vector(resources: Resources) -> list[float]:
@@ -67,6 +69,7 @@ class Snapshot:
             [a.state is AgentState.ACTIVE for a in described], dtype=np.bool_
         )
         self.roles = AttributeColumn([a.role for a in described])
+        self.capabilities = [a.capabilities for a in described]
         self.attributes = self._encode_attributes(described)
         self.ports = PortTable(
             [a.resources.ports for a in described], [a.used_ports for a in described]

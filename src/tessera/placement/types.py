@@ -36,6 +36,7 @@ class Reason(StrEnum):
     INSUFFICIENT_GPUS = "InsufficientGpus"
     INSUFFICIENT_PORTS = "InsufficientPorts"
     QUOTA_EXCEEDED = "QuotaExceeded"
+    UNSUPPORTED_CONTAINER_RUNTIME = "UnsupportedContainerRuntime"
 
 
 RESOURCE_REASONS: Final = (

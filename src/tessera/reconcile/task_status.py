@@ -36,6 +36,8 @@ def apply_status(task: Task, update: StatusUpdate, now: float) -> Task | None:
         applied_updates=remembered,
         healthy=update.healthy if update.healthy is not None else task.healthy,
         ready=update.ready if update.ready is not None else task.ready,
+        # Sent once, with TASK_RUNNING; later updates (health, the end) keep it.
+        ip_addresses=update.ip_addresses or task.ip_addresses,
     )
 
 

@@ -21,7 +21,7 @@ from tessera.master.core import Master
 from tessera.master.events import EventBus, timestamp
 from tessera.model.agent import Agent
 from tessera.model.app import AppSpec, InvalidApp, app_to_json
-from tessera.model.task import Task, TaskState
+from tessera.model.task import Task, TaskState, ip_addresses
 from tessera.reconcile.deployments import CyclicDependencies, Deployment
 
 PREFIXES = ("", "/marathon", "/service/marathon")
@@ -163,13 +163,13 @@ def _task_json(task: Task, app: AppSpec | None, agent: Agent | None) -> dict[str
         "appId": task.spec.app_id,
         "host": task.hostname,
         "ports": list(task.ports),
-        "servicePorts": [p.port for p in app.port_definitions] if app is not None else [],
+        "servicePorts": app.service_ports if app is not None else [],
         "slaveId": task.agent_id,
         "stagedAt": timestamp(task.created_at),
         "startedAt": timestamp(task.started_at) if task.started_at else None,
         "version": task.spec.app_version,
         "state": task.state.value,
-        "ipAddresses": [{"ipAddress": task.hostname, "protocol": "IPv4"}] if task.hostname else [],
+        "ipAddresses": ip_addresses(task),
         "localVolumes": [],
         "role": task.spec.role,
     }

@@ -57,14 +57,13 @@ def _entry(controller: ServicesController, app: AppSpec) -> dict[str, Any] | Non
     for task in queued:
         for reason, agents in task.queued_reasons.items():
             reasons[reason] = max(reasons.get(reason, 0), agents)
-    if waiting is not None and waiting.reason:
-        reasons["UnsupportedContainerRuntime"] = len(controller.master.state.agents)
     agents = len(controller.master.state.agents)
     ordered = [r for r in _REASON_ORDER if r in reasons]
     ordered += sorted(r for r in reasons if r not in _REASON_ORDER)
     declined = max(reasons.values(), default=0)
     return {
-        "app": app_json(controller, app, set()),
+        # With the last failure: why the instances wait (an image that cannot be pulled).
+        "app": app_json(controller, app, {"app.lastTaskFailure"}),
         "count": count,
         "delay": {"timeLeftSeconds": round(left), "overdue": left == 0.0},
         "since": timestamp(since),

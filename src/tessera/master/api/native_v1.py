@@ -154,6 +154,7 @@ def agent_view(agent: Agent, master: Master) -> dict[str, Any]:
         "registeredAt": iso(agent.registered_at),
         "lastSeenAt": iso(agent.last_seen_at),
         "isolation": dict(agent.isolation),
+        "containers": dict(agent.containers) if agent.containers is not None else None,
         "version": agent.version,
         "tasks": len(master.state.active_tasks_on(agent.id)),
     }

@@ -149,10 +149,10 @@ class DeploymentManager:
         self, changes: Mapping[str, AppSpec | None]
     ) -> dict[str, AppSpec | None]:
         taken = {
-            port.port
+            port
             for app_id, app in self.state.apps.items()
             if app_id not in changes
-            for port in app.port_definitions
+            for port in app.service_ports
         }
         return {
             app_id: (

@@ -29,7 +29,7 @@ from tessera.master.core import Master
 from tessera.master.events import EventBus
 from tessera.model.agent import AgentState
 from tessera.model.app import AppSpec, task_spec_for
-from tessera.model.task import Task, TaskState, new_task_id
+from tessera.model.task import Task, TaskState, ip_addresses, new_task_id
 from tessera.reconcile.deployments import effective_app
 from tessera.reconcile.liveness import (
     THROTTLE_MEMORY_SECONDS,
@@ -79,7 +79,6 @@ class Waiting:
     count: int
     since: float
     allowed_at: float | None = None
-    reason: str | None = None
 
 
 class ServicesController:
@@ -184,7 +183,7 @@ class ServicesController:
                 appId=task.spec.app_id,
                 host=task.hostname,
                 ports=list(task.ports),
-                ipAddresses=[],
+                ipAddresses=ip_addresses(task),
                 version=task.spec.app_version,
             )
         self.events.publish(
@@ -292,10 +291,7 @@ class ServicesController:
         if actions.inactive:
             work.append(self._mark_inactive(actions.inactive, now))
         launch = actions.launch
-        if app is not None and launch and app.container is not None:
-            self._wait(app_id, launch, now, reason="no agent offers a container runtime yet")
-            launch = 0
-        elif app is not None and actions.delayed:
+        if app is not None and actions.delayed:
             missing = app.instances - len(tasks) if mode is not Mode.STOP else 0
             self._wait(app_id, max(1, missing), now, allowed_at=launch_allowed_at(backoff, app))
         else:
@@ -368,10 +364,9 @@ class ServicesController:
         count: int,
         now: float,
         allowed_at: float | None = None,
-        reason: str | None = None,
     ) -> None:
         since = self.waiting[app_id].since if app_id in self.waiting else now
-        self.waiting[app_id] = Waiting(count, since, allowed_at, reason)
+        self.waiting[app_id] = Waiting(count, since, allowed_at)
 
     def _launch(self, app: AppSpec, count: int) -> list[Awaitable[Any]]:
         spec = task_spec_for(app)
