@@ -81,6 +81,23 @@ def parse_pids(text: str) -> list[int]:
     return [int(line) for line in text.split()]
 
 
+def subtree_pids(path: str) -> list[int]:
+    """Pids in the cgroup at `path` and in every cgroup below it (a container's own cgroup
+    sits below its task's); [] when the cgroup is gone."""
+    pids: list[int] = []
+    for directory, _, _ in os.walk(path):
+        try:
+            pids.extend(parse_pids(read_text(f"{directory}/cgroup.procs")))
+        except FileNotFoundError:
+            continue
+    return pids
+
+
+def subtree_dirs(path: str) -> list[str]:
+    """The cgroup at `path` and its descendants, deepest first (the order rmdir needs)."""
+    return [directory for directory, _, _ in os.walk(path, topdown=False)]
+
+
 def read_text(path: str) -> str:
     with open(path) as handle:
         return handle.read()
@@ -113,9 +130,10 @@ def signal_all(pids: Iterable[int], sig: signal.Signals, *, spare: int | None = 
 
 
 def remove_dirs(paths: Iterable[str]) -> bool:
-    """rmdir each cgroup directory; True when none is left (EBUSY means processes remain)."""
+    """rmdir each cgroup directory and what is below it; True when none is left (EBUSY means
+    processes remain)."""
     all_gone = True
-    for path in paths:
+    for path in [below for top in paths for below in subtree_dirs(top) or [top]]:
         try:
             os.rmdir(path)
         except FileNotFoundError:

@@ -13,12 +13,12 @@ from tessera.agent.cgroup_files import (
     ensure_writable,
     parse_keyed,
     parse_limit,
-    parse_pids,
     read_int,
     read_text,
     remove_dirs,
     remove_prefix,
     signal_all,
+    subtree_pids,
     write_text,
 )
 
@@ -30,16 +30,15 @@ class CgroupV1:
 
     version = "v1"
 
-    def __init__(self, dirs: Mapping[str, str]) -> None:
+    def __init__(self, dirs: Mapping[str, str], leaf: str | None = None) -> None:
         self._dirs = dict(dirs)
         self.paths: tuple[str, ...] = tuple(dict.fromkeys(self._dirs.values()))
-        self.procs_files: tuple[str, ...] = tuple(f"{path}/cgroup.procs" for path in self.paths)
+        joined = [f"{path}/{leaf}" if leaf else path for path in self.paths]
+        self.procs_files: tuple[str, ...] = tuple(f"{path}/cgroup.procs" for path in joined)
 
     def pids(self) -> list[int]:
-        try:
-            return parse_pids(read_text(f"{self._dirs['memory']}/cgroup.procs"))
-        except FileNotFoundError:
-            return []
+        """Every process of the task, including those in cgroups below its own (a container)."""
+        return subtree_pids(self._dirs["memory"])
 
     def oom_kills(self) -> int | None:
         """Processes the OOM killer took here; None on kernels without the counter (< 4.13)."""
@@ -108,13 +107,17 @@ class CgroupV1Driver:
     def _dirs(self, name: str) -> dict[str, str]:
         return {controller: f"{parent}/{name}" for controller, parent in self._parents.items()}
 
-    def create(self, name: str, limits: CgroupLimits) -> CgroupV1:
-        cgroup = CgroupV1(self._dirs(name))
+    def create(self, name: str, limits: CgroupLimits, leaf: str | None = None) -> CgroupV1:
+        """The task's cgroups with its limits; with `leaf`, the wrapper joins a child cgroup
+        of that name (a container task: runc makes another child for the container)."""
+        cgroup = CgroupV1(self._dirs(name), leaf)
         created: list[str] = []
         try:
             for path in cgroup.paths:
                 os.mkdir(path)
                 created.append(path)
+                if leaf:
+                    os.mkdir(f"{path}/{leaf}")
             self._write_limits(self._dirs(name), limits)
         except BaseException:
             remove_dirs(reversed(created))

@@ -12,13 +12,13 @@ from tessera.agent.cgroup_files import (
     ensure_writable,
     parse_keyed,
     parse_limit,
-    parse_pids,
     read_int,
     read_text,
     remove_dirs,
     remove_prefix,
     shares_to_weight,
     signal_all,
+    subtree_pids,
     write_text,
 )
 
@@ -30,17 +30,16 @@ class CgroupV2:
 
     version = "v2"
 
-    def __init__(self, path: str, *, can_kill: bool) -> None:
+    def __init__(self, path: str, *, can_kill: bool, leaf: str | None = None) -> None:
         self._path = path
         self._can_kill = can_kill
         self.paths: tuple[str, ...] = (path,)
-        self.procs_files: tuple[str, ...] = (f"{path}/cgroup.procs",)
+        joined = f"{path}/{leaf}" if leaf else path
+        self.procs_files: tuple[str, ...] = (f"{joined}/cgroup.procs",)
 
     def pids(self) -> list[int]:
-        try:
-            return parse_pids(read_text(f"{self._path}/cgroup.procs"))
-        except FileNotFoundError:
-            return []
+        """Every process of the task, including those in cgroups below its own (a container)."""
+        return subtree_pids(self._path)
 
     def oom_kills(self) -> int | None:
         try:
@@ -121,10 +120,16 @@ class CgroupV2Driver:
             "cgroup_kill": self._can_kill,
         }
 
-    def create(self, name: str, limits: CgroupLimits) -> CgroupV2:
+    def create(self, name: str, limits: CgroupLimits, leaf: str | None = None) -> CgroupV2:
+        """The task's cgroup with its limits; with `leaf`, the wrapper joins a child cgroup of
+        that name, since a v2 cgroup with processes cannot have controlled children (runc
+        makes the container's cgroup beside it)."""
         path = f"{self._parent}/{name}"
         os.mkdir(path)
         try:
+            if leaf:
+                enable_controllers(path, " ".join(f"+{n}" for n in REQUIRED_CONTROLLERS))
+                os.mkdir(f"{path}/{leaf}")
             write_text(f"{path}/cpu.weight", str(shares_to_weight(limits.shares)))
             if limits.cpu_hard_limit:
                 write_text(f"{path}/cpu.max", f"{limits.cfs_quota_us} {CFS_PERIOD_US}")
@@ -136,7 +141,7 @@ class CgroupV2Driver:
         except BaseException:
             remove_dirs([path])
             raise
-        return CgroupV2(path, can_kill=self._can_kill)
+        return CgroupV2(path, can_kill=self._can_kill, leaf=leaf)
 
     def attach(self, name: str) -> CgroupV2 | None:
         path = f"{self._parent}/{name}"
