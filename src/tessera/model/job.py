@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from tessera.model.container import BRIDGE, DOCKER, HOST, MESOS, ContainerSpec
+
 # Metronome's defaults (JobRunSpec, ScheduleSpec).
 DEFAULT_CPUS = 1.0
 DEFAULT_MEM = 128.0
@@ -86,16 +88,48 @@ class JobRunSpec:
     max_launch_delay: int = DEFAULT_MAX_LAUNCH_DELAY
     restart_policy: RestartPolicy = RestartPolicy.NEVER
     active_deadline_seconds: int | None = None
-    # Kept as given and shown back; Tessera runs commands, not container images.
+    # Metronome's run.docker {image, forcePullImage, privileged, parameters}, run.ucr
+    # {image {id, kind, forcePull}, privileged} and run.networks [{mode, labels}], as
+    # validated at the API and shown back; `container()` is what the task runs.
     docker: Mapping[str, Any] | None = None
     role: str = "*"
     priority: int = 0
+    ucr: Mapping[str, Any] | None = None
+    networks: tuple[Mapping[str, Any], ...] = ()
+
+    def container(self) -> ContainerSpec | None:
+        """The image the run's task runs in (DOCKER for run.docker, MESOS for run.ucr)."""
+        bridged = any(n.get("mode") == "container/bridge" for n in self.networks)
+        network = BRIDGE if bridged else HOST
+        if self.docker is not None:
+            return ContainerSpec(
+                type=DOCKER,
+                image=str(self.docker["image"]),
+                force_pull=bool(self.docker.get("forcePullImage", False)),
+                privileged=bool(self.docker.get("privileged", False)),
+                parameters=tuple(
+                    (str(p["key"]), str(p["value"])) for p in self.docker.get("parameters", ())
+                ),
+                network=network,
+            )
+        if self.ucr is not None:
+            image = self.ucr["image"]
+            return ContainerSpec(
+                type=MESOS,
+                image=str(image["id"]),
+                force_pull=bool(image.get("forcePull", False)),
+                privileged=bool(self.ucr.get("privileged", False)),
+                network=network,
+            )
+        return None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["args"] = list(self.args) if self.args is not None else None
         data["env"] = dict(self.env)
         data["docker"] = dict(self.docker) if self.docker is not None else None
+        data["ucr"] = dict(self.ucr) if self.ucr is not None else None
+        data["networks"] = [dict(n) for n in self.networks]
         return data
 
     @staticmethod
@@ -106,6 +140,7 @@ class JobRunSpec:
         values["artifacts"] = tuple(Artifact(**a) for a in values.get("artifacts", ()))
         values["constraints"] = tuple(JobConstraint(**c) for c in values.get("constraints", ()))
         values["restart_policy"] = RestartPolicy(values.get("restart_policy", "NEVER"))
+        values["networks"] = tuple(dict(n) for n in values.get("networks", ()))
         return JobRunSpec(**values)
 
 

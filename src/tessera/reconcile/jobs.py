@@ -126,6 +126,7 @@ def task_spec_for(run: JobRun) -> TaskSpec:
             {"uri": a.uri, "extract": a.extract, "executable": a.executable, "cache": a.cache}
             for a in spec.artifacts
         ),
+        container=spec.container(),
     )
 
 

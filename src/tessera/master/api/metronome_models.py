@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tessera.http_errors import ApiError, validation_details
 from tessera.model.constraints import ConstraintError, parse_constraints
+from tessera.model.container import SUPPORTED_PARAMETERS, image_reference_error
 from tessera.model.health import HealthSpecError, parse_fetch
 from tessera.model.job import (
     DEFAULT_CPUS,
@@ -64,9 +65,24 @@ class RestartIn(_Strict):
     activeDeadlineSeconds: int | None = Field(None, ge=1)
 
 
+def _image(image: str) -> str:
+    problem = image_reference_error(image)
+    if problem:
+        raise ValueError(problem)
+    return image
+
+
 class DockerParameterIn(_Strict):
     key: str
     value: str
+
+    @field_validator("key")
+    @classmethod
+    def _supported(cls, key: str) -> str:
+        if key not in SUPPORTED_PARAMETERS:
+            supported = ", ".join(SUPPORTED_PARAMETERS)
+            raise ValueError(f"parameter {key!r} is not supported; supported: {supported}")
+        return key
 
 
 class DockerIn(_Strict):
@@ -74,6 +90,26 @@ class DockerIn(_Strict):
     forcePullImage: bool = False
     privileged: bool = False
     parameters: list[DockerParameterIn] = Field(default_factory=list)
+
+    _reference = field_validator("image")(_image)
+
+
+class UcrImageIn(_Strict):
+    id: str = Field(min_length=1)
+    kind: Literal["docker"] = "docker"
+    forcePull: bool = False
+
+    _reference = field_validator("id")(_image)
+
+
+class UcrIn(_Strict):
+    image: UcrImageIn
+    privileged: bool = False
+
+
+class NetworkIn(_Strict):
+    mode: Literal["host", "container/bridge"]
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class RunIn(_Strict):
@@ -91,11 +127,11 @@ class RunIn(_Strict):
     maxLaunchDelay: int = Field(DEFAULT_MAX_LAUNCH_DELAY, ge=1)
     restart: RestartIn | None = None
     docker: DockerIn | None = None
+    ucr: UcrIn | None = None
+    networks: list[NetworkIn] = Field(default_factory=list, max_length=1)
     # Metronome fields Tessera cannot honour: accepted only empty, as clients send them.
     volumes: list[Any] = Field(default_factory=list, max_length=0)
     secrets: dict[str, Any] = Field(default_factory=dict, max_length=0)
-    networks: list[Any] = Field(default_factory=list, max_length=0)
-    ucr: None = None
     # Tessera's additions.
     role: str = Field("*", pattern=r"^(\*|[a-zA-Z0-9_][a-zA-Z0-9_\-.]*)$", max_length=64)
     priority: int = Field(0, ge=0, le=1000)
@@ -110,8 +146,15 @@ class RunIn(_Strict):
 
     @model_validator(mode="after")
     def _one_command(self) -> RunIn:
-        if (self.cmd is None) == (self.args is None):
-            raise ValueError("exactly one of cmd and args must be given")
+        image = self.docker is not None or self.ucr is not None
+        if (self.cmd is not None and self.args is not None) or (
+            self.cmd is None and self.args is None and not image
+        ):
+            raise ValueError("exactly one of cmd and args must be given, or a docker or ucr image")
+        if self.docker is not None and self.ucr is not None:
+            raise ValueError("Either Docker or UCR should be provided, but not both")
+        if not image and any(n.mode != "host" for n in self.networks):
+            raise ValueError("Only containers may join container or bridge networks")
         return self
 
     def to_spec(self) -> JobRunSpec:
@@ -135,6 +178,10 @@ class RunIn(_Strict):
             restart_policy=RestartPolicy(restart.policy),
             active_deadline_seconds=restart.activeDeadlineSeconds,
             docker=self.docker.model_dump() if self.docker else None,
+            ucr=self.ucr.model_dump() if self.ucr else None,
+            networks=tuple(
+                n.model_dump(exclude_defaults=True) | {"mode": n.mode} for n in self.networks
+            ),
             role=self.role,
             priority=self.priority,
         )

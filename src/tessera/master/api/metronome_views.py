@@ -53,6 +53,10 @@ def run_spec_view(spec: JobRunSpec) -> dict[str, Any]:
     view["restart"] = restart
     if spec.docker is not None:
         view["docker"] = dict(spec.docker)
+    if spec.ucr is not None:
+        view["ucr"] = dict(spec.ucr)
+    if spec.networks:
+        view["networks"] = [dict(n) for n in spec.networks]
     if spec.task_kill_grace_seconds is not None:
         view["taskKillGracePeriodSeconds"] = spec.task_kill_grace_seconds
     if spec.gpus:
