@@ -3,14 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Debian packages the parts need (installed when root and missing): etcd for HA masters;
+# runc, the CNI plugins, iptables and busybox-static for containers; a registry for the demo.
+DEBIAN_PACKAGES := etcd-server runc containernetworking-plugins iptables docker-registry busybox-static
 
 .PHONY: run test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile scripts/install-debian-packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	command -v etcd >/dev/null || (test "$$(id -u)" = 0 && export DEBIAN_FRONTEND=noninteractive && (apt-get install -y -qq etcd-server || (apt-get update -qq && apt-get install -y -qq etcd-server)) >/dev/null) || true
+	$(SHELL) scripts/install-debian-packages.sh $(DEBIAN_PACKAGES)
 	touch $(STAMP)
 
 run: $(STAMP)
