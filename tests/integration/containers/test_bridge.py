@@ -340,6 +340,57 @@ async def test_detach_when_the_namespace_is_already_gone(harness: Harness) -> No
     assert_nothing_left(harness.net, "web.g1", web.ip, veth)
 
 
+AGENT_ATTACHING = r"""
+import asyncio, sys
+from pathlib import Path
+from tessera.agent.containers.network import BridgeNetwork, BridgeSettings, PortMap
+async def main():
+    settings = BridgeSettings(bridge=sys.argv[2], subnet=sys.argv[3])
+    net = BridgeNetwork(Path(sys.argv[1]), settings)
+    print("attaching", flush=True)
+    await net.attach("crash.1", [PortMap(int(sys.argv[4]), 80, "tcp")])
+    print("attached", flush=True)
+    await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.01, 0.025, 0.045])
+async def test_detach_after_the_agent_is_killed_in_the_middle_of_attach(
+    harness: Harness, delay: float
+) -> None:
+    state_dir, settings = harness.net.state_dir, harness.settings
+    argv = [str(state_dir), settings.bridge, settings.subnet, str(free_port())]
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT_ATTACHING, *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its plugins keep running after it dies, as they would
+    )
+    assert agent.stdout is not None
+    assert agent.stdout.readline().strip() == "attaching"
+    time.sleep(delay)
+    agent.kill()
+    agent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # orphaned plugin runs finish first
+        try:
+            os.killpg(agent.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+
+    restarted = BridgeNetwork(state_dir, settings)
+    # Depending on the delay: nothing yet, the intent file only, or a complete attachment.
+    for task_id in restarted.attached():
+        await restarted.detach(task_id)
+    name = netns_name(state_dir, "crash.1")
+    assert restarted.attached() == []
+    assert not (NETNS_DIR / name).exists()
+    assert name not in sh("iptables-save").stdout
+    assert not list((state_dir / "ipam").glob(f"*/{settings.subnet.rsplit('.', 2)[0]}.*"))
+
+
 async def test_remove_bridge_waits_for_the_last_attachment(harness: Harness) -> None:
     await harness.net.attach("web.b1", [PortMap(free_port(), CONTAINER_PORT, "tcp")])
     rule = ["iptables", "-w", "-t", "nat", "-C", *loopback_masquerade_rule(harness.settings.bridge)]
