@@ -18,6 +18,7 @@ from tessera.agent.cgroup_files import (
     remove_dirs,
     remove_prefix,
     signal_all,
+    subtree_dirs,
     subtree_pids,
     write_text,
 )
@@ -41,13 +42,19 @@ class CgroupV1:
         return subtree_pids(self._dirs["memory"])
 
     def oom_kills(self) -> int | None:
-        """Processes the OOM killer took here; None on kernels without the counter (< 4.13)."""
-        try:
-            return parse_keyed(read_text(f"{self._dirs['memory']}/memory.oom_control")).get(
-                "oom_kill"
-            )
-        except FileNotFoundError:
+        """Processes the OOM killer took here or below (v1 counts each kill only in the
+        victim's own cgroup: a container's); None on kernels without the counter (< 4.13)."""
+        total: int | None = None
+        for directory in subtree_dirs(self._dirs["memory"]):
+            try:
+                found = parse_keyed(read_text(f"{directory}/memory.oom_control")).get("oom_kill")
+            except FileNotFoundError:
+                continue
+            if found is not None:
+                total = (total or 0) + found
+        if total is None and not os.path.isdir(self._dirs["memory"]):
             return 0
+        return total
 
     def limit_hits(self) -> int:
         return read_int(f"{self._dirs['memory']}/memory.failcnt")

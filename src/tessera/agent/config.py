@@ -23,3 +23,16 @@ class AgentConfig:
     isolation: str = "auto"
     kill_tasks_on_exit: bool = False
     reconnect_max_delay: float = 5.0
+    # Containers (docs/containers.md).
+    default_registry: str = "docker.io"
+    docker_config: Path | None = None
+    insecure_registries: tuple[str, ...] = ()
+    image_pull_stall_timeout: float = 60.0
+    image_pull_timeout: float = 600.0
+    image_store_limit_mib: float | None = None  # None: the size of the work dir's disk
+    image_gc_delay: float = 180.0
+    image_gc_interval: float = 300.0
+    allow_privileged: bool = False
+    allowed_host_paths: tuple[str, ...] = ()
+    bridge: str = "tessera0"
+    bridge_subnet: str = "10.232.0.0/24"

@@ -9,7 +9,7 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import tessera
 from tessera.agent.config import AgentConfig
+from tessera.agent.containers.runtime import ContainerLaunch, ContainerRuntime
+from tessera.agent.containers.setup import build_runtime, container_launch, port_maps
 from tessera.agent.disk import write_atomic
 from tessera.agent.environment import task_environment
 from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
+from tessera.agent.images.errors import PullFailed
 from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
@@ -69,6 +72,12 @@ class LocalTask:
     ports: tuple[int, ...] = ()
 
 
+def _failure(error: Exception) -> str:
+    if isinstance(error, PullFailed):
+        return f"image pull failed: {error.message}"
+    return str(error)
+
+
 def load_agent_id(work_dir: Path, hostname: str) -> str:
     """The agent's ID is made once and kept in its work dir, so a restart keeps it."""
     path = work_dir / "agent-id"
@@ -92,7 +101,9 @@ class AgentDaemon:
             cgroup_prefix=f"tessera/{self.agent_id}",
             default_user=config.task_user,
             isolation=config.isolation,
+            containers=build_runtime(config),
         )
+        self.containers: ContainerRuntime | None = self.executor.containers
         self.journal = StatusJournal(config.work_dir / "journal")
         self.tasks: dict[str, LocalTask] = {}
         self.http_url: str | None = None
@@ -115,6 +126,10 @@ class AgentDaemon:
             self.tasks[recovered.task_id] = LocalTask(recovered.task_id, TaskState.TASK_RUNNING)
             self._watch(recovered.task_id)
         self.health.resume([found.task_id for found in recovered_tasks if found.alive])
+        if self.containers is not None and self.containers.unavailable() is None:
+            collector = asyncio.create_task(self._collect_images(self.containers))
+            self._watchers.add(collector)
+            collector.add_done_callback(self._watchers.discard)
         for update in self.journal.pending():
             known = self.tasks.setdefault(update.task_id, LocalTask(update.task_id, update.state))
             if update.state.terminal:
@@ -166,7 +181,24 @@ class AgentDaemon:
             watcher.cancel()
         await self.health.close()
         await self.executor.close()
+        if self.containers is not None:
+            await self.containers.images.close()
+            network = self.containers.network
+            if network is not None and not network.attached() and network.unavailable() is None:
+                await network.remove_bridge()  # nothing of ours is left on it
         self.journal.close()
+
+    async def _collect_images(self, containers: ContainerRuntime) -> None:
+        """Image garbage collection: unused images go when the store passes its watermark."""
+        while True:
+            await asyncio.sleep(self.config.image_gc_interval)
+            try:
+                removed = await containers.images.collect()
+            except Exception:  # GC must never stop the agent; it tries again next round
+                log.exception("image garbage collection failed")
+                continue
+            if removed:
+                log.info("image garbage collection removed %s", ", ".join(removed))
 
     # ---- the master connection -----------------------------------------------------------
 
@@ -239,6 +271,7 @@ class AgentDaemon:
             "attributes": dict(config.attributes),
             "http_url": self.http_url,
             "isolation": self.executor.isolation_info(),
+            "containers": self.containers.info() if self.containers else None,
             "version": tessera.__version__,
             "tasks": [
                 {
@@ -300,6 +333,7 @@ class AgentDaemon:
         *,
         healthy: bool | None = None,
         ready: bool | None = None,
+        ip_addresses: tuple[str, ...] = (),
     ) -> None:
         update = StatusUpdate(
             uuid=str(uuid.uuid4()),
@@ -311,6 +345,7 @@ class AgentDaemon:
             exit_code=exit_code,
             healthy=healthy,
             ready=ready,
+            ip_addresses=ip_addresses,
         )
         local = self.tasks.setdefault(task_id, LocalTask(task_id, state))
         local.state = state
@@ -325,7 +360,7 @@ class AgentDaemon:
         spec = TaskSpec.from_json(payload["spec"])
         ports = tuple(int(port) for port in payload.get("ports", ()))
         self.tasks[task_id] = LocalTask(task_id, TaskState.TASK_STAGING, ports)
-        if spec.fetch:  # downloads take time: do not hold up the master's other messages
+        if spec.fetch or spec.container:  # downloads take time: do not hold up the others
             fetcher = asyncio.create_task(self._fetch_then_start(task_id, spec, ports))
             self._watchers.add(fetcher)
             fetcher.add_done_callback(self._watchers.discard)
@@ -334,18 +369,43 @@ class AgentDaemon:
 
     async def _fetch_then_start(self, task_id: str, spec: TaskSpec, ports: tuple[int, ...]) -> None:
         user = spec.user or str(self.executor.isolation_info()["default_user"])
+        if spec.container is not None:
+            user = "root"  # the sandbox is handed to the container's user at launch
         try:
-            await fetch_all(fetch_of(spec.fetch), self.executor.sandbox(task_id), user=user)
-        except (FetchFailed, ValueError) as error:  # ValueError: a bad spec
+            if spec.fetch:
+                await fetch_all(fetch_of(spec.fetch), self.executor.sandbox(task_id), user=user)
+            container = await self._pull(spec)
+        except (FetchFailed, PullFailed, ValueError) as error:  # ValueError: a bad spec
             if self.tasks[task_id].state is TaskState.TASK_STAGING:  # else killed meanwhile
                 reason = REASON_CONTAINER_LAUNCH_FAILED
-                await self.report(task_id, TaskState.TASK_FAILED, reason, str(error))
+                await self.report(task_id, TaskState.TASK_FAILED, reason, _failure(error))
             return
         if self.tasks[task_id].state is TaskState.TASK_STAGING:
-            await self._start(task_id, spec, ports)
+            await self._start(task_id, spec, ports, container)
 
-    async def _start(self, task_id: str, spec: TaskSpec, ports: tuple[int, ...]) -> None:
+    async def _pull(self, spec: TaskSpec) -> ContainerLaunch | None:
+        """The image of a container task, pulled unless cached (or forcePullImage)."""
+        container = spec.container
+        if container is None:
+            return None
+        if self.containers is None or self.containers.unavailable():
+            why = self.containers.unavailable() if self.containers else "no runtime"
+            raise ValueError(f"cannot run containers on this agent: {why}")
+        image = await self.containers.images.ensure(
+            container.image, force_pull=container.force_pull, credential=container.credential
+        )
+        return container_launch(container, image, (), spec.user)
+
+    async def _start(
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        ports: tuple[int, ...],
+        container: ContainerLaunch | None = None,
+    ) -> None:
         env = task_environment(task_id, spec, ports, self.config.hostname)
+        if container is not None and spec.container is not None:
+            container = replace(container, ports=port_maps(spec.container, ports))
         launch = LaunchSpec(
             task_id=task_id,
             command=spec.cmd,
@@ -357,13 +417,15 @@ class AgentDaemon:
             cpu_hard_limit=spec.cpu_hard_limit,
             user=spec.user,
             kill_grace_seconds=spec.kill_grace_seconds,
+            container=container,
         )
         try:
             running = await self.executor.launch(launch)
         except LaunchFailed as error:
             await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
             return
-        await self.report(task_id, TaskState.TASK_RUNNING)
+        addresses = (running.ip,) if running.ip else ()
+        await self.report(task_id, TaskState.TASK_RUNNING, ip_addresses=addresses)
         self._watch(task_id)
         names = tuple(definition.name for definition in spec.port_definitions)
         self.health.start(

@@ -6,7 +6,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tessera.agent.containers.runtime import ContainerLaunch
 
 DEFAULT_PIDS_LIMIT = 4096
 DEFAULT_TASK_USER = "nobody"
@@ -35,6 +38,9 @@ class LaunchSpec:
     `env` is the full task environment; the executor only adds `MESOS_SANDBOX` and, when
     absent, `HOME`, `USER` and `LOGNAME` of the run-as user. `mem` and `disk` are MiB;
     `disk` is recorded, not enforced. `user=None` runs as the executor's default user.
+    With `container`, the task runs in a container of that (pulled) image: then neither
+    `command` nor `args` may be given (the image's entrypoint and cmd run), and `user` is
+    the user inside the container (default: the image's).
     """
 
     task_id: str
@@ -48,10 +54,13 @@ class LaunchSpec:
     pids_limit: int | None = DEFAULT_PIDS_LIMIT
     user: str | None = None
     kill_grace_seconds: float = 3.0
+    container: ContainerLaunch | None = None
 
     def __post_init__(self) -> None:
         check_task_id(self.task_id)
-        if (self.command is None) == (self.args is None):
+        if self.command is not None and self.args is not None:
+            raise ValueError("a task takes command or args, not both")
+        if self.container is None and self.command is None and self.args is None:
             raise ValueError("a task needs exactly one of command and args")
         if self.args is not None and not self.args:
             raise ValueError("args must not be empty")
@@ -97,6 +106,7 @@ class RunningTask:
     cgroups: tuple[str, ...]
     started_at: float
     user: str
+    ip: str | None = None  # a bridged container's own address
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,12 @@ from pathlib import Path
 
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
+from tessera.agent.containers.runtime import (
+    WRAPPER_LEAF,
+    ContainerRecord,
+    ContainerRuntime,
+    PreparedContainer,
+)
 from tessera.agent.disk import describe_os_error, write_atomic
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
 from tessera.agent.exec_outcome import (
@@ -104,6 +110,7 @@ class Executor:
         cgroup_prefix: str = "tessera",
         default_user: str | None = None,
         isolation: str = "auto",
+        containers: ContainerRuntime | None = None,
     ) -> None:
         if isolation not in _ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(_ISOLATIONS)}")
@@ -112,7 +119,9 @@ class Executor:
         self._sandboxes.mkdir(parents=True, exist_ok=True)
         self._meta = MetaStore(work_dir / "meta" / "tasks")
         self._wrapper = self._install_wrapper(work_dir / "meta" / WRAPPER_NAME)
-        detection = select_driver(isolation, clean_prefix(cgroup_prefix))
+        self._cgroup_prefix = clean_prefix(cgroup_prefix)
+        self.containers = containers
+        detection = select_driver(isolation, self._cgroup_prefix)
         self._driver = detection.driver
         self._cgroup_note = detection.reason
         self._me = current_user()
@@ -190,7 +199,7 @@ class Executor:
         if known is not None:
             return self._describe(known)
         try:
-            task = self._start(spec)
+            task = await self._start_container(spec) if spec.container else self._start(spec)
         except LaunchFailed as failure:
             log.warning("task %s cannot start: %s", spec.task_id, failure.message)
             self._exits.setdefault(spec.task_id, failure.exit)
@@ -218,13 +227,18 @@ class Executor:
             raise
 
     def _spawn(
-        self, spec: LaunchSpec, run_as: RunAs, argv: list[str], env: Mapping[str, str]
+        self,
+        spec: LaunchSpec,
+        run_as: RunAs,
+        argv: list[str],
+        env: Mapping[str, str],
+        leaf: str | None = None,
     ) -> TaskRecord:
         sandbox = self.sandbox(spec.task_id)
         stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as)
         cgroup = None
         try:
-            cgroup = self._make_cgroup(spec)
+            cgroup = self._make_cgroup(spec, leaf)
             pid = spawn_wrapper(
                 self._wrapper,
                 status_file=str(self._meta.status_path(spec.task_id)),
@@ -262,6 +276,47 @@ class Executor:
             raise LaunchFailed(message) from None
         return TaskRecord(checkpoint, cgroup)
 
+    async def _start_container(self, spec: LaunchSpec) -> TaskRecord:
+        """Like `_start`, with `runc run` as the command (see containers/runtime.py)."""
+        runtime = self.containers
+        if runtime is None or self._driver is None:
+            why = "no cgroups" if runtime else "no container runtime configured"
+            raise LaunchFailed(f"cannot run containers on this agent: {why}")
+        try:
+            self._meta.create(spec.task_id)
+        except FileExistsError:
+            raise LaunchFailed(f"task {spec.task_id} was already launched on this agent") from None
+        except OSError as error:
+            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
+            raise LaunchFailed(message) from None
+        sandbox = self.sandbox(spec.task_id)
+        prepared: PreparedContainer | None = None
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(sandbox, 0o750)
+            assert spec.container is not None
+            prepared = await runtime.prepare(
+                spec.task_id,
+                spec.container,
+                cmd=spec.command,
+                args=spec.args,
+                env=dict(spec.env),
+                sandbox=sandbox,
+                cgroup_prefix=self._cgroup_prefix,
+            )
+            runtime.save_record(self._meta.task_dir(spec.task_id), prepared.record)
+            user = prepared.user
+            run_as = RunAs(user.name or str(user.uid), user.uid, user.gid, (), user.home)
+            return self._spawn(spec, run_as, prepared.argv, ROOT_WRAPPER_ENV, WRAPPER_LEAF)
+        except BaseException as error:
+            if prepared is not None:
+                await runtime.cleanup(prepared.record)
+            self._meta.forget(spec.task_id)
+            if isinstance(error, OSError):
+                reason = describe_os_error(error)
+                raise LaunchFailed(f"cannot set up the container: {reason}") from None
+            raise
+
     def _run_as(self, user: str | None) -> RunAs:
         if not self._can_switch:
             return self._me
@@ -295,17 +350,18 @@ class Executor:
             raise LaunchFailed(message) from None
         return stdout_fd, stderr_fd
 
-    def _make_cgroup(self, spec: LaunchSpec) -> TaskCgroup | None:
+    def _make_cgroup(self, spec: LaunchSpec, leaf: str | None = None) -> TaskCgroup | None:
         if self._driver is None:
             return None
         limits = CgroupLimits(spec.cpus, spec.mem, spec.cpu_hard_limit, spec.pids_limit)
         try:
-            return self._driver.create(spec.task_id, limits)
+            return self._driver.create(spec.task_id, limits, leaf)
         except OSError as error:
             raise LaunchFailed(f"cannot create the task's cgroup: {error}") from None
 
     def _describe(self, task: TaskRecord) -> RunningTask:
         checkpoint = task.checkpoint
+        record = self._container_record(task.task_id)
         return RunningTask(
             task_id=checkpoint.task_id,
             pid=checkpoint.pid,
@@ -313,7 +369,13 @@ class Executor:
             cgroups=checkpoint.cgroups,
             started_at=checkpoint.started_at,
             user=checkpoint.user,
+            ip=record.ip if record else None,
         )
+
+    def _container_record(self, task_id: str) -> ContainerRecord | None:
+        if self.containers is None:
+            return None
+        return self.containers.load_record(self._meta.task_dir(task_id))
 
     # ---- watching and the end of a task ----------------------------------------------------
 
@@ -352,6 +414,7 @@ class Executor:
             # No status file (disk full?): the wrapper exits with the command's status too.
             evidence = replace(evidence, status=WrapperStatus(exit_status=task.exit_code))
         await kill_leftovers(task)
+        await self._remove_container(task.task_id)
         result = decide_exit(evidence)
         try:
             self._meta.write_exit(task.task_id, result)
@@ -364,6 +427,11 @@ class Executor:
         self._exits[task.task_id] = result
         if not task.done.done():
             task.done.set_result(result)
+
+    async def _remove_container(self, task_id: str) -> None:
+        record = self._container_record(task_id)
+        if record is not None and self.containers is not None:
+            await self.containers.cleanup(record)
 
     def _evidence(
         self, checkpoint: TaskCheckpoint, cgroup: TaskCgroup | None, kill_requested: bool
@@ -485,6 +553,8 @@ class Executor:
                 continue
             if task.cgroup is not None:  # a cleanup cut short by the agent's death
                 await empty_cgroup(task.cgroup, found.task_id)
+            await self._remove_container(found.task_id)
+            if task.cgroup is not None:
                 await remove_cgroup(task.cgroup, found.task_id)
             self._exits[found.task_id] = settled
         await self._kill_orphans()
@@ -546,6 +616,8 @@ class Executor:
         self._tasks.clear()
         if self._driver is not None:
             self._driver.release()
+        if self.containers is not None:
+            self.containers.close(self._cgroup_prefix)
 
 
 # ---- helpers without executor state ---------------------------------------------------------

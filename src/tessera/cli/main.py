@@ -142,6 +142,43 @@ def agent(
     ] = "auto",
     kill_tasks_on_exit: Annotated[bool, typer.Option(envvar="TESSERA_KILL_TASKS_ON_EXIT")] = False,
     log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
+    default_registry: Annotated[
+        str,
+        typer.Option(envvar="TESSERA_DEFAULT_REGISTRY", help="Registry of images named bare."),
+    ] = "docker.io",
+    docker_config: Annotated[
+        Path | None,
+        typer.Option(envvar="TESSERA_DOCKER_CONFIG", help="Registry credentials (config.json)."),
+    ] = None,
+    insecure_registries: Annotated[
+        str,
+        typer.Option(
+            envvar="TESSERA_INSECURE_REGISTRIES", help="host[:port],... reached by plain HTTP."
+        ),
+    ] = "",
+    image_pull_stall_timeout: Annotated[
+        float, typer.Option(envvar="TESSERA_IMAGE_PULL_STALL_TIMEOUT", min=0.1)
+    ] = 60.0,
+    image_pull_timeout: Annotated[
+        float, typer.Option(envvar="TESSERA_IMAGE_PULL_TIMEOUT", min=0.1)
+    ] = 600.0,
+    image_store_limit: Annotated[
+        float | None,
+        typer.Option(
+            envvar="TESSERA_IMAGE_STORE_LIMIT", help="MiB for images (default: the disk's size)."
+        ),
+    ] = None,
+    image_gc_delay: Annotated[float, typer.Option(envvar="TESSERA_IMAGE_GC_DELAY", min=0)] = 180.0,
+    allow_privileged: Annotated[bool, typer.Option(envvar="TESSERA_ALLOW_PRIVILEGED")] = False,
+    allowed_host_paths: Annotated[
+        str,
+        typer.Option(
+            envvar="TESSERA_ALLOWED_HOST_PATHS",
+            help="Host paths container volumes may mount, comma-separated.",
+        ),
+    ] = "",
+    bridge: Annotated[str, typer.Option(envvar="TESSERA_BRIDGE")] = "tessera0",
+    bridge_subnet: Annotated[str, typer.Option(envvar="TESSERA_BRIDGE_SUBNET")] = "10.232.0.0/24",
 ) -> None:
     """Run an agent in the foreground: it dials the master and runs tasks."""
     if ctx.invoked_subcommand is not None:
@@ -183,12 +220,27 @@ def agent(
         task_user=task_user,
         isolation=isolation,
         kill_tasks_on_exit=kill_tasks_on_exit,
+        default_registry=default_registry,
+        docker_config=docker_config.resolve() if docker_config else None,
+        insecure_registries=_csv(insecure_registries),
+        image_pull_stall_timeout=image_pull_stall_timeout,
+        image_pull_timeout=image_pull_timeout,
+        image_store_limit_mib=image_store_limit,
+        image_gc_delay=image_gc_delay,
+        allow_privileged=allow_privileged,
+        allowed_host_paths=_csv(allowed_host_paths),
+        bridge=bridge,
+        bridge_subnet=bridge_subnet,
     )
     try:
         code = asyncio.run(serve_agent(config))
     except OSError as error:
         fail(f"agent cannot start: {error}")
     raise typer.Exit(code)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @agent_app.command("list")
