@@ -271,10 +271,11 @@ async def test_token_auth(token_registry: Registry, open_store: StoreFactory) ->
     assert any(subject == user for subject, _ in token_registry.token_server.issued)
 
 
-async def test_stalling_registry(registry: Registry, open_store: StoreFactory) -> None:
+@pytest.mark.parametrize("rate", [0, 20], ids=["silent", "trickling"])
+async def test_stalling_registry(registry: Registry, open_store: StoreFactory, rate: int) -> None:
     repository = unique_repository("stall")
     push_image(registry.host, repository, small_image("stall", size=64 << 10), "latest")
-    with StallingProxy(registry.host, pass_bytes=1024, rate=0) as proxy:
+    with StallingProxy(registry.host, pass_bytes=1024, rate=rate) as proxy:
         store = open_store(proxy.host, stall_timeout=2.0)
         started = time.monotonic()
         with pytest.raises(PullFailed) as caught:

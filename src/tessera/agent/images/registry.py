@@ -2,8 +2,10 @@
 authentication, size and digest checks, blobs streamed to disk, and every failure turned
 into a PullFailed that names the image and the cause.
 
-Stalls are httpx's read timeout: no byte for `stall_timeout` seconds fails the request.
-The overall deadline is the caller's (`asyncio.timeout` around the whole pull).
+A blob stalls when no byte comes for `stall_timeout` seconds (httpx's read timeout) and also
+when bytes only trickle: less than `PROGRESS_BYTES` in `stall_timeout` seconds counts as no
+progress, since "any byte is progress" lets a pull hang for hours (containerd #11650). The
+overall deadline is the caller's (`asyncio.timeout` around the whole pull).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tessera.clock import Clock
 
 _ERROR_BODY_LIMIT = 64 << 10
 _CONNECT_TIMEOUT = 10.0
+PROGRESS_BYTES = 4096
 
 
 class RegistryClient:
@@ -63,6 +66,7 @@ class RegistryClient:
     ) -> None:
         self._insecure = insecure_registries
         self._stall_timeout = stall_timeout
+        self._clock = clock
         # pool=None: waiting for a connection behind other pulls is queueing, not a stall.
         timeout = httpx.Timeout(
             connect=_CONNECT_TIMEOUT, read=stall_timeout, write=stall_timeout, pool=None
@@ -100,7 +104,9 @@ class RegistryClient:
         )
         scheme = "http" if insecure else "https"
         base = f"{scheme}://{reference.api_host}/v2/{reference.repository}"
-        return Repository(self._client, authorizer, reference, base, self._stall_timeout, note)
+        return Repository(
+            self._client, authorizer, reference, base, self._stall_timeout, self._clock, note
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -116,6 +122,7 @@ class Repository:
         reference: Reference,
         base_url: str,
         stall_timeout: float,
+        clock: Clock,
         note: str | None,
     ) -> None:
         self._client = client
@@ -124,6 +131,7 @@ class Repository:
         self._image = str(reference)
         self._base = base_url
         self._stall_timeout = stall_timeout
+        self._clock = clock
         self._note = note
 
     @property
@@ -191,6 +199,7 @@ class Repository:
             descriptor_fd = os.open(
                 partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
             )
+            progress = _Progress(self._clock.monotonic(), self._stall_timeout)
             try:
                 async for chunk in response.aiter_bytes():
                     received += len(chunk)
@@ -198,6 +207,13 @@ class Repository:
                         raise self._size_error(descriptor, received, more=True)
                     hasher.update(chunk)
                     write_all(descriptor_fd, chunk)
+                    if progress.stalled(len(chunk), self._clock.monotonic()):
+                        raise PullFailed(
+                            STALLED,
+                            f"cannot pull {self._image}: the pull stalled (less than "
+                            f"{PROGRESS_BYTES} bytes from {response.url.host} in "
+                            f"{self._stall_timeout:g} s)",
+                        )
             finally:
                 os.close(descriptor_fd)
         return received, hasher
@@ -336,6 +352,22 @@ class Repository:
             raise PullFailed(
                 INVALID, f"cannot pull {self._image}: cannot write in {where}: {error}"
             ) from None
+
+
+class _Progress:
+    """Progress is PROGRESS_BYTES more; a stall is none of it for `timeout` seconds."""
+
+    def __init__(self, now: float, timeout: float) -> None:
+        self._mark = now
+        self._pending = 0
+        self._timeout = timeout
+
+    def stalled(self, arrived: int, now: float) -> bool:
+        self._pending += arrived
+        if self._pending >= PROGRESS_BYTES:
+            self._mark, self._pending = now, 0
+            return False
+        return now - self._mark > self._timeout
 
 
 def _algorithm(descriptor: Descriptor) -> str:
