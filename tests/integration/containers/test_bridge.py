@@ -28,7 +28,7 @@ from tessera.agent.containers.network import (
     BridgeNetwork,
     BridgeSettings,
     PortMap,
-    loopback_masquerade_rule,
+    bridge_rules,
     netns_name,
     network_name,
 )
@@ -393,15 +393,49 @@ async def test_detach_after_the_agent_is_killed_in_the_middle_of_attach(
 
 async def test_remove_bridge_waits_for_the_last_attachment(harness: Harness) -> None:
     await harness.net.attach("web.b1", [PortMap(free_port(), CONTAINER_PORT, "tcp")])
-    rule = ["iptables", "-w", "-t", "nat", "-C", *loopback_masquerade_rule(harness.settings.bridge)]
+    checks = [rule.command("-C") for rule in bridge_rules(harness.settings.bridge)]
     await harness.net.remove_bridge()
     assert link_exists(harness.settings.bridge)
     await harness.net.detach("web.b1")
-    assert sh(*rule, check=False).returncode == 0
+    assert all(sh(*check, check=False).returncode == 0 for check in checks)
     await harness.net.remove_bridge()
     assert not link_exists(harness.settings.bridge)
-    assert sh(*rule, check=False).returncode != 0
+    assert all(sh(*check, check=False).returncode != 0 for check in checks)
     await harness.net.remove_bridge()  # again: nothing to do
+
+
+async def test_containers_cannot_reach_the_hosts_loopback_services(harness: Harness) -> None:
+    # portmap's route_localnet=1 on the bridge would let a container that routes 127.0.0.0/8
+    # to its gateway (root in its namespace, or CAP_NET_RAW) reach services the host binds
+    # to 127.0.0.1 (CVE-2020-8558). The bridge's DROP rule stops that.
+    attacker = await harness.net.attach("evil.1", [PortMap(free_port(), CONTAINER_PORT, "tcp")])
+    name = netns_name(harness.net.state_dir, "evil.1")
+    for command in (
+        ["route", "del", "local", "127.0.0.0/8", "table", "local"],
+        ["route", "del", "local", "127.0.0.1", "table", "local"],
+        ["route", "add", "127.0.0.0/8", "via", attacker.gateway, "dev", "eth0"],
+    ):
+        sh("ip", "-n", name, *command, check=False)
+    sh("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1")
+    send = "import socket, sys; socket.socket(2, 2).sendto(b'hi', ('127.0.0.1', int(sys.argv[1])))"
+
+    def reaches_host() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as service:
+            service.bind(("127.0.0.1", 0))
+            service.settimeout(0.5)
+            sh(*in_netns(attacker.netns, send, str(service.getsockname()[1])))
+            try:
+                return service.recvfrom(64)[0] == b"hi"
+            except TimeoutError:
+                return False
+
+    assert not reaches_host()
+    drop = bridge_rules(harness.settings.bridge)[1]
+    sh(*drop.command("-D"))
+    try:
+        assert reaches_host()  # the attack is real: it works without the rule
+    finally:
+        sh(*drop.command("add"))
 
 
 async def test_two_networks_on_one_machine_do_not_interfere(

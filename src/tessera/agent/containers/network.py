@@ -10,12 +10,13 @@ file alone: after an agent restart, after kill -9 in the middle of `attach`, and
 namespace is already gone. DEL runs portmap, bridge, loopback, then the namespace goes,
 then the file.
 
-Two plugin gaps are closed here. The bridge plugin leaves its per-container masquerade chain
-behind when the namespace is gone at DEL (it finds no eth0 to read the address from), so
-`detach` removes that chain itself. portmap marks only `127.0.0.1` sources for masquerade,
-so a client bound to another loopback address (a local agent's 127.0.0.N) would send
-packets the container cannot answer; one rule per bridge masquerades 127.0.0.0/8 leaving
-through it.
+Three plugin gaps are closed here. The bridge plugin leaves its per-container masquerade
+chain behind when the namespace is gone at DEL (it finds no eth0 to read the address from),
+so `detach` removes that chain itself. portmap sets `route_localnet=1` on the bridge, so
+that host ports answer on 127.0.0.1, but marks only `127.0.0.1` sources for masquerade, and
+route_localnet also lets containers reach the host's loopback services: two iptables rules
+per bridge (`bridge_rules`) masquerade 127.0.0.0/8 leaving through it and drop new
+connections to 127.0.0.0/8 coming in from it.
 
 Left in place on purpose, as the CNI plugins leave them: `net.ipv4.ip_forward=1` (set by
 the bridge plugin for a gateway bridge), the shared `CNI-HOSTPORT-*` chains (other agents
@@ -130,14 +131,47 @@ def port_mappings(ports: Sequence[PortMap]) -> list[dict[str, Any]]:
     ]
 
 
-def loopback_masquerade_rule(bridge: str) -> list[str]:
-    """The rule (after `-t nat -A/-C/-D`) masquerading loopback sources that leave through
-    `bridge`: host-port connections from 127.0.0.N other than 127.0.0.1."""
-    return [
-        "POSTROUTING", "-o", bridge, "-s", "127.0.0.0/8",
-        "-m", "comment", "--comment", f"tessera {bridge}: host ports from loopback",
-        "-j", "MASQUERADE",
-    ]  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """An iptables rule this network keeps for its bridge while the bridge lives."""
+
+    table: str
+    chain: str
+    rule: tuple[str, ...]
+    first: bool = False  # inserted at the top of its chain rather than appended
+
+    def command(self, operation: str) -> list[str]:
+        """The iptables command line for `operation`: -C (check), -D, or "add"."""
+        if operation == "add":
+            operation = "-I" if self.first else "-A"
+        return ["iptables", "-w", "-t", self.table, operation, self.chain, *self.rule]
+
+
+def bridge_rules(bridge: str) -> tuple[HostRule, ...]:
+    """The two rules portmap's `route_localnet=1` on the bridge calls for.
+
+    Masquerade: portmap marks only 127.0.0.1 sources, so host-port connections from a client
+    bound to 127.0.0.N (a local agent's address) left with a source the container cannot
+    answer. Drop: with route_localnet a container can send packets to the host's 127.0.0.0/8
+    services (the master, the agent, the DNS responders) by routing them to the gateway
+    (CVE-2020-8558); only answers to connections the host made may come in that way.
+    """
+    return (
+        HostRule(
+            "nat", "POSTROUTING",
+            ("-o", bridge, "-s", "127.0.0.0/8",
+             "-m", "comment", "--comment", f"tessera {bridge}: host ports from loopback",
+             "-j", "MASQUERADE"),
+        ),
+        HostRule(
+            "filter", "INPUT",
+            ("-i", bridge, "-d", "127.0.0.0/8",
+             "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+             "-m", "comment", "--comment", f"tessera {bridge}: no loopback from containers",
+             "-j", "DROP"),
+            first=True,
+        ),
+    )  # fmt: skip
 
 
 # ---- the saved state of one attachment ----------------------------------------------------
@@ -264,7 +298,7 @@ class BridgeNetwork:
                 await self._detach(saved)
 
     async def remove_bridge(self) -> None:
-        """Delete the bridge (and its loopback rule) when no attachment is left; else nothing."""
+        """Delete the bridge and its rules when no attachment is left; else do nothing."""
         async with self._bridge_lock:
             if self.attached():
                 return
@@ -293,36 +327,37 @@ class BridgeNetwork:
     async def _attach(self, saved: _Saved) -> Attachment:
         await _add_netns(saved.name)
         lo_call, eth_call = self._call(saved, "lo"), self._call(saved)
+        # The bridge's rules go in alongside: nothing runs in the namespace before we return.
         outcomes = await asyncio.gather(
-            run_plugin("loopback", "ADD", loopback_config(saved.network), lo_call, PLUGIN_TIMEOUT),
             run_plugin("bridge", "ADD", saved.bridge, eth_call, PLUGIN_TIMEOUT),
+            run_plugin("loopback", "ADD", loopback_config(saved.network), lo_call, PLUGIN_TIMEOUT),
+            self._ensure_bridge_rules(),
             return_exceptions=True,
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        bridge = outcomes[1]
+        bridge = outcomes[0]
         assert isinstance(bridge, dict)
         saved = replace(saved, result=bridge)
         self._save(saved)
         attachment = saved.attachment()
         assert attachment is not None
         if saved.ports:
-            await self._ensure_loopback_masquerade()
             config = portmap_config(saved.network, port_mappings(saved.ports), bridge)
             await run_plugin("portmap", "ADD", config, self._call(saved), PLUGIN_TIMEOUT)
         return attachment
 
-    async def _ensure_loopback_masquerade(self) -> None:
-        # Checked on every attach with ports (a millisecond), so a rule someone flushed
-        # comes back with the next container.
-        rule = loopback_masquerade_rule(self.settings.bridge)
+    async def _ensure_bridge_rules(self) -> None:
+        # Checked on every attach (a few milliseconds, alongside the plugins), so a rule
+        # someone flushed comes back with the next container.
         async with self._bridge_lock:
-            if (await run_tool(["iptables", "-w", "-t", "nat", "-C", *rule]))[0] == 0:
-                return
-            code, _, err = await run_tool(["iptables", "-w", "-t", "nat", "-A", *rule])
-            if code != 0:
-                raise PluginError(f"iptables: {err.decode(errors='replace').strip()}")
+            for rule in bridge_rules(self.settings.bridge):
+                if (await run_tool(rule.command("-C")))[0] == 0:
+                    continue
+                code, _, err = await run_tool(rule.command("add"))
+                if code != 0:
+                    raise PluginError(f"iptables: {err.decode(errors='replace').strip()}")
 
     # -- detach ---------------------------------------------------------------------------
 
@@ -429,9 +464,9 @@ async def _delete_netns(name: str) -> None:
 
 
 async def _remove_bridge(bridge: str) -> None:
-    rule = loopback_masquerade_rule(bridge)
-    while (await run_tool(["iptables", "-w", "-t", "nat", "-D", *rule]))[0] == 0:
-        pass  # every copy, should there be several
+    for rule in bridge_rules(bridge):
+        while (await run_tool(rule.command("-D")))[0] == 0:
+            pass  # every copy, should there be several
     code, _, err = await run_tool(["ip", "link", "del", bridge])
     if code != 0 and b"Cannot find device" not in err:
         raise PluginError(f"ip link del {bridge}: {err.decode(errors='replace').strip()}")

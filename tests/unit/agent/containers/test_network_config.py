@@ -27,7 +27,7 @@ from tessera.agent.containers.network import (
     BridgeSettings,
     NetworkError,
     PortMap,
-    loopback_masquerade_rule,
+    bridge_rules,
     netns_name,
     network_name,
     port_mappings,
@@ -108,12 +108,21 @@ def test_portmap_config_chains_on_the_bridge_result_with_snat() -> None:
     assert "prevResult" not in portmap_config("n", mappings, None)
 
 
-def test_loopback_masquerade_rule_is_per_bridge() -> None:
-    rule = loopback_masquerade_rule("tessera3")
-    assert rule[0] == "POSTROUTING"
-    assert rule[rule.index("-o") + 1] == "tessera3"
-    assert rule[rule.index("-s") + 1] == "127.0.0.0/8"
-    assert rule[-2:] == ["-j", "MASQUERADE"]
+def test_bridge_rules_masquerade_loopback_out_and_drop_new_loopback_in() -> None:
+    masquerade, drop = bridge_rules("tessera3")
+    assert masquerade.command("add") == [
+        "iptables", "-w", "-t", "nat", "-A", "POSTROUTING",
+        "-o", "tessera3", "-s", "127.0.0.0/8",
+        "-m", "comment", "--comment", "tessera tessera3: host ports from loopback",
+        "-j", "MASQUERADE",
+    ]  # fmt: skip
+    assert drop.command("add")[3:6] == ["filter", "-I", "INPUT"]
+    assert drop.command("-C")[4:] == [
+        "-C", "INPUT", "-i", "tessera3", "-d", "127.0.0.0/8",
+        "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+        "-m", "comment", "--comment", "tessera tessera3: no loopback from containers",
+        "-j", "DROP",
+    ]  # fmt: skip
 
 
 # ---- value checks and names ------------------------------------------------------------------
@@ -221,7 +230,7 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(network, "_add_netns", nothing)
     monkeypatch.setattr(network, "_delete_netns", nothing)
     monkeypatch.setattr(network, "_remove_masquerade_chain", nothing)
-    monkeypatch.setattr(BridgeNetwork, "_ensure_loopback_masquerade", nothing)
+    monkeypatch.setattr(BridgeNetwork, "_ensure_bridge_rules", nothing)
     return bin_dir
 
 
@@ -246,7 +255,7 @@ async def test_attach_runs_loopback_and_bridge_then_portmap_and_saves_the_result
     assert made.ip == "10.232.3.2"
     assert made.gateway == "10.232.3.1"
     assert made.netns == f"/run/netns/{netns_name(state, 'shop_web.1')}"
-    assert sorted(calls(tmp_path)[:2]) == ["bridge ADD eth0", "loopback ADD lo"]
+    assert sorted(calls(tmp_path)[:2]) == ["bridge ADD eth0", "loopback ADD lo"]  # together
     assert stdin_of(tmp_path, "portmap", "ADD")["prevResult"] == BRIDGE_RESULT
     assert net.attached() == ["shop_web.1"]
     assert net.attachment("shop_web.1") == made
