@@ -163,14 +163,12 @@ class ImageStore:
             parsed = parse_reference(reference, self.settings.default_registry)
         except InvalidReference as error:
             raise PullFailed(INVALID, f"cannot pull: {error}") from None
-        caller = self._caller(parsed, credential)
         record = self._images.get(str(parsed))
-        if (
-            record is not None
-            and not force_pull
-            and self._complete(record)
-            and (not record.credentials or caller.credential_id in record.credentials)
-        ):
+        cached = record is not None and not force_pull and self._complete(record)
+        if cached and record is not None and not record.credentials:
+            return self._hit(record)  # public: nobody's credentials need reading
+        caller = self._caller(parsed, credential)
+        if cached and record is not None and caller.credential_id in record.credentials:
             return self._hit(record)
         key = (str(parsed), caller.credential_id, force_pull)
         return await self._pulls.run(key, lambda: self._pull(parsed, caller, force_pull))

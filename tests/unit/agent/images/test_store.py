@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 from collections import Counter
@@ -15,6 +16,7 @@ from registry_fakes import HOST, FakeRegistry
 
 from tessera.agent.images import build
 from tessera.agent.images.errors import PullFailed
+from tessera.agent.images.gc import Candidate, Watermarks, plan_collection
 from tessera.agent.images.platforms import Platform
 from tessera.agent.images.store import ImageSettings, ImageStore
 from tessera.agent.images.unpack import unpack_layer
@@ -356,3 +358,49 @@ async def test_gc_never_takes_a_layer_a_pull_holds(
         assert image.layers[0].is_dir()
     finally:
         await store.close()
+
+
+async def test_diff_id_mismatch_is_a_digest_mismatch(
+    fake: FakeRegistry, open_store: StoreFactory
+) -> None:
+    layer = build.build_layer([build.file("x", b"x")])
+    lying = dataclasses.replace(layer, diff_id="sha256:" + "0" * 64)
+    fake.push("team/app", build.build_image([lying]), "latest")
+    store = open_store()
+    with pytest.raises(PullFailed) as caught:
+        await store.ensure(REF)
+    assert caught.value.kind == "digest_mismatch"
+    assert "diff_id" in caught.value.message
+    assert list((store.root / "layers").iterdir()) == []
+
+
+def test_gc_plan_is_lru_and_counts_only_freed_layers() -> None:
+    images = [
+        Candidate("old", "d1", ("shared", "l1"), last_used=10),
+        Candidate("mid", "d2", ("shared", "l2"), last_used=20),
+        Candidate("new", "d3", ("l3",), last_used=30),
+        Candidate("pinned", "d4", ("l4",), last_used=0),
+    ]
+    sizes = {"shared": 50, "l1": 10, "l2": 10, "l3": 10, "l4": 20}
+    marks = Watermarks(limit=100, high=0.85, low=0.80, delay=5)
+
+    def plan(usage: int, now: float = 100, protected: tuple[str, ...] = ()) -> list[str]:
+        return plan_collection(
+            images,
+            sizes,
+            usage=usage,
+            marks=marks,
+            pinned_digests={"d4"},
+            protected_layers=protected,
+            now=now,
+        )
+
+    assert plan(85) == []  # at the high watermark, not past it
+    assert plan(86) == ["old"]  # frees l1 (10): 76 <= 80
+    # "old" frees only l1 (shared stays for "mid"); "mid" then frees shared + l2.
+    assert plan(100) == ["old", "mid"]
+    assert plan(200) == ["old", "mid", "new"]  # never the pinned one, whatever it takes
+    assert plan(100, now=24) == ["old"]  # "mid" and "new" were used within the delay
+    # A layer a pull holds is not freed, so it takes one image more.
+    assert plan(101) == ["old", "mid"]
+    assert plan(101, protected=("shared",)) == ["old", "mid", "new"]
