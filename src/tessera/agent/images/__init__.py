@@ -1,0 +1,1 @@
+"""Container images: references, registry client, blob and layer store, unpacking, building."""
