@@ -203,8 +203,12 @@ def read_container(container: object, networks: object, where: str = "") -> Cont
         elif legacy == "BRIDGE":
             nets = ({"mode": _BRIDGE_MODE},)
     bridged = any(n.get("mode") == _BRIDGE_MODE for n in nets)
+    before = len(errors)
     spec = _spec(parsed, bridged, f"{base}/container", errors) if parsed is not None else None
-    if bridged and (spec is None or not spec.image):
+    invalid = len(errors) > before
+    if invalid:
+        spec = None  # an invalid container: its errors say why, nothing else should
+    if bridged and not invalid and (spec is None or not spec.image):
         errors.append(
             FieldError(f"{base}/networks", "container/bridge networking needs a container image")
         )

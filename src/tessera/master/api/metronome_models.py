@@ -65,6 +65,11 @@ class RestartIn(_Strict):
     activeDeadlineSeconds: int | None = Field(None, ge=1)
 
 
+class _StrictTypes(_Strict):
+    # No coercion ("yes" is not true): what an image runs with must be what was meant.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 def _image(image: str) -> str:
     problem = image_reference_error(image)
     if problem:
@@ -72,7 +77,7 @@ def _image(image: str) -> str:
     return image
 
 
-class DockerParameterIn(_Strict):
+class DockerParameterIn(_StrictTypes):
     key: str
     value: str
 
@@ -85,7 +90,7 @@ class DockerParameterIn(_Strict):
         return key
 
 
-class DockerIn(_Strict):
+class DockerIn(_StrictTypes):
     image: str = Field(min_length=1)
     forcePullImage: bool = False
     privileged: bool = False
@@ -94,7 +99,7 @@ class DockerIn(_Strict):
     _reference = field_validator("image")(_image)
 
 
-class UcrImageIn(_Strict):
+class UcrImageIn(_StrictTypes):
     id: str = Field(min_length=1)
     kind: Literal["docker"] = "docker"
     forcePull: bool = False
@@ -102,12 +107,12 @@ class UcrImageIn(_Strict):
     _reference = field_validator("id")(_image)
 
 
-class UcrIn(_Strict):
+class UcrIn(_StrictTypes):
     image: UcrImageIn
     privileged: bool = False
 
 
-class NetworkIn(_Strict):
+class NetworkIn(_StrictTypes):
     mode: Literal["host", "container/bridge"]
     labels: dict[str, str] = Field(default_factory=dict)
 
