@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tessera.http_errors import ApiError
 from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState
+from tessera.model.container import ContainerSpec
+from tessera.model.container_input import read_container
 from tessera.model.health import (
+    FieldError,
     HealthSpecError,
     parse_fetch,
     parse_health_checks,
@@ -54,11 +57,16 @@ class TaskLaunch(BaseModel):
     healthChecks: list[dict[str, Any]] = Field(default_factory=list, max_length=16)
     readinessChecks: list[dict[str, Any]] = Field(default_factory=list)
     fetch: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    # Marathon's `container` and `networks`, checked by tessera.model.container_input; with
+    # an image, cmd and args are optional. Port mappings replace portDefinitions.
+    container: dict[str, Any] | None = None
+    networks: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _one_command(self) -> TaskLaunch:
-        if (self.cmd is None) == (self.args is None):
-            raise ValueError("exactly one of cmd and args must be given")
+        both = self.cmd is not None and self.args is not None
+        if both or (self.cmd is None and self.args is None and self.container is None):
+            raise ValueError("exactly one of cmd and args must be given, or a container image")
         for key in self.env:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
                 raise ValueError(f"env: invalid variable name {key!r}")
@@ -75,7 +83,34 @@ class TaskLaunch(BaseModel):
         self.fetch = [entry.to_json() for entry in parse_fetch(self.fetch, "fetch")]
         return self
 
-    def to_spec(self) -> TaskSpec:
+    def read_container(self) -> ContainerSpec | None:
+        """The container, or an ApiError (422) naming every bad field."""
+        if self.container is None and self.networks is None:
+            return None
+        reading = read_container(self.container, self.networks)
+        problems = list(reading.errors)
+        spec = reading.container
+        no_command = self.cmd is None and self.args is None
+        if not problems and no_command and (spec is None or not spec.image):
+            problems.append(FieldError("/container/docker/image", "is required"))
+        if not problems and spec is not None and spec.bridged and self.portDefinitions:
+            problems.append(FieldError("/portDefinitions", "are only allowed with host-networking"))
+        if problems:
+            raise ApiError(
+                422,
+                "Object is not valid",
+                details=[{"path": p.path, "errors": [p.message]} for p in problems],
+            )
+        return spec if spec is not None and spec.image else None
+
+    def to_spec(self, container: ContainerSpec | None = None) -> TaskSpec:
+        ports = tuple(PortDefinition(p.port, p.name, p.protocol) for p in self.portDefinitions)
+        require_ports = self.requirePorts
+        if container is not None and container.bridged:
+            ports = tuple(
+                PortDefinition(m.host_port, m.name, m.protocol) for m in container.port_mappings
+            )
+            require_ports = True
         return TaskSpec(
             name=self.name,
             cmd=self.cmd,
@@ -85,16 +120,15 @@ class TaskLaunch(BaseModel):
             disk=self.disk,
             gpus=self.gpus,
             env=dict(self.env),
-            port_definitions=tuple(
-                PortDefinition(p.port, p.name, p.protocol) for p in self.portDefinitions
-            ),
-            require_ports=self.requirePorts,
+            port_definitions=ports,
+            require_ports=require_ports,
             user=self.user,
             kill_grace_seconds=self.killGracePeriodSeconds,
             cpu_hard_limit=self.cpuHardLimit,
             health_checks=tuple(self.healthChecks),
             readiness_checks=tuple(self.readinessChecks),
             fetch=tuple(self.fetch),
+            container=container,
         )
 
 
@@ -115,6 +149,8 @@ def task_view(task: Task, agent: Agent | None) -> dict[str, Any]:
         "host": task.hostname,
         "agentUrl": agent.http_url if agent else None,
         "ports": list(task.ports),
+        "ipAddresses": list(task.ip_addresses),
+        "image": spec.container.image if spec.container is not None else None,
         "cmd": spec.cmd,
         "args": list(spec.args) if spec.args is not None else None,
         "cpus": spec.cpus,
@@ -201,7 +237,7 @@ async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
 @router.post("/tasks", status_code=201)
 async def launch_task(body: TaskLaunch, request: Request) -> dict[str, Any]:
     master = _master(request)
-    task = await master.submit(new_task_id(body.name), body.to_spec())
+    task = await master.submit(new_task_id(body.name), body.to_spec(body.read_container()))
     return task_view(task, None)
 
 
