@@ -66,9 +66,8 @@ class Setup:
         return answer
 
     def app(self, app_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.cluster.get(f"/v2/apps{app_id}", params={"embed": "app.tasks"})[
-            "app"
-        ]
+        answer = self.cluster.get(f"/v2/apps{app_id}", params={"embed": "app.tasks"})
+        found: dict[str, Any] = answer["app"]
         return found
 
     def running_task(self, app_id: str, timeout: float = 30) -> dict[str, Any]:
@@ -86,11 +85,7 @@ class Setup:
 
 def _live_tasks(setup: Setup, app_id: str) -> list[dict[str, Any]]:
     tasks = setup.cluster.get("/v1/tasks")["tasks"]
-    return [
-        t
-        for t in tasks
-        if t.get("appId") == app_id and t["state"] not in _ENDED
-    ]
+    return [t for t in tasks if t.get("appId") == app_id and t["state"] not in _ENDED]
 
 
 _ENDED = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_LOST", "TASK_GONE"}
@@ -101,7 +96,11 @@ def setup() -> Iterator[Setup]:
     marker = f"tcl{uuid.uuid4().hex}"
     root = Path(tempfile.mkdtemp(prefix=f"{marker[:12]}-"))
     root.chmod(0o755)
-    with Registry() as registry, StallingProxy(registry.url, rate=0) as proxy, DownRegistry() as down:
+    with (
+        Registry() as registry,
+        StallingProxy(registry.url, rate=0) as proxy,
+        DownRegistry() as down,
+    ):
         web = push_busybox(registry.host, unique_repository("web"), config=WEB)
         cluster = Cluster(root)
         made = Setup(cluster, registry, proxy, down, web, marker)
