@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tessera.agent.images.errors import INVALID, PullFailed
-from tessera.agent.images.reference import normalise_registry
+from tessera.model.image_reference import normalise_registry
 
 
 @dataclass(frozen=True, slots=True)

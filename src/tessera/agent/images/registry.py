@@ -45,8 +45,8 @@ from tessera.agent.images.manifests import (
     digest_of,
     parse_manifest,
 )
-from tessera.agent.images.reference import Reference
 from tessera.clock import Clock
+from tessera.model.image_reference import Reference
 
 _ERROR_BODY_LIMIT = 64 << 10
 _CONNECT_TIMEOUT = 10.0

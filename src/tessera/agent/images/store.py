@@ -58,12 +58,12 @@ from tessera.agent.images.gc import Candidate, Watermarks, plan_collection
 from tessera.agent.images.layers import LayerDirs, UnpackLayer, remove_tree
 from tessera.agent.images.manifests import Descriptor, Manifest, chain_ids, parse_config
 from tessera.agent.images.platforms import Platform
-from tessera.agent.images.reference import InvalidReference, Reference, parse_reference
 from tessera.agent.images.registry import RegistryClient, Repository
 from tessera.agent.images.resolve import resolve_manifest
 from tessera.agent.images.shared import SharedWork
 from tessera.agent.images.unpack import LayerError, unpack_layer
 from tessera.clock import Clock, SystemClock
+from tessera.model.image_reference import InvalidReference, Reference, parse_reference
 
 _PARALLEL_BLOBS = 3
 

@@ -15,9 +15,9 @@ from tessera.agent.images.credentials import Credential
 from tessera.agent.images.errors import PullFailed
 from tessera.agent.images.manifests import ACCEPT, Descriptor
 from tessera.agent.images.platforms import Platform, select_manifest
-from tessera.agent.images.reference import parse_reference
 from tessera.agent.images.registry import RegistryClient, Repository
 from tessera.agent.images.resolve import resolve_manifest
+from tessera.model.image_reference import parse_reference
 from tessera.testing.clock import FakeClock
 
 AMD64 = Platform("linux", "amd64")
