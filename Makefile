@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile scripts/install-debian-packages.sh
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tessera up --agents 3 --demo
+	$(BIN)/tessera up --agents 3 --demo --registry
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -6,15 +6,25 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from tessera.cli.client import MasterClient, err, fail
 from tessera.cli.render import out
 from tessera.local.cluster import ClusterError, LocalCluster, start_cluster, stop_cluster
-from tessera.local.demo import DEMO_JOB, DEMO_SERVICE, DEMO_TASKS
+from tessera.local.demo import (
+    DEMO_CONTAINER_CMD,
+    DEMO_CONTAINER_PAGE,
+    DEMO_IMAGE_REPOSITORY,
+    DEMO_IMAGE_TAG,
+    DEMO_JOB,
+    DEMO_SERVICE,
+    DEMO_TASKS,
+    demo_container_service,
+)
 from tessera.local.paths import default_work_dir
+from tessera.local.registry import DEFAULT_REGISTRY_PORT
 from tessera.model.resources import ResourceFormatError, parse_resources
 
 
@@ -32,6 +42,11 @@ def up(
         bool, typer.Option(help="Start and return; stop with `tessera down`.")
     ] = False,
     demo: Annotated[bool, typer.Option(help="Launch a few demo tasks once it is up.")] = False,
+    registry: Annotated[
+        bool,
+        typer.Option(help="Also run a container registry on 127.0.0.1 (see --registry-port)."),
+    ] = False,
+    registry_port: Annotated[int, typer.Option(help="Port of --registry.")] = DEFAULT_REGISTRY_PORT,
 ) -> None:
     """Start a master and N agents on this machine; Ctrl-C stops everything it started."""
     directory = (work_dir or default_work_dir()).resolve()
@@ -41,7 +56,9 @@ def up(
         fail(str(error))
     err.print(f"starting a master and {agents} agents in {directory} ...")
     try:
-        cluster = start_cluster(directory, agents, port, override)
+        cluster = start_cluster(
+            directory, agents, port, override, registry_port=registry_port if registry else None
+        )
     except ClusterError as error:
         fail(str(error))
     if demo:
@@ -74,17 +91,50 @@ def _launch_demo(cluster: LocalCluster) -> None:
     for body in DEMO_TASKS:
         task = client.post("/v1/tasks", body)
         err.print(f"demo task [bold]{body['name']}[/bold]: {task['id']}")
-    _launch_demo_service(client)
+    _launch_demo_service(client, DEMO_SERVICE, "3 instances with an HTTP health check")
     _define_demo_job(client)
+    if cluster.registry is None:
+        err.print("no container demo: start with --registry for a local registry to push it to")
+        return
+    try:
+        image = _push_demo_image(cluster.registry)
+    except Exception as error:  # busybox missing, registry refusing: the rest of the demo runs
+        err.print(f"no container demo: cannot build or push its image: {error}")
+        return
+    what = f"2 containers of {image}, bridged, port 80 mapped to a host port"
+    _launch_demo_service(client, demo_container_service(image), what)
 
 
-def _launch_demo_service(client: MasterClient, timeout: float = 30.0) -> None:
-    """Deploy the demo web service and print its addresses once its instances are healthy."""
-    app_id = DEMO_SERVICE["id"]
+def _push_demo_image(registry: str) -> str:
+    """busybox-static, a web page and httpd as the command, pushed to the local registry."""
+    # Imported here: image building is for the demo only and `tessera` should start fast.
+    from tessera.agent.images.build import (
+        ContainerConfig,
+        build_image,
+        build_layer,
+        busybox_entries,
+        file,
+    )
+    from tessera.agent.images.push import push_image
+
+    layers = [
+        build_layer(busybox_entries()),
+        build_layer([file("www/index.html", DEMO_CONTAINER_PAGE.encode())]),
+    ]
+    image = build_image(layers, config=ContainerConfig(cmd=DEMO_CONTAINER_CMD))
+    push_image(registry, DEMO_IMAGE_REPOSITORY, image, DEMO_IMAGE_TAG)
+    return f"{registry}/{DEMO_IMAGE_REPOSITORY}:{DEMO_IMAGE_TAG}"
+
+
+def _launch_demo_service(
+    client: MasterClient, service: dict[str, Any], what: str, timeout: float = 30.0
+) -> None:
+    """Deploy a demo service and print its addresses once its instances are healthy."""
+    app_id = service["id"]
     # A restarted cluster still has it (apps are kept in the store): show it again.
     if not client.request("GET", "/v2/apps", params={"id": app_id})["apps"]:
-        client.post("/v2/apps", DEMO_SERVICE)
-    err.print(f"demo service [bold]{app_id}[/bold]: 3 instances with an HTTP health check ...")
+        client.post("/v2/apps", service)
+    err.print(f"demo service [bold]{app_id}[/bold]: {what} ...")
     deadline = time.monotonic() + timeout
     app = client.get(f"/v2/apps{app_id}")["app"]
     while app["tasksHealthy"] < app["instances"] and time.monotonic() < deadline:
@@ -113,6 +163,8 @@ def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
     out.print(f"  services     tessera app list        ({url}/v2/apps, Marathon's API)")
     out.print(f"  jobs         tessera job list        ({url}/v1/jobs, Metronome's API)")
     out.print(f"  capacity     {url}/v1/cluster/summary")
+    if cluster.registry:
+        out.print(f"  registry     {cluster.registry}   (plain HTTP, loopback only)")
     out.print("  run a task   tessera run --wait -- echo hello")
     out.print(f"  logs         {cluster.work_dir}/*.log")
     if detach:

@@ -17,6 +17,7 @@ import psutil
 
 from tessera.agent.detect import detect_resources
 from tessera.local.paths import STATE_FILE, current_pointer, read_cluster_state
+from tessera.local.registry import RegistryUnavailable, start_registry
 from tessera.model.resources import DEFAULT_PORT_RANGE, PortRange, Resources
 
 START_TIMEOUT = 30.0
@@ -32,10 +33,12 @@ class LocalCluster:
     work_dir: Path
     master_url: str
     processes: dict[str, int] = field(default_factory=dict)  # name -> pid
+    registry: str | None = None  # host:port of `--registry`
 
     def save(self) -> None:
         state = {
             "master_url": self.master_url,
+            "registry": self.registry,
             "work_dir": str(self.work_dir),
             "processes": self.processes,
             "started_at": time.time(),
@@ -103,7 +106,12 @@ def start_cluster(
     port: int,
     agent_override: Resources | None = None,
     heartbeat_interval: float = 2.0,
+    registry_port: int | None = None,
 ) -> LocalCluster:
+    """Start a master, `agents` agents and, with `registry_port`, a registry on loopback.
+
+    Agent N gets the address 127.0.0.<N+1>, a slice of the port range, and its own
+    container bridge `tessera<N>` on 10.232.<N>.0/24, so agents never collide."""
     work_dir = work_dir.resolve()
     existing = read_cluster_state(work_dir)
     if existing and _any_alive(existing):
@@ -138,6 +146,16 @@ def start_cluster(
         if master.poll() is not None:
             raise ClusterError(f"the master exited at start; see {work_dir / 'master.log'}")
         token_file = master_dir / "join-token"
+        insecure: list[str] = []
+        if registry_port is not None:
+            try:
+                registry = start_registry(work_dir, registry_port, work_dir / "registry.log")
+            except RegistryUnavailable as error:
+                raise ClusterError(str(error)) from None
+            cluster.processes["registry"] = registry.pid
+            cluster.registry = f"127.0.0.1:{registry_port}"
+            insecure.append(cluster.registry)
+            cluster.save()
         for index, resources in enumerate(agent_resources(agents, work_dir, agent_override)):
             name = f"agent-{index + 1}"
             # Each local agent gets its own loopback address (127.0.0.2, ...), so that tasks on
@@ -159,6 +177,12 @@ def start_cluster(
                     "--attributes",
                     f"local:{name}",
                     "--kill-tasks-on-exit",
+                    "--bridge",
+                    f"tessera{index + 1}",
+                    "--bridge-subnet",
+                    f"10.232.{index + 1}.0/24",
+                    "--insecure-registries",
+                    ",".join(insecure),
                     "--log-level",
                     "warning",
                 ],
@@ -225,10 +249,11 @@ def stop_cluster(work_dir: Path) -> list[str]:
     if state is None:
         raise ClusterError(f"no local cluster was started from {work_dir}")
     processes = _processes(state)
-    agents = {name: pid for name, pid in processes.items() if name != "master"}
+    agents = {name: pid for name, pid in processes.items() if name.startswith("agent")}
     stopped = _terminate(agents)
-    if "master" in processes:
-        stopped += _terminate({"master": processes["master"]})
+    for name in ("master", "registry"):
+        if name in processes:
+            stopped += _terminate({name: processes[name]})
     (work_dir / STATE_FILE).unlink(missing_ok=True)
     return stopped
 

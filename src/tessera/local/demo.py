@@ -73,3 +73,44 @@ DEMO_JOB: dict[str, Any] = {
     "run": {"cmd": 'echo "heartbeat at $(date +%T) on $HOST"', "cpus": 0.1, "mem": 32},
     "schedules": [{"id": "every-minute", "cron": "* * * * *", "concurrencyPolicy": "FORBID"}],
 }
+
+# A containerised web service: an image built here from busybox-static (no network needed),
+# pushed into the registry of `tessera up --registry`, run by runc with bridge networking and
+# a port mapping (the container listens on 80; the agent forwards a host port to it).
+DEMO_IMAGE_REPOSITORY = "demo/busybox-web"
+DEMO_IMAGE_TAG = "1.0"
+DEMO_CONTAINER_PAGE = "<h1>hello from a Tessera container</h1>\n"
+DEMO_CONTAINER_CMD = (
+    "httpd",
+    "-f",
+    "-p",
+    "80",
+    "-h",
+    "/www",
+)
+
+
+def demo_container_service(image: str) -> dict[str, Any]:
+    return {
+        "id": "/demo/container-web",
+        "instances": 2,
+        "cpus": 0.1,
+        "mem": 32,
+        "container": {
+            "type": "DOCKER",
+            "docker": {"image": image},
+            "portMappings": [{"containerPort": 80, "hostPort": 0, "name": "http"}],
+        },
+        "networks": [{"mode": "container/bridge"}],
+        "healthChecks": [
+            {
+                "protocol": "MESOS_HTTP",
+                "path": "/",
+                "portIndex": 0,
+                "gracePeriodSeconds": 10,
+                "intervalSeconds": 2,
+                "timeoutSeconds": 1,
+                "maxConsecutiveFailures": 3,
+            }
+        ],
+    }

@@ -1,0 +1,71 @@
+"""`tessera up --registry`: a container registry on loopback for the local cluster's images.
+
+It is Debian's `docker-registry` (the CNCF distribution registry) serving plain HTTP on
+127.0.0.1, with its storage in the cluster's work dir; the local agents list it in their
+`--insecure-registries`. Push to it with any client (`skopeo copy … docker://127.0.0.1:5000/…`)
+or with `tessera.agent.images.build`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+DEFAULT_REGISTRY_PORT = 5000
+
+
+class RegistryUnavailable(Exception):
+    """The registry cannot start here; the message says why."""
+
+
+def registry_config(storage: Path, port: int) -> str:
+    """The registry's YAML config: filesystem storage, deletes allowed, loopback only."""
+    return (
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {storage}\n"
+        "  delete:\n    enabled: true\n"
+        "http:\n"
+        f"  addr: 127.0.0.1:{port}\n"
+        "health:\n  storagedriver:\n    enabled: false\n"
+    )
+
+
+def start_registry(work_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the registry in its own session and wait until it answers `GET /v2/`."""
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise RegistryUnavailable(
+            "docker-registry is not installed (Debian package docker-registry; `make run` "
+            "installs it when run as root)"
+        )
+    directory = work_dir / "registry"
+    (directory / "storage").mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yml"
+    config.write_text(registry_config(directory / "storage", port))
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [binary, "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/v2/"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RegistryUnavailable(f"the registry exited at start; see {log_path}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RegistryUnavailable(f"the registry did not answer on {url}; see {log_path}")
