@@ -1,8 +1,8 @@
 """The safe layer extractor: one image layer unpacked into its own overlayfs lower directory.
 
 Layers are gzip, zstd or plain tars (chosen by media type, or by magic bytes when the media
-type says nothing useful). The tar is read as a stream, never seeked, and hashed on the way
-so that `diff_id` is checked without a second pass.
+type says nothing useful: `layer_stream`). The tar is read once, forward only, decoded and
+hashed in a thread of its own, so that `diff_id` is checked without a second pass.
 
 Whiteouts become what overlayfs reads: `.wh.<name>` a character device 0/0 named `<name>`,
 `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` on its directory. Both apply to lower
@@ -32,181 +32,51 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import hashlib
-import io
 import logging
 import os
 import shutil
 import stat
 import tarfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO, Literal, cast
+from typing import IO
 from urllib.parse import unquote
 
-import zstandard
+from tessera.agent.images.layer_stream import (
+    CHUNK,
+    Compression,
+    Forward,
+    LayerError,
+    Prefetch,
+    as_file,
+    compression_of,
+    open_layer,
+    sniff_compression,
+)
 
 log = logging.getLogger(__name__)
 
-Compression = Literal["gzip", "zstd", "none"]
+__all__ = [
+    "OPAQUE_MARKER",
+    "OPAQUE_XATTR",
+    "WHITEOUT_PREFIX",
+    "Compression",
+    "LayerError",
+    "compression_of",
+    "open_layer",
+    "sniff_compression",
+    "unpack_layer",
+]
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _AUFS_META = WHITEOUT_PREFIX + WHITEOUT_PREFIX  # `.wh..wh.plnk/…`, `.wh..wh.aufs`
 
-_CHUNK = 1 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors that say the machine is in trouble, not the layer: never hidden as a skipped xattr.
 _MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
-
-
-class LayerError(Exception):
-    """The layer cannot be unpacked as it is: corrupt, mismatched or unsafe (names the entry)."""
-
-
-def compression_of(media_type: str) -> Compression | None:
-    """What a layer media type says about compression; None when it says nothing useful."""
-    kind = media_type.split(";", 1)[0].strip().lower()
-    if kind.endswith(("+gzip", ".tar.gzip")):
-        return "gzip"
-    if kind.endswith(("+zstd", ".tar.zstd")):
-        return "zstd"
-    if kind.endswith(".tar") and ("layer" in kind or "rootfs" in kind):
-        return "none"
-    return None
-
-
-def sniff_compression(head: bytes) -> Compression:
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    return "none"
-
-
-def open_layer(blob: Path, media_type: str) -> BinaryIO:
-    """A reader of the uncompressed tar in `blob`; decoding errors are raised as LayerError."""
-    raw = open(blob, "rb")  # noqa: SIM115 (the returned reader owns and closes it)
-    try:
-        kind = compression_of(media_type) or sniff_compression(raw.read(4))
-        raw.seek(0)
-        if kind == "gzip":
-            return cast(BinaryIO, _GzipReader(raw, blob.name))
-        if kind == "zstd":
-            return cast(BinaryIO, _ZstdReader(raw, blob.name))
-        return raw
-    except BaseException:
-        raw.close()
-        raise
-
-
-class _GzipReader(io.RawIOBase):
-    """gzip through zlib directly: several members, bounded output per read, clear errors."""
-
-    def __init__(self, raw: BinaryIO, name: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self._name = name
-        self._decoder = zlib.decompressobj(wbits=31)
-        self._input = b""
-        self._in_member = False
-        self._members = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        wanted = _CHUNK if size is None or size < 0 else max(size, 1)
-        while True:
-            if not self._in_member and not self._begin_member():
-                return b""
-            if not self._input:
-                self._input = self._raw.read(_CHUNK)
-                if not self._input:
-                    raise LayerError(f"layer {self._name}: the gzip stream is truncated")
-            try:
-                out = self._decoder.decompress(self._input, wanted)
-            except zlib.error as error:
-                raise LayerError(f"layer {self._name}: corrupt gzip data: {error}") from None
-            self._input = self._decoder.unconsumed_tail
-            if self._decoder.eof:
-                self._input = self._decoder.unused_data
-                self._decoder = zlib.decompressobj(wbits=31)
-                self._in_member = False
-            if out:
-                return out
-
-    def _begin_member(self) -> bool:
-        """True when another gzip member follows; False at the clean end of the stream."""
-        while len(self._input) < len(_GZIP_MAGIC):
-            more = self._raw.read(_CHUNK)
-            if not more:
-                break
-            self._input += more
-        if self._input.startswith(_GZIP_MAGIC):
-            self._in_member = True
-            self._members += 1
-            return True
-        if self._members == 0:
-            raise LayerError(f"layer {self._name}: not gzip data")
-        # After the last member, zero padding is tolerated (some tools pad); nothing else is.
-        while self._input:
-            if self._input.strip(b"\0"):
-                raise LayerError(f"layer {self._name}: data after the end of the gzip stream")
-            self._input = self._raw.read(_CHUNK)
-        return False
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-class _ZstdReader(io.RawIOBase):
-    def __init__(self, raw: BinaryIO, name: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self._name = name
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=_CHUNK, read_across_frames=True
-        )
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            return self._reader.read(_CHUNK if size is None or size < 0 else size)
-        except zstandard.ZstdError as error:
-            raise LayerError(f"layer {self._name}: corrupt zstd data: {error}") from None
-
-    def close(self) -> None:
-        self._reader.close()  # type: ignore[no-untyped-call]
-        self._raw.close()
-        super().close()
-
-
-class _Hashing:
-    """Passes reads through and hashes them: the uncompressed tar's digest is its diff_id."""
-
-    def __init__(self, source: BinaryIO, algorithm: str) -> None:
-        self.source = source
-        self.hash = hashlib.new(algorithm)
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
 
 
 def unpack_layer(blob: Path, media_type: str, dest: Path, *, diff_id: str | None = None) -> None:
@@ -220,12 +90,15 @@ def unpack_layer(blob: Path, media_type: str, dest: Path, *, diff_id: str | None
     root_fd = _open_dest(dest)
     try:
         with open_layer(blob, media_type) as reader:
-            hashing = _Hashing(reader, algorithm)
-            _Extractor(root_fd, blob.name).run(hashing)
-            hashing.drain()  # the tar's end-of-archive padding is part of the digest
+            decoded = Prefetch(reader, algorithm)
+            try:
+                _Extractor(root_fd, blob.name, Forward(decoded)).run()
+                decoded.drain()  # the tar's end-of-archive padding is part of the digest
+            finally:
+                decoded.close()
     finally:
         os.close(root_fd)
-    computed = f"{algorithm}:{hashing.hash.hexdigest()}"
+    computed = f"{algorithm}:{decoded.hash.hexdigest()}"
     if diff_id is not None and computed != diff_id:
         raise LayerError(f"layer {blob.name}: diff_id mismatch: expected {diff_id}, got {computed}")
 
@@ -252,9 +125,10 @@ def _open_dest(dest: Path) -> int:
 class _Extractor:
     """Applies tar entries one by one below a root directory fd, never following a link."""
 
-    def __init__(self, root_fd: int, layer: str) -> None:
+    def __init__(self, root_fd: int, layer: str, source: Forward) -> None:
         self.root_fd = root_fd
         self.layer = layer
+        self.source = source
         self.privileged = os.geteuid() == 0
         self.dirs = _DirCache(root_fd, layer)
         # Non-directories made by this layer: the only allowed hard link targets.
@@ -262,10 +136,10 @@ class _Extractor:
         # Directory mtimes are set last: adding children would change them again.
         self.dir_times: list[tuple[tuple[str, ...], float]] = []
 
-    def run(self, source: _Hashing) -> None:
+    def run(self) -> None:
         try:
-            stream = cast(BinaryIO, source)
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+            # "r:" reads headers straight from the source; file data is copied by _file.
+            with tarfile.open(fileobj=as_file(self.source), mode="r:") as tar:
                 for member in tar:
                     self._entry(tar, member)
         except tarfile.TarError as error:
@@ -378,9 +252,14 @@ class _Extractor:
     def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, base: str, parent: int) -> None:
         fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
         try:
-            data = tar.extractfile(member)
-            if data is not None:
-                _copy(data, fd)
+            if member.sparse is not None:  # GNU sparse files: tarfile knows the map
+                data = tar.extractfile(member)
+                if data is not None:
+                    _copy(data, fd)
+            else:
+                self.source.seek(member.offset_data)
+                if self.source.copy_to(fd, member.size) != member.size:
+                    raise LayerError(f"layer {self.layer}: entry {member.name!r} is truncated")
             self._metadata_fd(fd, member)
         finally:
             os.close(fd)
@@ -532,7 +411,7 @@ def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
 
 
 def _copy(source: IO[bytes], fd: int) -> None:
-    while chunk := source.read(_CHUNK):
+    while chunk := source.read(CHUNK):
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]

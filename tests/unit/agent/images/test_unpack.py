@@ -3,10 +3,14 @@ compression, diff_ids, and every way an entry could try to write outside its dir
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -311,8 +315,6 @@ def test_a_docker_gzip_layer(tmp_path: Path) -> None:
 def test_several_gzip_members_are_one_stream(tmp_path: Path) -> None:
     blob = img.build_layer([img.file("big", os.urandom(300_000))], compression="none")
     assert blob.data is not None
-    import gzip
-
     half = len(blob.data) // 2
     path = tmp_path / "multi.gz"
     path.write_bytes(gzip.compress(blob.data[:half]) + gzip.compress(blob.data[half:]))
@@ -375,3 +377,37 @@ def test_unsupported_entry_types_are_refused(tmp_path: Path) -> None:
         tar.addfile(info)
     with pytest.raises(LayerError):
         unpack_layer(path, PLAIN, tmp_path / "fs")
+
+
+def test_big_files_span_many_chunks(tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    entries = [img.file("big", data), img.file("small", b"after"), img.file("big2", data[:5000])]
+    dest = unpack(tmp_path, entries, "zstd")
+    assert (dest / "big").read_bytes() == data
+    assert (dest / "small").read_bytes() == b"after"
+    assert (dest / "big2").read_bytes() == data[:5000]
+
+
+@pytest.mark.parametrize("format", ["gnu", "posix"])
+def test_sparse_files_from_gnu_tar(tmp_path: Path, format: str) -> None:
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar not installed: it writes the sparse entries")
+    source = tmp_path / "src"
+    source.mkdir()
+    with open(source / "holes", "wb") as handle:
+        handle.seek(5 * 1024 * 1024)
+        handle.write(b"end")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", f"--format={format}", "--sparse", "-cf", str(archive), "-C", str(source), "holes"],
+        check=True,
+    )
+    unpack_layer(archive, PLAIN, tmp_path / "fs")
+    assert (tmp_path / "fs" / "holes").read_bytes() == (source / "holes").read_bytes()
+
+
+def test_a_refused_layer_leaves_no_decoding_thread(tmp_path: Path, outside: Path) -> None:
+    before = threading.active_count()
+    entries = [img.symlink("pwn", str(outside)), *(img.file(f"pwn/{n}") for n in range(50))]
+    refused(tmp_path, entries, "symlink")
+    assert threading.active_count() == before
