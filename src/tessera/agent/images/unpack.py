@@ -215,7 +215,7 @@ class _Extractor:
             self.dir_times.append((parts, member.mtime))
             return
         if existing is not None:
-            self._remove(base, parent, existing)
+            self._remove(parts, parent, existing)
         if member.isreg():
             self._file(tar, member, base, parent)
         elif member.issym():
@@ -241,13 +241,13 @@ class _Extractor:
             )
         self.files.add(parts)
 
-    def _remove(self, base: str, parent: int, existing: os.stat_result) -> None:
+    def _remove(self, parts: tuple[str, ...], parent: int, existing: os.stat_result) -> None:
         """Duplicate paths are not allowed in a layer; if one comes anyway, the later wins."""
         if stat.S_ISDIR(existing.st_mode):
-            shutil.rmtree(base, dir_fd=parent)
-            self.dirs.forget()
+            self.dirs.forget(parts)
+            shutil.rmtree(parts[-1], dir_fd=parent)
         else:
-            os.unlink(base, dir_fd=parent)
+            os.unlink(parts[-1], dir_fd=parent)
 
     def _file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, base: str, parent: int) -> None:
         fd = os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
@@ -382,9 +382,10 @@ class _DirCache:
         os.fchmod(child, 0o755)  # mkdir's mode was narrowed by the umask
         return child
 
-    def forget(self) -> None:
-        """After a directory was removed, cached fds may point at what is gone."""
-        self.close()
+    def forget(self, removed: tuple[str, ...]) -> None:
+        """`removed` is about to go: drop the fds of it and of what is below it."""
+        for parts in [p for p in self.open if p[: len(removed)] == removed]:
+            os.close(self.open.pop(parts))
 
     def close(self) -> None:
         for fd in self.open.values():

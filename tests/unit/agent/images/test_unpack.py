@@ -411,3 +411,23 @@ def test_a_refused_layer_leaves_no_decoding_thread(tmp_path: Path, outside: Path
     entries = [img.symlink("pwn", str(outside)), *(img.file(f"pwn/{n}") for n in range(50))]
     refused(tmp_path, entries, "symlink")
     assert threading.active_count() == before
+
+
+def test_a_later_entry_replaces_a_directory_of_the_same_layer(tmp_path: Path) -> None:
+    entries = [
+        img.file("a/b/c", b"first"),
+        img.file("a/x", b"sibling"),
+        img.file("a/b", b"now a file"),  # replaces the directory a/b and what is in it
+        img.file("a/y", b"written after"),
+    ]
+    dest = unpack(tmp_path, entries)
+    assert (dest / "a" / "b").read_bytes() == b"now a file"
+    assert sorted(os.listdir(dest / "a")) == ["b", "x", "y"]
+
+
+def test_a_directory_replaced_by_a_symlink_cannot_be_written_through(
+    tmp_path: Path, outside: Path
+) -> None:
+    entries = [img.file("a/f"), img.symlink("a", str(outside)), img.file("a/g")]
+    refused(tmp_path, entries, "a is a symlink")
+    assert list(outside.iterdir()) == []
