@@ -140,9 +140,20 @@ def test_a_bridged_docker_app_serves_on_its_host_port(setup: Setup) -> None:
                 "portMappings": [{"containerPort": 80, "hostPort": 0, "name": "http"}],
             },
             "networks": [{"mode": "container/bridge"}],
+            # An HTTP check through the host port, and a command check that can only pass
+            # inside the container (the host has no /www).
+            "healthChecks": [
+                {"protocol": "MESOS_HTTP", "portIndex": 0, "path": "/", "intervalSeconds": 1},
+                {
+                    "protocol": "COMMAND",
+                    "command": {"value": "test -f /www/index.html"},
+                    "intervalSeconds": 1,
+                },
+            ],
         },
     )
     task = setup.running_task(app_id)
+    wait_for(lambda: setup.app(app_id)["tasksHealthy"] == 1, 20, "both checks to pass")
     assert task["ipAddresses"][0]["ipAddress"].startswith("10.252.")
     assert _get(f"http://{task['host']}:{task['ports'][0]}/") == HELLO
     assert _get(f"http://{task['ipAddresses'][0]['ipAddress']}:80/") == HELLO

@@ -439,6 +439,7 @@ class AgentDaemon:
                 env,
                 running.user,
                 self.clock.wall(),
+                exec_prefix=running.exec_prefix,
             )
         )
 

@@ -107,6 +107,7 @@ class RunningTask:
     started_at: float
     user: str
     ip: str | None = None  # a bridged container's own address
+    exec_prefix: tuple[str, ...] = ()  # runs a command inside the container
 
 
 @dataclass(frozen=True, slots=True)

@@ -370,6 +370,7 @@ class Executor:
             started_at=checkpoint.started_at,
             user=checkpoint.user,
             ip=record.ip if record else None,
+            exec_prefix=self.containers.exec_argv(record) if self.containers and record else (),
         )
 
     def _container_record(self, task_id: str) -> ContainerRecord | None:

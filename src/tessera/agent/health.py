@@ -131,6 +131,8 @@ class CheckedTask:
     healthy: bool | None = None
     ready: bool | None = None
     passed_once: tuple[bool, ...] = ()
+    # A container's command checks run inside it: `runc exec <id>` before `/bin/sh -c`.
+    exec_prefix: tuple[str, ...] = ()
 
     @property
     def has_checks(self) -> bool:
@@ -158,6 +160,7 @@ class CheckedTask:
             healthy=data.get("healthy"),
             ready=data.get("ready"),
             passed_once=tuple(bool(p) for p in data.get("passed_once", ())),
+            exec_prefix=tuple(str(part) for part in data.get("exec_prefix", ())),
         )
 
 
@@ -397,7 +400,9 @@ class HealthMonitors:
     async def probe(self, task: CheckedTask, check: HealthCheck) -> ProbeResult:
         timeout = self._timeout(check.timeout_seconds)
         if check.protocol is HealthProtocol.COMMAND:
-            context = CommandContext(task.task_id, task.sandbox, task.env, task.user)
+            context = CommandContext(
+                task.task_id, task.sandbox, task.env, task.user, task.exec_prefix
+            )
             return await probe_command(str(check.command), context, timeout)
         port = check.target_port(task.ports)
         if port is None:

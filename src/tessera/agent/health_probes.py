@@ -142,6 +142,8 @@ class CommandContext:
     sandbox: str
     env: Mapping[str, str]
     user: str | None = None
+    # Set for containers: the command runs inside the container (its user, env, cwd).
+    exec_prefix: tuple[str, ...] = ()
 
 
 async def probe_command(
@@ -183,6 +185,8 @@ async def probe_command(
 
 
 def _command_argv(command: str, context: CommandContext) -> tuple[list[str], dict[str, str]]:
+    if context.exec_prefix:
+        return [*context.exec_prefix, "/bin/sh", "-c", command], dict(ROOT_WRAPPER_ENV)
     me = current_user()
     run_as: RunAs = lookup_user(context.user) if context.user and me.uid == 0 else me
     spec = LaunchSpec(task_id=context.task_id, command=command, env=context.env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.agent.images.reference import InvalidReference, Reference, parse_reference
+from tessera.model.image_reference import InvalidReference, Reference, parse_reference
 
 DIGEST = "sha256:" + "ab" * 32
 

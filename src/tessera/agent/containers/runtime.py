@@ -253,6 +253,10 @@ class ContainerRuntime:
         # out: the container would lose its stdio and its parent.
         return [self._choom, "-n", "-1000", "--", *runc] if self._choom else runc
 
+    def exec_argv(self, record: ContainerRecord) -> tuple[str, ...]:
+        """The command line prefix that runs a program inside the container (health checks)."""
+        return (str(self._runc), "--root", str(self._state), "exec", record.runc_id)
+
     def _volume_binds(self, volumes: Sequence[tuple[str, str, bool]]) -> list[BindMount]:
         binds = []
         for host_path, container_path, read_only in volumes:
