@@ -14,7 +14,12 @@ from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.local import down, up
 from tessera.cli.render import agents_table
 from tessera.cli.simulate import simulate
-from tessera.model.resources import ResourceFormatError, parse_attributes, parse_resources
+from tessera.model.resources import (
+    ResourceFormatError,
+    Resources,
+    parse_attributes,
+    parse_resources,
+)
 
 app = typer.Typer(
     name="tessera",
@@ -202,6 +207,10 @@ def agent(
     work_dir = work_dir.resolve()
     try:
         detected = detect_resources(work_dir)
+        if image_store_limit:
+            # The image store shares the work dir's disk: what it may hold is not offered.
+            disk = max(0.0, detected.disk - image_store_limit)
+            detected = Resources(detected.cpus, detected.mem, disk, detected.gpus, detected.ports)
         offered = parse_resources(resources, base=detected) if resources else detected
         attrs = parse_attributes(attributes) if attributes else {}
     except ResourceFormatError as error:
