@@ -2,16 +2,16 @@
 
 `ContainerSpec` is what a task carries to its agent (`TaskSpec.container`); Marathon's and
 Metronome's JSON for it is read and written in `model/container_input.py`. Everything here
-is pure: frozen value types, their store JSON, and the image reference grammar that the
-master checks before an image ever reaches an agent.
+is pure: frozen value types and their store JSON.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tessera.model.image_reference import InvalidReference, parse_reference
 
 DOCKER = "DOCKER"
 MESOS = "MESOS"
@@ -127,51 +127,15 @@ class ContainerSpec:
         )
 
 
-# ---- the image reference grammar ---------------------------------------------------------------
-# Docker's distribution/reference grammar, checked here because the master must not import the
-# agent's puller: a bad reference is a 422 at the API, never a failed launch on an agent.
-
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|-+)"
-_PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_PATH = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*")
-_DOMAIN_RE = re.compile(_DOMAIN)
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
-_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
-_NAME_MAX = 255
+# ---- image references --------------------------------------------------------------------------
 
 
 def image_reference_error(reference: str) -> str | None:
-    """Why `reference` is not an image reference as Docker writes it, or None.
-
-    `busybox`, `library/busybox:1.36`, `registry:5000/team/app@sha256:<hex>` are fine;
-    `UPPER/case`, `app:`, `a//b` and `:tag` are not."""
-    if not reference or reference != reference.strip():
-        return "must be an image reference such as busybox:1.36 (no blanks)"
-    rest, _, digest = reference.partition("@")
-    if "@" in reference and not _DIGEST.fullmatch(digest):
-        return f"{digest!r} is not a digest such as sha256:<64 hex digits>"
-    name, tag = rest, None
-    # A colon after the last slash starts the tag; one before it is the registry's port.
-    colon = rest.rfind(":")
-    if colon > rest.rfind("/"):
-        name, tag = rest[:colon], rest[colon + 1 :]
-    if tag is not None and not _TAG.fullmatch(tag):
-        return f"{tag!r} is not a valid tag (letters, digits, '_', '.', '-'; at most 128)"
-    first, slash, remainder = name.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        if not _DOMAIN_RE.fullmatch(first):
-            return f"{first!r} is not a valid registry host"
-        path = remainder
-    else:
-        path = name
-    if len(name) > _NAME_MAX:
-        return f"the repository name is longer than {_NAME_MAX} characters"
-    if not _PATH.fullmatch(path):
-        return (
-            f"{path!r} is not a valid repository name: lowercase letters, digits and "
-            "separators ('.', '_', '__', '-') in components joined by '/'"
-        )
+    """Why `reference` is not an image reference as Docker writes it, or None: the
+    grammar the agent pulls with (`model.image_reference`), checked at the API so that a
+    bad reference is a 422, never a failed launch on an agent."""
+    try:
+        parse_reference(reference)
+    except InvalidReference as error:
+        return str(error)
     return None

@@ -37,7 +37,7 @@ def _details(response: Any) -> dict[str, list[str]]:
     [
         ({"docker": {}}, "/run/docker/image", "required"),
         ({"docker": {"image": ""}}, "/run/docker/image", "at least 1"),
-        ({"docker": {"image": "Team/Batch"}}, "/run/docker/image", "repository name"),
+        ({"docker": {"image": "Team/Batch"}}, "/run/docker/image", "lowercase"),
         ({"docker": {"image": "x", "forcePullImage": "yes"}}, "/run/docker/forcePullImage", "bool"),
         (
             {"docker": {"image": "x", "parameters": [{"key": "ipc", "value": "host"}]}},

@@ -40,16 +40,16 @@ def test_valid_references(reference: str) -> None:
 @pytest.mark.parametrize(
     ("reference", "fragment"),
     [
-        ("", "image reference"),
-        (" busybox", "no blanks"),
-        ("UPPER/case", "repository name"),
+        ("", "empty"),
+        (" busybox", "whitespace"),
+        ("UPPER/case", "lowercase"),
         ("app:", "tag"),
         (":tag", "repository name"),
         ("a//b", "repository name"),
         ("app@sha256:short", "digest"),
         ("app:" + "x" * 129, "tag"),
         ("-app", "repository name"),
-        ("bad_host:5000:x/app", "registry host"),
+        ("bad_host:5000:x/app", "invalid registry"),
         ("a" * 256, "longer than 255"),
     ],
 )

@@ -47,7 +47,7 @@ def _bridged(*mappings: dict[str, Any], **fields: Any) -> AppSpec:
         ({"type": "RKT", "docker": {"image": "x"}}, "/container/type", "DOCKER"),
         ({"type": "DOCKER"}, "/container/docker", "required"),
         ({"type": "DOCKER", "docker": {}}, "/container/docker/image", "required"),
-        ({"docker": {"image": "Nginx"}}, "/container/docker/image", "repository name"),
+        ({"docker": {"image": "Nginx"}}, "/container/docker/image", "lowercase"),
         ({"docker": {"image": "nginx:"}}, "/container/docker/image", "tag"),
         ({"docker": {"image": 7}}, "/container/docker/image", "string"),
         (
