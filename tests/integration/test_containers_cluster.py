@@ -20,7 +20,7 @@ import pytest
 
 from tessera.agent.images.build import DEFAULT_PATH, ContainerConfig, file
 from tessera.testing.cluster import Cluster, wait_for
-from tessera.testing.containers import HELLO, container_support, leftovers, push_busybox
+from tessera.testing.containers import HELLO, agent_leftovers, container_support, push_busybox
 from tessera.testing.registry import DownRegistry, Registry, StallingProxy, unique_repository
 
 pytestmark = pytest.mark.timeout(180)
@@ -109,8 +109,10 @@ def setup() -> Iterator[Setup]:
             made.start_agent()
             yield made
         finally:
-            cluster.stop()
-            left = leftovers(root.name)
+            cluster.stop()  # the agent kills its tasks as it stops (--kill-tasks-on-exit)
+            agent_dir = root / "agent-1"
+            agent_id = (agent_dir / "agent-id").read_text().strip()
+            left = agent_leftovers(agent_dir, agent_id)
             shutil.rmtree(root, ignore_errors=True)
             assert left == [], f"left behind: {left}"
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tessera.agent.cgroups import parse_mountinfo
+from tessera.agent.containers.network import netns_name
 from tessera.agent.images.build import (
     Blob,
     Compression,
@@ -82,6 +83,19 @@ def leftovers(marker: str) -> list[str]:
             if marker in directory:
                 found.append(f"cgroup {directory}")
     return found
+
+
+def agent_leftovers(work_dir: Path, agent_id: str) -> list[str]:
+    """Everything of an agent's containers still on the host once it stopped with none
+    running: mounts under its work dir, its cgroups in any hierarchy, network namespaces
+    and iptables rules of its bridge attachments."""
+    found = leftovers(str(work_dir)) + leftovers(f"/{agent_id}")
+    return found + network_leftovers([netns_prefix(work_dir / "network")])
+
+
+def netns_prefix(state_dir: Path) -> str:
+    """What the names of every network namespace of one agent's bridge start with."""
+    return netns_name(state_dir, "-").rsplit("-", 1)[0]
 
 
 def network_leftovers(names: Sequence[str]) -> list[str]:

@@ -25,6 +25,7 @@ from tessera.testing.containers import (
     HELLO,
     container_support,
     leftovers,
+    netns_prefix,
     network_leftovers,
     push_busybox,
 )
@@ -118,7 +119,7 @@ async def agent(images: Images) -> AsyncIterator[Agent]:
         await executor.close()
         await runtime.images.close()
         await made.network.remove_bridge()
-        left = leftovers(marker)
+        left = leftovers(marker) + network_leftovers([netns_prefix(made.network.state_dir)])
         shutil.rmtree(work_dir, ignore_errors=True)
         assert left == [], f"left behind: {left}"
 
