@@ -345,3 +345,12 @@ def test_a_metronome_job_runs_in_a_container(setup: Setup) -> None:
     assert wait_for(finished, 60, "the job run") == "SUCCESS"
     with contextlib.suppress(httpx.HTTPError):
         setup.cluster.http.delete(f"/v1/jobs/{job_id}")
+
+
+def test_tessera_run_with_an_image(setup: Setup) -> None:
+    done = setup.cluster.cli("run", "--image", setup.web, "--wait", "--", "cat /www/index.html")
+    assert done.returncode == 0, done.stderr
+    assert HELLO in done.stdout
+    failed = setup.cluster.cli("run", "--image", f"{setup.registry.host}/none:1", "--wait", "true")
+    assert failed.returncode != 0
+    assert "image pull failed" in failed.stderr

@@ -25,7 +25,10 @@ _FAILED_EXIT = 1
 
 
 def run(
-    command: Annotated[list[str], typer.Argument(help="CMD ARGS... (one argument: a shell line)")],
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(help="CMD ARGS... (one argument: a shell line; none: the image's own)"),
+    ] = None,
     cpus: Annotated[float, typer.Option(help="CPU shares (Marathon units).")] = 0.1,
     mem: Annotated[float, typer.Option(help="Memory limit in MiB.")] = 32.0,
     disk: Annotated[float, typer.Option(help="Disk in MiB.")] = 0.0,
@@ -37,14 +40,27 @@ def run(
     wait: Annotated[
         bool, typer.Option(help="Stream the output and exit with the task's exit code.")
     ] = False,
+    image: Annotated[
+        str | None, typer.Option(help="Run in a container of this image (e.g. busybox:1.36).")
+    ] = None,
+    force_pull: Annotated[
+        bool, typer.Option(help="Pull the image again even if the agent has it.")
+    ] = False,
     master: MasterOption = None,
 ) -> None:
     """Launch a one-off task and print its ID."""
     body: dict[str, Any] = {"name": name, "cpus": cpus, "mem": mem, "disk": disk}
-    if len(command) == 1:
+    if not command and image is None:
+        fail("give the command to run (or --image IMAGE to run the image's own)")
+    if command and len(command) == 1:
         body["cmd"] = command[0]
-    else:
+    elif command:
         body["args"] = command
+    if image is not None:
+        # A shell line runs in the image's /bin/sh; ARGS go to its entrypoint (docker run's way).
+        kind = "MESOS" if "cmd" in body else "DOCKER"
+        docker = {"image": image, "forcePullImage": force_pull}
+        body["container"] = {"type": kind, "docker": docker}
     body["env"] = dict(_pair(item, "=", "--env") for item in env or [])
     body["portDefinitions"] = [_port(item) for item in port or []]
     client = MasterClient(master)
