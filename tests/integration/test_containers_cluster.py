@@ -83,6 +83,22 @@ class Setup:
         wait_for(lambda: not _live_tasks(self, app_id), 20, f"{app_id} to stop")
 
 
+def bridged_app(app_id: str, image: str, container_port: int = 80, **fields: Any) -> dict[str, Any]:
+    """A Marathon app of `image` with one port mapping on the bridge."""
+    return {
+        "id": app_id,
+        "cpus": 0.1,
+        "mem": 64,
+        "container": {
+            "type": fields.pop("type", "DOCKER"),
+            "docker": {"image": image, "forcePullImage": fields.pop("force_pull", False)},
+            "portMappings": [{"containerPort": container_port, "hostPort": 0, "name": "http"}],
+        },
+        "networks": [{"mode": "container/bridge"}],
+        **fields,
+    }
+
+
 def _live_tasks(setup: Setup, app_id: str) -> list[dict[str, Any]]:
     tasks = setup.cluster.get("/v1/tasks")["tasks"]
     return [t for t in tasks if t.get("appId") == app_id and t["state"] not in _ENDED]
@@ -130,30 +146,13 @@ def _get(url: str, timeout: float = 15) -> str:
 
 def test_a_bridged_docker_app_serves_on_its_host_port(setup: Setup) -> None:
     app_id = f"/ctr/web-{uuid.uuid4().hex[:6]}"
-    setup.post(
-        "/v2/apps",
-        {
-            "id": app_id,
-            "cpus": 0.1,
-            "mem": 64,
-            "container": {
-                "type": "DOCKER",
-                "docker": {"image": setup.web},
-                "portMappings": [{"containerPort": 80, "hostPort": 0, "name": "http"}],
-            },
-            "networks": [{"mode": "container/bridge"}],
-            # An HTTP check through the host port, and a command check that can only pass
-            # inside the container (the host has no /www).
-            "healthChecks": [
-                {"protocol": "MESOS_HTTP", "portIndex": 0, "path": "/", "intervalSeconds": 1},
-                {
-                    "protocol": "COMMAND",
-                    "command": {"value": "test -f /www/index.html"},
-                    "intervalSeconds": 1,
-                },
-            ],
-        },
-    )
+    # An HTTP check through the host port, and a command check that can only pass inside
+    # the container (the host has no /www).
+    checks = [
+        {"protocol": "MESOS_HTTP", "portIndex": 0, "path": "/", "intervalSeconds": 1},
+        {"protocol": "COMMAND", "command": {"value": "test -f /www/index.html"}},
+    ]
+    setup.post("/v2/apps", bridged_app(app_id, setup.web, healthChecks=checks))
     task = setup.running_task(app_id)
     wait_for(lambda: setup.app(app_id)["tasksHealthy"] == 1, 20, "both checks to pass")
     assert task["ipAddresses"][0]["ipAddress"].startswith("10.252.")
@@ -167,21 +166,9 @@ def test_a_bridged_docker_app_serves_on_its_host_port(setup: Setup) -> None:
 
 def test_container_ports_in_the_environment_of_a_mesos_container(setup: Setup) -> None:
     app_id = f"/ctr/env-{uuid.uuid4().hex[:6]}"
-    setup.post(
-        "/v2/apps",
-        {
-            "id": app_id,
-            "cmd": 'echo "ports=$PORT0,$PORT_HTTP sandbox=$MESOS_SANDBOX"; exec sleep 600',
-            "cpus": 0.1,
-            "mem": 32,
-            "container": {
-                "type": "MESOS",
-                "docker": {"image": setup.web},
-                "portMappings": [{"containerPort": 8080, "hostPort": 0, "name": "http"}],
-            },
-            "networks": [{"mode": "container/bridge"}],
-        },
-    )
+    script = 'echo "ports=$PORT0,$PORT_HTTP sandbox=$MESOS_SANDBOX"; exec sleep 600'
+    app = bridged_app(app_id, setup.web, 8080, type="MESOS", cmd=script)
+    setup.post("/v2/apps", app)
     task = setup.running_task(app_id)
     stdout = setup.cluster.root / "agent-1" / "sandboxes" / task["id"] / "stdout"
     wait_for(lambda: stdout.exists() and stdout.read_text(), 10, "the task's output")
@@ -193,18 +180,7 @@ def test_force_pull_picks_up_a_repushed_tag(setup: Setup) -> None:
     repository = unique_repository("mutable")
     reference = push_busybox(setup.registry.host, repository, "v1", config=WEB)
     app_id = f"/ctr/mutable-{uuid.uuid4().hex[:6]}"
-    app = {
-        "id": app_id,
-        "cpus": 0.1,
-        "mem": 64,
-        "container": {
-            "type": "DOCKER",
-            "docker": {"image": reference, "forcePullImage": True},
-            "portMappings": [{"containerPort": 80, "hostPort": 0}],
-        },
-        "networks": [{"mode": "container/bridge"}],
-    }
-    setup.post("/v2/apps", app)
+    setup.post("/v2/apps", bridged_app(app_id, reference, force_pull=True))
     first = setup.running_task(app_id)
     assert _get(f"http://{first['host']}:{first['ports'][0]}/") == HELLO
     changed = (file("www/index.html", b"version two\n"),)
@@ -256,19 +232,7 @@ def test_pull_failures_wait_in_the_queue_with_their_reason(
 
 def test_agent_kill_9_during_a_run_keeps_the_container(setup: Setup) -> None:
     app_id = f"/ctr/survivor-{uuid.uuid4().hex[:6]}"
-    setup.post(
-        "/v2/apps",
-        {
-            "id": app_id,
-            "cpus": 0.1,
-            "mem": 64,
-            "container": {
-                "docker": {"image": setup.web},
-                "portMappings": [{"containerPort": 80, "hostPort": 0}],
-            },
-            "networks": [{"mode": "container/bridge"}],
-        },
-    )
+    setup.post("/v2/apps", bridged_app(app_id, setup.web))
     task = setup.running_task(app_id)
     url = f"http://{task['host']}:{task['ports'][0]}/"
     assert _get(url) == HELLO

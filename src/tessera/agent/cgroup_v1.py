@@ -38,8 +38,14 @@ class CgroupV1:
         self.procs_files: tuple[str, ...] = tuple(f"{path}/cgroup.procs" for path in joined)
 
     def pids(self) -> list[int]:
-        """Every process of the task, including those in cgroups below its own (a container)."""
-        return subtree_pids(self._dirs["memory"])
+        """Every process of the task, including those in cgroups below its own (a container).
+
+        All hierarchies are read: a wrapper that is still joining them may be in some only
+        (an orphan killed during recovery must not slip through between two of them)."""
+        found: dict[int, None] = {}
+        for path in self.paths:
+            found.update(dict.fromkeys(subtree_pids(path)))
+        return list(found)
 
     def oom_kills(self) -> int | None:
         """Processes the OOM killer took here or below (v1 counts each kill only in the

@@ -106,6 +106,21 @@ async def remove_cgroup(cgroup: TaskCgroup, name: str) -> None:
         delay = min(delay * 2, 0.1)
 
 
+async def destroy_cgroup(cgroup: TaskCgroup, name: str) -> None:
+    """Kill and remove a cgroup whose processes may still be joining it (an orphan found at
+    recovery whose wrapper had just started): kill again until it can be removed."""
+    delay, deadline = 0.001, time.monotonic() + LEFTOVER_DEADLINE
+    while True:
+        cgroup.kill()
+        if cgroup.remove():
+            return
+        if time.monotonic() > deadline:
+            log.warning("task %s: cgroup %s stays busy, left in place", name, cgroup.paths[0])
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def abort_launch(pid: int, cgroup: TaskCgroup | None) -> None:
     """Undo a launch that cannot be checkpointed: kill the fresh task and reap it."""
     with contextlib.suppress(ProcessLookupError):

@@ -53,6 +53,7 @@ from tessera.agent.exec_spawn import (
 from tessera.agent.exec_tree import (
     TaskRecord,
     abort_launch,
+    destroy_cgroup,
     empty_cgroup,
     kill_leftovers,
     procfs_usage,
@@ -213,13 +214,7 @@ class Executor:
         switch = self._switch_tools if run_as.uid != self._me.uid else None
         env = task_environment(spec, run_as, str(self.sandbox(spec.task_id)))
         argv = command_line(spec, run_as, env, switch)
-        try:
-            self._meta.create(spec.task_id)
-        except FileExistsError:
-            raise LaunchFailed(f"task {spec.task_id} was already launched on this agent") from None
-        except OSError as error:
-            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
-            raise LaunchFailed(message) from None
+        self._create_checkpoint(spec.task_id)
         try:
             return self._spawn(spec, run_as, argv, ROOT_WRAPPER_ENV if switch else env)
         except BaseException:
@@ -282,13 +277,7 @@ class Executor:
         if runtime is None or self._driver is None:
             why = "no cgroups" if runtime else "no container runtime configured"
             raise LaunchFailed(f"cannot run containers on this agent: {why}")
-        try:
-            self._meta.create(spec.task_id)
-        except FileExistsError:
-            raise LaunchFailed(f"task {spec.task_id} was already launched on this agent") from None
-        except OSError as error:
-            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
-            raise LaunchFailed(message) from None
+        self._create_checkpoint(spec.task_id)
         sandbox = self.sandbox(spec.task_id)
         prepared: PreparedContainer | None = None
         try:
@@ -316,6 +305,15 @@ class Executor:
                 reason = describe_os_error(error)
                 raise LaunchFailed(f"cannot set up the container: {reason}") from None
             raise
+
+    def _create_checkpoint(self, task_id: str) -> None:
+        try:
+            self._meta.create(task_id)
+        except FileExistsError:
+            raise LaunchFailed(f"task {task_id} was already launched on this agent") from None
+        except OSError as error:
+            message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
+            raise LaunchFailed(message) from None
 
     def _run_as(self, user: str | None) -> RunAs:
         if not self._can_switch:
@@ -595,8 +593,7 @@ class Executor:
                 continue
             if cgroup.pids():
                 log.warning("killing orphan processes in cgroup %s", cgroup.paths[0])
-            await empty_cgroup(cgroup, name)
-            await remove_cgroup(cgroup, name)
+            await destroy_cgroup(cgroup, name)
 
     def forget(self, task_id: str) -> None:
         """Drop an ended task's checkpoint (after its terminal update was acknowledged)."""
