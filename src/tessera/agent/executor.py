@@ -28,6 +28,7 @@ from tessera.agent.containers.runtime import (
     ContainerRecord,
     ContainerRuntime,
     PreparedContainer,
+    runc_start_error,
 )
 from tessera.agent.disk import describe_os_error, write_atomic
 from tessera.agent.exec_checkpoint import MetaStore, TaskCheckpoint, boot_id, process_start_ticks
@@ -448,6 +449,12 @@ class Executor:
         if status is None or status.setup_failed or status.exit_status in (126, 127):
             tail = last_line(_tail(Path(checkpoint.sandbox) / "stderr"))
             evidence = replace(evidence, stderr_tail=tail)
+        elif status.exit_status == 1 and self._container_record(checkpoint.task_id):
+            # runc exits 1 when it cannot start the container, and says why on stderr.
+            why = runc_start_error(_tail(Path(checkpoint.sandbox) / "stderr"))
+            if why is not None:
+                failed = WrapperStatus(setup_failed=f"the container did not start: {why}")
+                evidence = replace(evidence, status=failed)
         return evidence
 
     async def wait(self, task_id: str) -> TaskExit:

@@ -277,3 +277,15 @@ async def test_a_restarted_agent_adopts_a_running_container_and_settles_an_ended
     assert runtime.network is not None and runtime.network.attached() == []
     await runtime.images.close()
     assert os.listdir(agent.work_dir / "containers") == []
+
+
+async def test_a_command_missing_from_the_image_fails_with_runc_s_reason(
+    agent: Agent, images: Images
+) -> None:
+    image = await agent.pull(images.web)
+    await agent.executor.launch(agent.launch_spec("t-nocmd", image, args=("no-such-program",)))
+    result = await agent.executor.wait("t-nocmd")
+    assert result.state == "TASK_FAILED"
+    assert result.reason == "REASON_CONTAINER_LAUNCH_FAILED"
+    assert "the container did not start" in result.message
+    assert '"no-such-program": executable file not found' in result.message, result.message

@@ -105,6 +105,18 @@ class RuntimeSettings:
     hostname: str = field(default_factory=socket.gethostname)
 
 
+_RUNC_FAILED = re.compile(r'level=error msg="runc run failed: (?P<why>(?:[^"\\]|\\.)*)"')
+
+
+def runc_start_error(stderr_tail: str) -> str | None:
+    """Why runc could not start the container, from what it logged to the task's stderr
+    (`… level=error msg="runc run failed: …"`), or None when it started."""
+    matches = list(_RUNC_FAILED.finditer(stderr_tail))
+    if not matches:
+        return None
+    return matches[-1].group("why").replace('\\"', '"')
+
+
 def runc_id(task_id: str) -> str:
     """runc accepts letters, digits and `_+.-` in container IDs; task IDs may also have `:@`."""
     return _RUNC_ID.sub("_", task_id)

@@ -22,6 +22,7 @@ from tessera.agent.containers.bundle import (
     working_dir,
 )
 from tessera.agent.containers.rootfs import MAX_MOUNT_OPTIONS, RootfsError, overlay_options
+from tessera.agent.containers.runtime import runc_start_error
 
 ENTRY_AND_CMD = {"Entrypoint": ["/entry.sh", "--flag"], "Cmd": ["serve", "-p", "80"]}
 CMD_ONLY = {"Cmd": ["httpd", "-f"]}
@@ -246,3 +247,17 @@ def test_many_layers_fit_in_one_page() -> None:
 def test_too_many_layers_are_refused() -> None:
     with pytest.raises(RootfsError, match="too many layers"):
         overlay_options(2000, "/u", "/w")
+
+
+# ---- why runc could not start a container ----------------------------------------------------
+
+
+def test_runc_start_errors_are_read_from_its_log_line() -> None:
+    line = (
+        'time="2026-12-06T03:03:50Z" level=error msg="runc run failed: unable to start '
+        'container process: exec: \\"httpd\\": executable file not found in $PATH"\n'
+    )
+    assert runc_start_error("some output\n" + line) == (
+        'unable to start container process: exec: "httpd": executable file not found in $PATH'
+    )
+    assert runc_start_error("the program's own error\n") is None
