@@ -82,6 +82,15 @@ async def serve_agent(config: AgentConfig) -> int:
         log.warning("!!! %s", isolation["warning"])
     else:
         log.info("isolation: %s", isolation)
+    containers = daemon.containers
+    why_not = containers.unavailable() if containers else "no runtime configured"
+    if containers is None or why_not:
+        log.warning("containers cannot run on this agent: %s", why_not)
+    else:
+        log.info("containers: %s", containers.info())
+        bridge_why = containers.network.unavailable() if containers.network else "not configured"
+        if bridge_why:
+            log.warning("no bridge networking for containers: %s", bridge_why)
     await daemon.recover()
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
