@@ -271,7 +271,7 @@ class AgentDaemon:
             "attributes": dict(config.attributes),
             "http_url": self.http_url,
             "isolation": self.executor.isolation_info(),
-            "containers": self.containers.info() if self.containers else None,
+            "containers": self.executor.containers_info(),
             "version": tessera.__version__,
             "tasks": [
                 {

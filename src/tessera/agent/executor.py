@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
@@ -171,6 +172,13 @@ class Executor:
             "default_user": self._default_user or self._me.name,
             "warning": "; ".join(warnings) or None,
         }
+
+    def containers_info(self) -> dict[str, Any] | None:
+        """What the master may place here in containers; None when they cannot run (no
+        runtime, not root, or no cgroups: a container's limits live in its task's cgroup)."""
+        if self.containers is None or self._driver is None:
+            return None
+        return self.containers.info()
 
     def running(self) -> list[str]:
         return list(self._tasks)
