@@ -9,6 +9,7 @@ or with `tessera.agent.images.build`.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,6 +45,11 @@ def start_registry(work_dir: Path, port: int, log_path: Path) -> subprocess.Pope
             "docker-registry is not installed (Debian package docker-registry; `make run` "
             "installs it when run as root)"
         )
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RegistryUnavailable(
+                f"127.0.0.1:{port} is already in use: choose another with --registry-port"
+            )
     directory = work_dir / "registry"
     (directory / "storage").mkdir(parents=True, exist_ok=True)
     config = directory / "config.yml"
