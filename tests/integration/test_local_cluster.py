@@ -6,10 +6,28 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 
+from tessera.local.demo import DEMO_CONTAINER_PAGE
 from tessera.testing.cluster import free_port, task_processes, tessera_command, wait_for
+from tessera.testing.containers import agent_leftovers, container_support
+
+
+def _check_container_demo(master: str) -> None:
+    """The demo's busybox image was built, pushed, pulled and runs bridged and healthy."""
+
+    def healthy() -> dict[str, Any] | None:
+        app = httpx.get(f"{master}/v2/apps/demo/container-web").json()["app"]
+        return app if app["tasksHealthy"] == app["instances"] else None
+
+    app = wait_for(healthy, 30, "the container demo to be healthy")
+    for task in app["tasks"]:
+        page = httpx.get(f"http://{task['host']}:{task['ports'][0]}/", timeout=5).text
+        assert page == DEMO_CONTAINER_PAGE
+        assert task["ipAddresses"][0]["ipAddress"].startswith("10.232.")
 
 
 def _tessera(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -22,11 +40,19 @@ def _tessera(home: Path, *args: str, timeout: float = 90) -> subprocess.Complete
 
 def test_up_detach_then_down_leaves_nothing(tmp_path: Path) -> None:
     port = str(free_port())
-    started = _tessera(tmp_path, "up", "--agents", "2", "--port", port, "--detach", "--demo")
+    up = ["up", "--agents", "2", "--port", port, "--detach", "--demo"]
+    containers = container_support() is None
+    if containers:  # the demo's container service needs a registry
+        up += ["--registry", "--registry-port", str(free_port())]
+    else:
+        print(f"without the container demo: {container_support()}")
+    started = _tessera(tmp_path, *up)
     assert started.returncode == 0, started.stderr
     state = json.loads((tmp_path / "local" / "cluster.json").read_text())
     pids = list(state["processes"].values())
-    assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
+    assert len(pids) == 3 + containers and all(psutil.pid_exists(pid) for pid in pids)
+    if containers:
+        _check_container_demo(state["master_url"])
 
     # The CLI finds the running local cluster without --master.
     agents = json.loads(_tessera(tmp_path, "agent", "list", "--json").stdout)
@@ -41,6 +67,9 @@ def test_up_detach_then_down_leaves_nothing(tmp_path: Path) -> None:
     stopped = _tessera(tmp_path, "down")
     assert stopped.returncode == 0, stopped.stderr
     assert not any(psutil.pid_exists(pid) for pid in pids)
+    for agent in agents:
+        work_dir = tmp_path / "local" / f"agent-{agent['attributes']['local'][-1]}"
+        assert agent_leftovers(work_dir, agent["id"]) == []
     assert task_processes(ticker["id"]) == []
     unreachable = _tessera(tmp_path, "task", "list")
     assert unreachable.returncode == 1
