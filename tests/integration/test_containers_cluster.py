@@ -318,3 +318,25 @@ def test_tessera_run_with_an_image(setup: Setup) -> None:
     failed = setup.cluster.cli("run", "--image", f"{setup.registry.host}/none:1", "--wait", "true")
     assert failed.returncode != 0
     assert "image pull failed" in failed.stderr
+
+
+def test_kills_wait_out_their_grace_periods_side_by_side(setup: Setup) -> None:
+    # sleep as PID 1 never sees SIGTERM: each kill takes the whole grace period.
+    body = {
+        "name": "ignores-term",
+        "args": ["sleep", "600"],
+        "cpus": 0.05,
+        "mem": 16,
+        "killGracePeriodSeconds": 2,
+        "container": {"type": "MESOS", "docker": {"image": setup.web}},
+    }
+    ids = [setup.cluster.launch(**body)["id"] for _ in range(3)]
+    for task_id in ids:
+        setup.cluster.wait_state(task_id, "TASK_RUNNING")
+    started = time.monotonic()
+    for task_id in ids:
+        setup.cluster.http.delete(f"/v1/tasks/{task_id}")
+    for task_id in ids:
+        setup.cluster.wait_state(task_id, "TASK_KILLED")
+    took = time.monotonic() - started
+    assert 1.9 < took < 4.5, f"3 kills of 2 s each took {took:.1f} s"

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,7 @@ class AgentDaemon:
             self._watch(recovered.task_id)
         self.health.resume([found.task_id for found in recovered_tasks if found.alive])
         if self.containers is not None and self.containers.unavailable() is None:
-            collector = asyncio.create_task(self._collect_images(self.containers))
-            self._watchers.add(collector)
-            collector.add_done_callback(self._watchers.discard)
+            self._in_background(self._collect_images(self.containers))
         for update in self.journal.pending():
             known = self.tasks.setdefault(update.task_id, LocalTask(update.task_id, update.state))
             if update.state.terminal:
@@ -309,7 +308,9 @@ class AgentDaemon:
         if kind == "launch":
             await self._launch(message["task"])
         elif kind == "kill":
-            await self._kill(str(message["task_id"]), message.get("grace"))
+            # A kill waits out the task's grace period: the master's other messages (more
+            # kills among them) must not wait behind it.
+            self._in_background(self._kill(str(message["task_id"]), message.get("grace")))
         elif kind == "ack":
             acknowledged = self.journal.acknowledge(str(message["uuid"]))
             self._sent_at.pop(str(message["uuid"]), None)
@@ -361,9 +362,7 @@ class AgentDaemon:
         ports = tuple(int(port) for port in payload.get("ports", ()))
         self.tasks[task_id] = LocalTask(task_id, TaskState.TASK_STAGING, ports)
         if spec.fetch or spec.container:  # downloads take time: do not hold up the others
-            fetcher = asyncio.create_task(self._fetch_then_start(task_id, spec, ports))
-            self._watchers.add(fetcher)
-            fetcher.add_done_callback(self._watchers.discard)
+            self._in_background(self._fetch_then_start(task_id, spec, ports))
         else:
             await self._start(task_id, spec, ports)
 
@@ -444,9 +443,7 @@ class AgentDaemon:
         )
 
     def _watch(self, task_id: str) -> None:
-        watcher = asyncio.create_task(self._await_exit(task_id))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._in_background(self._await_exit(task_id))
 
     async def _await_exit(self, task_id: str) -> None:
         result: TaskExit = await self.executor.wait(task_id)
@@ -494,6 +491,9 @@ class AgentDaemon:
             )
 
     def _kill_unhealthy(self, task_id: str, message: str) -> None:
-        killer = asyncio.create_task(self._kill(task_id, None))
-        self._watchers.add(killer)
-        killer.add_done_callback(self._watchers.discard)
+        self._in_background(self._kill(task_id, None))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
