@@ -1,21 +1,27 @@
 """A container's root filesystem: an overlayfs of the image's layers with a per-task upper dir.
 
-The lower dirs are named by short relative symlinks (`l/0`, `l/1`, …) and `mount` runs in the
-container's directory, so the mount options stay far below the kernel's one-page limit
-however many layers an image has (Mesos' overlay backend does the same). Files inside a
-rootfs are read without following symlinks: an image's absolute link points into the host
-when seen from the agent.
+The lower dirs are named by short symlinks (`l/0`, `l/1`, …) in the container's directory,
+reached through an open descriptor of it (`/proc/self/fd/<fd>/l/0`), so the mount options
+stay far below the kernel's one-page limit however many layers an image has (Mesos'
+overlay backend uses short links too). The mount is a system call made in a worker thread:
+no `mount` process per container. Files inside a rootfs are read without following
+symlinks: an image's absolute link points into the host when seen from the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_MNT_DETACH = 2
 
 # The kernel's limit on mount data is one page.
 MAX_MOUNT_OPTIONS = 4096
@@ -25,25 +31,38 @@ class RootfsError(Exception):
     """The root filesystem could not be made or removed."""
 
 
-def overlay_options(layer_count: int, upper: str, work: str) -> str:
-    """`lowerdir=l/<top>:…:l/0,upperdir=…,workdir=…` (overlayfs lists the top layer first)."""
-    lowers = ":".join(f"l/{index}" for index in reversed(range(layer_count)))
+def overlay_options(layer_count: int, upper: str, work: str, links: str = "l") -> str:
+    """`lowerdir=<links>/<top>:…:<links>/0,upperdir=…,workdir=…` (overlayfs lists the top
+    layer first)."""
+    lowers = ":".join(f"{links}/{index}" for index in reversed(range(layer_count)))
     options = f"lowerdir={lowers},upperdir={upper},workdir={work}"
     if len(options) >= MAX_MOUNT_OPTIONS:
         raise RootfsError(f"the image has too many layers ({layer_count}) for one overlay mount")
     return options
 
 
-async def _run(argv: Sequence[str], cwd: Path | None = None) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await process.communicate()
-    return process.returncode or 0, stderr.decode(errors="replace").strip()
+def _mount_overlay(container_dir: Path, layer_count: int, upper: Path, work: Path) -> None:
+    directory = os.open(container_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        links = f"/proc/self/fd/{directory}/l"
+        options = overlay_options(layer_count, str(upper), str(work), links)
+        target = str(container_dir / "rootfs")
+        if _libc.mount(b"overlay", target.encode(), b"overlay", 0, options.encode()) != 0:
+            code = ctypes.get_errno()
+            raise RootfsError(f"cannot mount the container's root filesystem: {os.strerror(code)}")
+    finally:
+        os.close(directory)
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(str(target).encode(), 0) == 0:
+        return
+    code = ctypes.get_errno()
+    if code == errno.EBUSY and _libc.umount2(str(target).encode(), _MNT_DETACH) == 0:
+        return  # lazily, once nothing uses it any more
+    code = ctypes.get_errno() if code == errno.EBUSY else code
+    if code not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not (or no longer) a mount
+        raise RootfsError(f"cannot unmount {target}: {os.strerror(code)}")
 
 
 async def mount_rootfs(container_dir: Path, layers: Sequence[Path], scratch: Path) -> Path:
@@ -70,12 +89,7 @@ async def mount_rootfs(container_dir: Path, layers: Sequence[Path], scratch: Pat
     target.mkdir(exist_ok=True)
     if os.path.ismount(target):
         return target  # mounted before an agent restart
-    options = overlay_options(len(layers), str(upper), str(work))
-    code, error = await _run(
-        ["mount", "-t", "overlay", "overlay", "-o", options, "rootfs"], cwd=container_dir
-    )
-    if code != 0:
-        raise RootfsError(f"cannot mount the container's root filesystem: {error}")
+    await asyncio.to_thread(_mount_overlay, container_dir, len(layers), upper, work)
     return target
 
 
@@ -83,11 +97,7 @@ async def unmount_rootfs(container_dir: Path) -> None:
     """Unmount (lazily if busy) and remove the container's directory; idempotent."""
     target = container_dir / "rootfs"
     if os.path.ismount(target):
-        code, error = await _run(["umount", str(target)])
-        if code != 0:
-            code, error = await _run(["umount", "-l", str(target)])
-            if code != 0:
-                raise RootfsError(f"cannot unmount {target}: {error}")
+        await asyncio.to_thread(_unmount, target)
     shutil.rmtree(container_dir, ignore_errors=True)
 
 

@@ -386,8 +386,9 @@ class ImageStore:
         chains = tuple(f"sha256:{path.parent.name}" for path in image.layers)
         self._pins[task_id] = Pin(image.digest, chains)
         self._touch(image.digest)
+        # Only the pin must be durable now (it keeps GC away); the use time is written at
+        # release, and a pinned image is never collected meanwhile.
         save_pins(self.root / "pins.json", self._pins)
-        self._save_images()
 
     def release(self, task_id: str) -> None:
         pin = self._pins.pop(task_id, None)
