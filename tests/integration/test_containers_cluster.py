@@ -340,3 +340,17 @@ def test_kills_wait_out_their_grace_periods_side_by_side(setup: Setup) -> None:
         setup.cluster.wait_state(task_id, "TASK_KILLED")
     took = time.monotonic() - started
     assert 1.9 < took < 4.5, f"3 kills of 2 s each took {took:.1f} s"
+
+
+def test_a_container_that_cannot_start_never_reports_running(setup: Setup) -> None:
+    body = {
+        "name": "no-program",
+        "args": ["no-such-program"],
+        "cpus": 0.05,
+        "mem": 16,
+        "container": {"type": "MESOS", "docker": {"image": setup.web}},
+    }
+    task = setup.cluster.wait_state(setup.cluster.launch(**body)["id"], "TASK_FAILED")
+    assert task["reason"] == "REASON_CONTAINER_LAUNCH_FAILED"
+    assert "executable file not found" in task["message"]
+    assert task["startedAt"] is None

@@ -423,6 +423,9 @@ class AgentDaemon:
         except LaunchFailed as error:
             await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
             return
+        if not running.started:
+            self._watch(task_id)  # the container never ran: its watcher reports how it failed
+            return
         addresses = (running.ip,) if running.ip else ()
         await self.report(task_id, TaskState.TASK_RUNNING, ip_addresses=addresses)
         self._watch(task_id)

@@ -108,6 +108,8 @@ class RunningTask:
     user: str
     ip: str | None = None  # a bridged container's own address
     exec_prefix: tuple[str, ...] = ()  # runs a command inside the container
+    # False for a container that ended before runc could start it (it never ran).
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import Any
 from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
 from tessera.agent.containers.runtime import (
+    PID_FILE,
     WRAPPER_LEAF,
     ContainerRecord,
     ContainerRuntime,
@@ -216,7 +217,25 @@ class Executor:
             raise
         self._tasks[spec.task_id] = task
         self._watch(task)
-        return self._describe(task)
+        if spec.container is None:
+            return self._describe(task)
+        started = await self._container_started(task)
+        return replace(self._describe(task), started=started)
+
+    async def _container_started(self, task: TaskRecord) -> bool:
+        """Wait until runc has started the container (it writes the pid file then) or the
+        task ended first (runc could not start it); True in the first case."""
+        record = self._container_record(task.task_id)
+        if record is None:
+            return True
+        pid_file = Path(record.container_dir) / PID_FILE
+        delay = 0.001
+        while not pid_file.exists():
+            if task.exited.done():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return True
 
     def _start(self, spec: LaunchSpec) -> TaskRecord:
         run_as = self._run_as(spec.user)

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = "container.json"
 SCRATCH_NAME = ".rootfs"
+# runc writes the container's pid here once the container's process runs.
+PID_FILE = "pid"
 # The wrapper joins this child of the task's cgroup; runc makes CONTAINER_LEAF beside it.
 WRAPPER_LEAF = "shim"
 CONTAINER_LEAF = "ctr"
@@ -259,7 +261,7 @@ class ContainerRuntime:
     def _argv(self, record: ContainerRecord, bundle: Path) -> list[str]:
         # --keep: the container's cgroup stays until `runc delete`, with its OOM counters.
         runc = [str(self._runc), "--root", str(self._state), "run", "--keep"]
-        runc += ["--bundle", str(bundle)]
+        runc += ["--bundle", str(bundle), "--pid-file", str(bundle / PID_FILE)]
         runc.append(record.runc_id)
         # runc (10 MB) must not be the OOM killer's choice when the container's memory runs
         # out: the container would lose its stdio and its parent.
