@@ -21,8 +21,9 @@ ALLOWED = {
     "placement": {"model"},
     "reconcile": {"model", "placement"},
     "store": {"model", "clock"},
-    "master": {"model", "placement", "reconcile", "store", "clock", "http_errors"},
-    "agent": {"model", "store", "clock", "http_errors"},
+    "security": {"model", "clock"},
+    "master": {"model", "placement", "reconcile", "store", "security", "clock", "http_errors"},
+    "agent": {"model", "store", "security", "clock", "http_errors"},
 }
 
 
