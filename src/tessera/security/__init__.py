@@ -1,0 +1,1 @@
+"""Security building blocks the master, the agents and the CLI share: pure, clock-injected."""
