@@ -1,9 +1,9 @@
 """Password hashing for local users: argon2id, and the same cost whether or not the user exists.
 
-Production uses RFC 9106's low-memory profile (argon2id, t=3, m=64 MiB, p=4); one verify took
-about 75 ms per call on the 2-core development machine (mean of 20, measured with
-`argon2.profiles.RFC_9106_LOW_MEMORY`), so a login is deliberately slow and the API must cap
-concurrent hashes (a semaphore and a worker thread: not this module's job). Tests inject
+Production uses RFC 9106's low-memory profile (argon2id, t=3, m=64 MiB, p=4): one verify took
+about 200 ms (median of 20: 193-234 ms, range 139-272 ms, other work running) on the 2-core
+development machine, so a login is deliberately slow and the API must cap concurrent hashes
+(a semaphore and a worker thread: not this module's job). Tests inject
 `TEST_PARAMETERS`. Passwords are NFKC-normalised (NIST SP 800-63B) so the same characters
 typed on different keyboards match. Verifying a login for an unknown user runs the same
 argon2 verify against a dummy hash, so timing cannot tell "no such user" from "wrong
