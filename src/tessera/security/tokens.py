@@ -16,6 +16,7 @@ are the caller's to persist: this module only converts them to and from PEM. No 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +36,8 @@ from tessera.clock import Clock
 ALGORITHMS = ["RS256"]
 AUDIENCE = "tessera"
 MIN_RSA_BITS = 2048
+# Tolerated clock skew between masters (and against a token's own times).
+DEFAULT_LEEWAY_SECONDS = 30.0
 # Far beyond any token we issue (~700 bytes); refuses megabyte inputs before any parsing.
 MAX_TOKEN_CHARS = 8192
 _REQUIRED = ["uid", "iss", "aud", "iat", "exp", "jti", "typ"]
@@ -151,8 +154,7 @@ def jwks_document(keys: Iterable[rsa.RSAPublicKey]) -> dict[str, list[dict[str, 
 class TokenPolicy:
     user_ttl_seconds: float = 8 * 3600.0
     service_ttl_seconds: float = 3600.0
-    # Tolerated clock skew between masters (and against a token's own times).
-    leeway_seconds: float = 30.0
+    leeway_seconds: float = DEFAULT_LEEWAY_SECONDS
 
     def ttl(self, typ: TokenType) -> float:
         return self.user_ttl_seconds if typ == "user" else self.service_ttl_seconds
@@ -224,7 +226,8 @@ class Revocations:
     deletion, `revoke-all`); and single token ids, kept until those tokens expire anyway.
     The master loads it from the store and keeps it current; checks are dict lookups."""
 
-    def __init__(self) -> None:
+    def __init__(self, leeway_seconds: float = DEFAULT_LEEWAY_SECONDS) -> None:
+        self._leeway = leeway_seconds
         self._valid_after: dict[str, float] = {}
         self._denied_jtis: dict[str, float] = {}
 
@@ -238,8 +241,9 @@ class Revocations:
         self._denied_jtis[jti] = expires_at
 
     def forget_expired(self, now: float) -> None:
-        """Drops denied ids of tokens that have expired anyway (`now` already past leeway)."""
-        for jti in [jti for jti, exp in self._denied_jtis.items() if exp < now]:
+        """Drops denied ids of tokens that verification refuses anyway (past exp and leeway)."""
+        horizon = now - self._leeway
+        for jti in [jti for jti, exp in self._denied_jtis.items() if exp < horizon]:
             del self._denied_jtis[jti]
 
     def is_revoked(self, claims: Claims) -> bool:
@@ -276,9 +280,11 @@ class TokenVerifier:
         claims = self._cache.get(token) if isinstance(token, str) else None
         if claims is not None:
             if now > claims.expires_at + self._leeway:
-                del self._cache[token]
+                self._cache.pop(token, None)
                 raise TokenError(TokenRefusal.EXPIRED)
-            self._cache.move_to_end(token)
+            # pop-tolerant: a thread may have evicted it meanwhile
+            with contextlib.suppress(KeyError):
+                self._cache.move_to_end(token)
         else:
             claims = self._verify_cold(token, now)
             self._remember(token, claims)
@@ -293,7 +299,8 @@ class TokenVerifier:
     def _remember(self, token: str, claims: Claims) -> None:
         self._cache[token] = claims
         if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+            with contextlib.suppress(KeyError):
+                self._cache.popitem(last=False)
 
     def _verify_cold(self, token: str, now: float) -> Claims:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
