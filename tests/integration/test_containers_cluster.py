@@ -80,7 +80,12 @@ class Setup:
 
     def remove(self, app_id: str) -> None:
         self.cluster.http.delete(f"/v2/apps{app_id}", params={"force": "true"})
-        wait_for(lambda: not _live_tasks(self, app_id), 20, f"{app_id} to stop")
+        try:
+            wait_for(lambda: not _live_tasks(self, app_id), 20, f"{app_id} to stop")
+        except AssertionError:
+            print(_live_tasks(self, app_id))
+            print("agent log:", (self.cluster.root / "agent-1.log").read_text()[-6000:])
+            raise
 
 
 def bridged_app(app_id: str, image: str, container_port: int = 80, **fields: Any) -> dict[str, Any]:
@@ -243,7 +248,9 @@ def test_agent_kill_9_during_a_run_keeps_the_container(setup: Setup) -> None:
     time.sleep(1.5)
     assert setup.running_task(app_id)["id"] == task["id"]
     assert _get(url) == HELLO
+    began = time.monotonic()
     setup.remove(app_id)
+    print(f"removed in {time.monotonic() - began:.1f} s")
 
 
 def test_agent_kill_9_during_a_pull(setup: Setup) -> None:

@@ -71,6 +71,9 @@ class LocalTask:
     task_id: str
     state: TaskState
     ports: tuple[int, ...] = ()
+    # A kill that came while the executor was starting the task: applied once it runs.
+    kill_pending: bool = False
+    kill_grace: float | None = None
 
 
 def _failure(error: Exception) -> str:
@@ -418,10 +421,17 @@ class AgentDaemon:
             kill_grace_seconds=spec.kill_grace_seconds,
             container=container,
         )
+        local = self.tasks[task_id]
+        local.state = TaskState.TASK_STARTING  # a kill from now on waits for the launch
         try:
             running = await self.executor.launch(launch)
         except LaunchFailed as error:
             await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
+            return
+        if local.kill_pending:  # killed while it was starting: it never counts as running
+            self._watch(task_id)
+            local.state = TaskState.TASK_KILLING
+            await self.executor.kill(task_id, local.kill_grace)
             return
         if not running.started:
             self._watch(task_id)  # the container never ran: its watcher reports how it failed
@@ -479,6 +489,8 @@ class AgentDaemon:
             local.state = TaskState.TASK_KILLING
             await self.health.pause(task_id)
             await self.executor.kill(task_id, grace)
+        elif local.state is TaskState.TASK_STARTING:  # the executor is starting it
+            local.kill_pending, local.kill_grace = True, grace
         elif local.state is TaskState.TASK_STAGING:  # still fetching: it never starts
             await self.report(task_id, TaskState.TASK_KILLED, message="killed before it started")
 
