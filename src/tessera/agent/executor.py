@@ -26,6 +26,7 @@ from tessera.agent.cgroup_files import CgroupLimits
 from tessera.agent.cgroups import CgroupsUnavailable, TaskCgroup, clean_prefix, select_driver
 from tessera.agent.containers.runtime import (
     PID_FILE,
+    SCRATCH_NAME,
     WRAPPER_LEAF,
     ContainerRecord,
     ContainerRuntime,
@@ -323,6 +324,7 @@ class Executor:
             )
             runtime.save_record(self._meta.task_dir(spec.task_id), prepared.record)
             user = prepared.user
+            _hand_over(sandbox, user.uid, user.gid)
             run_as = RunAs(user.name or str(user.uid), user.uid, user.gid, (), user.home)
             return self._spawn(spec, run_as, prepared.argv, ROOT_WRAPPER_ENV, WRAPPER_LEAF)
         except BaseException as error:
@@ -653,6 +655,21 @@ class Executor:
 
 
 # ---- helpers without executor state ---------------------------------------------------------
+
+
+def _hand_over(sandbox: Path, uid: int, gid: int) -> None:
+    """Give what was fetched into a container's sandbox to the container's user (the fetch
+    ran before the image said who that is); the overlay's scratch dir stays the agent's."""
+    if uid == 0 and gid == 0:
+        return
+    for entry in os.scandir(sandbox):
+        if entry.name == SCRATCH_NAME:
+            continue
+        os.lchown(entry.path, uid, gid)
+        if entry.is_dir(follow_symlinks=False):
+            for directory, names, files in os.walk(entry.path):
+                for name in names + files:
+                    os.lchown(os.path.join(directory, name), uid, gid)
 
 
 def _switch_tools() -> SwitchTools | None:

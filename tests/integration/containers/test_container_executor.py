@@ -289,3 +289,16 @@ async def test_a_command_missing_from_the_image_fails_with_runc_s_reason(
     assert result.reason == "REASON_CONTAINER_LAUNCH_FAILED"
     assert "the container did not start" in result.message
     assert '"no-such-program": executable file not found' in result.message, result.message
+
+
+async def test_fetched_files_belong_to_the_container_user(agent: Agent, images: Images) -> None:
+    image = await agent.pull(images.as_nobody)
+    sandbox = agent.executor.sandbox("t-fetched")
+    (sandbox / "conf").mkdir(parents=True)  # what the fetcher put there, as root
+    (sandbox / "conf" / "app.ini").write_text("x=1\n")
+    script = "echo y=2 >> $MESOS_SANDBOX/conf/app.ini && touch $MESOS_SANDBOX/conf/new"
+    await agent.executor.launch(agent.launch_spec("t-fetched", image, command=script))
+    result = await agent.executor.wait("t-fetched")
+    assert result.state == "TASK_FINISHED", (result, _read(sandbox / "stderr"))
+    assert (sandbox / "conf" / "app.ini").read_text() == "x=1\ny=2\n"
+    assert (sandbox / "conf" / "new").stat().st_uid == 65534
