@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -21,6 +22,7 @@ from tessera.agent.containers.runtime import ContainerLaunch, ContainerRuntime, 
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec
 from tessera.agent.images.build import DEFAULT_PATH, ContainerConfig
 from tessera.agent.images.store import Image, ImageSettings, ImageStore
+from tessera.testing.cluster import free_port
 from tessera.testing.containers import (
     HELLO,
     container_support,
@@ -193,7 +195,7 @@ async def test_bridged_server_is_reached_on_its_host_port_and_its_own_address(
     agent: Agent, images: Images
 ) -> None:
     image = await agent.pull(images.web)
-    port = 31000 + uuid.uuid4().int % 900
+    port = free_port()  # free now, whatever other tests and agents hold
     spec = agent.launch_spec("t-web", image, network="bridge", ports=(PortMap(port, 80, "tcp"),))
     running = await agent.executor.launch(spec)
     assert running.ip is not None
@@ -208,12 +210,14 @@ async def test_bridged_server_is_reached_on_its_host_port_and_its_own_address(
 
 
 async def _get_when_up(client: httpx.AsyncClient, url: str) -> str:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:
         try:
             return (await client.get(url)).text
         except httpx.HTTPError:
             if time.monotonic() > deadline:
+                rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True)
+                print(f"{url} unreachable; nat table:\n{rules.stdout.decode()}")
                 raise
             await asyncio.sleep(0.1)
 
@@ -253,7 +257,7 @@ async def test_a_restarted_agent_adopts_a_running_container_and_settles_an_ended
     agent: Agent, images: Images
 ) -> None:
     image = await agent.pull(images.web)
-    port = 31000 + uuid.uuid4().int % 900
+    port = free_port()  # free now, whatever other tests and agents hold
     bridged = agent.launch_spec(
         "t-keep", image, network="bridge", ports=(PortMap(port, 80, "tcp"),)
     )
