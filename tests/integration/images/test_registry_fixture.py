@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tessera.agent.images import build as img
-from tessera.agent.images.push import Pusher, PushError, parse_challenge, push_image
+from tessera.agent.images.auth import parse_challenges
+from tessera.agent.images.push import Pusher, PushError, push_image
 from tessera.agent.images.unpack import OPAQUE_XATTR, unpack_layer
 from tessera.testing.registry import (
     DownRegistry,
@@ -96,7 +97,7 @@ class Reader:
 
     def token(self) -> str:
         challenge = self.client.get("/v2/").headers["www-authenticate"]
-        _, params = parse_challenge(challenge)
+        params = parse_challenges([challenge])[0].params
         answer = httpx.get(
             params["realm"],
             params={"service": params["service"], "scope": f"repository:{self.repository}:pull"},

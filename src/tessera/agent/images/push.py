@@ -7,43 +7,26 @@ and their own Content-Type. An index pushes its platform manifests by digest fir
 Auth: anonymous, Basic, or Bearer tokens. A 401 carries a `WWW-Authenticate` challenge; for
 Bearer the token comes from the realm with `scope=repository:<name>:pull,push` (Basic
 credentials sent there when given), and the request is sent once more. A token that expires
-during a push is renewed the same way. The client-side parser for pulls is
-`tessera.agent.images.auth`; this one is deliberately small and separate.
+during a push is renewed the same way. Challenges are read with the puller's parser
+(`tessera.agent.images.auth`).
 
 Synchronous (httpx.Client); from asyncio code, run it in a thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
-import base64
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 
 import httpx
 
+from tessera.agent.images.auth import basic_header, parse_challenges
 from tessera.agent.images.build import Blob, Image, Index
+from tessera.agent.images.credentials import Credential
 
 
 class PushError(Exception):
     """The registry refused something; the message says what and with which status."""
-
-
-_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
-
-
-def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
-    """`Bearer realm="…",service="…"` → ("bearer", {"realm": …, "service": …})."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {
-        match.group(1).lower(): match.group(2) if match.group(2) is not None else match.group(3)
-        for match in _PARAM.finditer(rest)
-    }
-    return scheme.lower(), params
-
-
-def basic_authorization(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def registry_url(registry: str) -> str:
@@ -146,18 +129,18 @@ class Pusher:
         raise AssertionError("unreachable")
 
     def _authenticate(self, refused: httpx.Response) -> None:
-        scheme, params = parse_challenge(refused.headers.get("www-authenticate", ""))
+        challenges = parse_challenges(refused.headers.get_list("www-authenticate"))
+        scheme, params = (challenges[0].scheme, challenges[0].params) if challenges else ("", {})
         if scheme == "basic":
             if self.credentials is None:
                 raise PushError(f"{self.base} wants credentials (Basic) and none were given")
-            user, password = self.credentials
-            self._authorization = basic_authorization(user, password)
+            self._authorization = basic_header(Credential(*self.credentials))
         elif scheme == "bearer" and "realm" in params:
             self._authorization = f"Bearer {self._token(params)}"
         else:
             raise PushError(f"{self.base} answered 401 without a usable challenge")
 
-    def _token(self, challenge: dict[str, str]) -> str:
+    def _token(self, challenge: Mapping[str, str]) -> str:
         query = {"scope": f"repository:{self.repository}:pull,push"}
         if "service" in challenge:
             query["service"] = challenge["service"]

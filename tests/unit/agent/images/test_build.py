@@ -18,7 +18,8 @@ import pytest
 import zstandard
 
 from tessera.agent.images import build as img
-from tessera.agent.images.push import Pusher, PushError, parse_challenge, registry_url
+from tessera.agent.images.auth import Challenge, parse_challenges
+from tessera.agent.images.push import Pusher, PushError, registry_url
 
 
 def tar_members(blob: img.Blob) -> list[tarfile.TarInfo]:
@@ -371,13 +372,16 @@ def test_a_refused_token_is_a_push_error() -> None:
 
 
 def test_challenges_and_urls() -> None:
-    assert parse_challenge(
-        'Bearer realm="https://auth.io/token",service="registry.io",scope="a:b:pull"'
-    ) == (
-        "bearer",
-        {"realm": "https://auth.io/token", "service": "registry.io", "scope": "a:b:pull"},
-    )
-    assert parse_challenge("Basic realm=fake") == ("basic", {"realm": "fake"})
+    # The pusher reads challenges with the puller's parser.
+    assert parse_challenges(
+        ['Bearer realm="https://auth.io/token",service="registry.io",scope="a:b:pull"']
+    ) == [
+        Challenge(
+            "bearer",
+            {"realm": "https://auth.io/token", "service": "registry.io", "scope": "a:b:pull"},
+        )
+    ]
+    assert parse_challenges(["Basic realm=fake"]) == [Challenge("basic", {"realm": "fake"})]
     assert registry_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert registry_url("https://r.example/") == "https://r.example"
 
