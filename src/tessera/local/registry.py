@@ -8,11 +8,13 @@ or with `tessera.agent.images.build`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -23,18 +25,16 @@ class RegistryUnavailable(Exception):
     """The registry cannot start here; the message says why."""
 
 
-def registry_config(storage: Path, port: int) -> str:
-    """The registry's YAML config: filesystem storage, deletes allowed, loopback only."""
-    return (
-        "version: 0.1\n"
-        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        "storage:\n"
-        f"  filesystem:\n    rootdirectory: {storage}\n"
-        "  delete:\n    enabled: true\n"
-        "http:\n"
-        f"  addr: 127.0.0.1:{port}\n"
-        "health:\n  storagedriver:\n    enabled: false\n"
-    )
+def registry_config(storage: Path, address: str) -> dict[str, Any]:
+    """The registry's config (JSON is YAML): filesystem storage, deletes allowed, listening
+    on `address` (`127.0.0.1:<port>`). The test fixtures start from it too."""
+    return {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
+        "http": {"addr": address},
+        "health": {"storagedriver": {"enabled": False}},
+    }
 
 
 def start_registry(work_dir: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -53,7 +53,7 @@ def start_registry(work_dir: Path, port: int, log_path: Path) -> subprocess.Pope
     directory = work_dir / "registry"
     (directory / "storage").mkdir(parents=True, exist_ok=True)
     config = directory / "config.yml"
-    config.write_text(registry_config(directory / "storage", port))
+    config.write_text(json.dumps(registry_config(directory / "storage", f"127.0.0.1:{port}")))
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [binary, "serve", str(config)],

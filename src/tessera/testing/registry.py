@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+from tessera.local.registry import registry_config
 from tessera.testing.cluster import free_port
 
 AuthMode = Literal["none", "basic", "token"]
@@ -167,16 +168,9 @@ class Registry:
         return answer.status_code in (200, 401)
 
     def _config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {
-                "filesystem": {"rootdirectory": str(self.dir / "storage")},
-                "delete": {"enabled": True},
-                "maintenance": {"uploadpurging": {"enabled": False}},
-            },
-            "http": {"addr": self.host, "secret": secrets.token_hex(16)},
-        }
+        config = registry_config(self.dir / "storage", self.host)
+        config["storage"]["maintenance"] = {"uploadpurging": {"enabled": False}}
+        config["http"]["secret"] = secrets.token_hex(16)
         if self.auth == "basic":
             htpasswd = self.dir / "htpasswd"
             htpasswd.write_text(htpasswd_lines(self.users))
