@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tessera.http_errors import ApiError, validation_details
 from tessera.model.constraints import ConstraintError, parse_constraints
-from tessera.model.container import SUPPORTED_PARAMETERS, image_reference_error
+from tessera.model.container import image_reference_error
+from tessera.model.container_input import ParameterIn
 from tessera.model.health import HealthSpecError, parse_fetch
 from tessera.model.job import (
     DEFAULT_CPUS,
@@ -77,24 +78,11 @@ def _image(image: str) -> str:
     return image
 
 
-class DockerParameterIn(_StrictTypes):
-    key: str
-    value: str
-
-    @field_validator("key")
-    @classmethod
-    def _supported(cls, key: str) -> str:
-        if key not in SUPPORTED_PARAMETERS:
-            supported = ", ".join(SUPPORTED_PARAMETERS)
-            raise ValueError(f"parameter {key!r} is not supported; supported: {supported}")
-        return key
-
-
 class DockerIn(_StrictTypes):
     image: str = Field(min_length=1)
     forcePullImage: bool = False
     privileged: bool = False
-    parameters: list[DockerParameterIn] = Field(default_factory=list)
+    parameters: list[ParameterIn] = Field(default_factory=list)  # Marathon's allow-list
 
     _reference = field_validator("image")(_image)
 
