@@ -144,9 +144,13 @@ class ContainerRuntime:
         self._state = work_dir / "runc"
         self._containers = work_dir / "containers"
         self._version = _runc_version(self._runc) if self._runc else None
+        self._unavailable = self._why_unavailable()  # checked once, not at every launch
 
     def unavailable(self) -> str | None:
         """Why containers cannot run here, or None."""
+        return self._unavailable
+
+    def _why_unavailable(self) -> str | None:
         if self._runc is None:
             return "runc is not installed"
         if os.geteuid() != 0:
