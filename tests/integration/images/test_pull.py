@@ -37,20 +37,6 @@ def _needs_root() -> None:
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    require_registry()
-    with Registry() as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def basic_registry() -> Iterator[Registry]:
-    require_registry()
-    with Registry(auth="basic") as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
 def token_registry() -> Iterator[Registry]:
     require_registry()
     with Registry(auth="token") as made:

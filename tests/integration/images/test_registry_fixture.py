@@ -30,20 +30,6 @@ TOKEN_TTL = 2.0
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    require_registry()
-    with Registry() as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def basic_registry() -> Iterator[Registry]:
-    require_registry()
-    with Registry(auth="basic") as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
 def token_registry() -> Iterator[Registry]:
     require_registry()
     with Registry(auth="token", token_ttl=TOKEN_TTL) as made:
