@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.clock import Clock
+from tessera.model.app import AppSpec
 from tessera.model.permissions import InvalidRid, Principal, action_for_method, parse_rid
 from tessera.security.audit_chain import (
     GENESIS_HEAD,
@@ -47,6 +48,7 @@ from tessera.security.audit_chain import (
     permission_rids,
     to_json,
 )
+from tessera.security.audit_summary import describe_deploy
 from tessera.store.base import Delete, Operation, Put, StateStore
 
 log = logging.getLogger(__name__)
@@ -533,6 +535,32 @@ def _action(permission: str | None, method: str) -> str | None:
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def note_deploy(
+    state: Any,
+    current: Mapping[str, AppSpec],
+    changes: Mapping[str, AppSpec | None],
+    restart: Iterable[str] = (),
+) -> None:
+    """For the Marathon handlers, before they deploy: the change summary of the request's
+    audit record, and its resource when the auth dependency named none (a superuser's
+    `POST /v2/apps` names its app only in the body): the deepest group holding every
+    changed app. `state` is `request.state`."""
+    state.audit_summary = describe_deploy(current, changes, restart)
+    if getattr(state, "audit_resource", None) is None and changes:
+        state.audit_resource = common_path(changes)
+
+
+def common_path(paths: Iterable[str]) -> str:
+    """The deepest path covering all of `paths` (segment-wise): `/a/b/x`, `/a/b/y` -> `/a/b`."""
+    split = [p.strip("/").split("/") for p in paths]
+    shared: list[str] = []
+    for parts in zip(*split, strict=False):
+        if any(part != parts[0] for part in parts):
+            break
+        shared.append(parts[0])
+    return "/" + "/".join(part for part in shared if part)
 
 
 def acting_user(scope_or_state: MutableMapping[str, Any] | Any) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,8 +17,11 @@ from tessera.master.audit import (
     AuditLog,
     AuditSettings,
     DenialSampler,
+    common_path,
+    note_deploy,
     record_key,
 )
+from tessera.model.app import app_from_json
 from tessera.model.permissions import Principal, PrincipalKind
 from tessera.security.audit_chain import (
     GENESIS_HEAD,
@@ -185,3 +190,19 @@ def test_denial_sampler_counts_what_it_drops() -> None:
     sampler.admit("x", 62)
     sampler.admit("y", 62)  # bob is forgotten: the sampler stays bounded
     assert len(sampler._windows) == 2
+
+
+def test_note_deploy_sets_summary_and_resource() -> None:
+    web = app_from_json({"id": "/team-a/web", "cmd": "serve", "instances": 3})
+    state = SimpleNamespace(audit_resource=None)
+    note_deploy(state, {web.id: web}, {web.id: replace(web, instances=10)})
+    assert (state.audit_summary, state.audit_resource) == ("scaled /team-a/web 3→10", "/team-a/web")
+    db = app_from_json({"id": "/team-a/db", "cmd": "db"})
+    state = SimpleNamespace()
+    note_deploy(state, {}, {web.id: web, db.id: db})
+    assert state.audit_resource == "/team-a"
+    checked = SimpleNamespace(audit_resource="/team-a/web")
+    note_deploy(checked, {}, {db.id: db})
+    assert checked.audit_resource == "/team-a/web"
+    assert common_path(["/team-a/web", "/team-b/x"]) == "/"
+    assert common_path(["/team-ab/x", "/team-a/x"]) == "/"
