@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import uuid
 from collections.abc import Coroutine
@@ -29,6 +30,7 @@ from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
 from tessera.agent.images.errors import PullFailed
 from tessera.agent.journal import NotDurable, StatusJournal
+from tessera.agent.secret_files import SecretFileError, remove_secret_files, write_secret_files
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
 from tessera.model.protocol import (
@@ -36,11 +38,15 @@ from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
     CLOSE_NOT_LEADER,
+    LaunchSecrets,
     StatusUpdate,
 )
 from tessera.model.task import TaskSpec, TaskState
 
 log = logging.getLogger(__name__)
+
+# Mesos's reason for a task that cannot be launched as it was sent.
+REASON_SECRETS = "REASON_TASK_INVALID"
 
 # Unacknowledged updates are sent again after this long, or two heartbeats when those come
 # faster (the master may have missed them).
@@ -115,6 +121,8 @@ class AgentDaemon:
         self._connection: ClientConnection | None = None
         self._sent_at: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        # The secret files written into each task's sandbox, removed when the task ends.
+        self._secret_files: dict[str, list[Path]] = {}
         self.registered = asyncio.Event()
         # Health and readiness checks of the running tasks (see agent/health.py).
         self.health = HealthMonitors(
@@ -309,7 +317,7 @@ class AgentDaemon:
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "launch":
-            await self._launch(message["task"])
+            await self._launch(message["task"], LaunchSecrets.from_json(message.get("secrets")))
         elif kind == "kill":
             # A kill waits out the task's grace period: the master's other messages (more
             # kills among them) must not wait behind it.
@@ -357,19 +365,29 @@ class AgentDaemon:
             await self.journal.record(update)
         await self._send(update)
 
-    async def _launch(self, payload: dict[str, Any]) -> None:
+    async def _launch(self, payload: dict[str, Any], secrets: LaunchSecrets) -> None:
+        """`secrets` stay in memory, passed down to the start: the task's checkpoint, the
+        status journal and the health checker's state never see them."""
         task_id = str(payload["id"])
         if task_id in self.tasks:
             return  # a resent launch: this agent already has the task
         spec = TaskSpec.from_json(payload["spec"])
         ports = tuple(int(port) for port in payload.get("ports", ()))
         self.tasks[task_id] = LocalTask(task_id, TaskState.TASK_STAGING, ports)
+        secrets = secrets.only(spec.secrets)
+        missing = secrets.missing(spec.secrets)
+        if missing:
+            message = f"the launch lacks the values of its secrets: {', '.join(missing)}"
+            await self.report(task_id, TaskState.TASK_FAILED, REASON_SECRETS, message)
+            return
         if spec.fetch or spec.container:  # downloads take time: do not hold up the others
-            self._in_background(self._fetch_then_start(task_id, spec, ports))
+            self._in_background(self._fetch_then_start(task_id, spec, ports, secrets))
         else:
-            await self._start(task_id, spec, ports)
+            await self._start(task_id, spec, ports, secrets=secrets)
 
-    async def _fetch_then_start(self, task_id: str, spec: TaskSpec, ports: tuple[int, ...]) -> None:
+    async def _fetch_then_start(
+        self, task_id: str, spec: TaskSpec, ports: tuple[int, ...], secrets: LaunchSecrets
+    ) -> None:
         user = spec.user or str(self.executor.isolation_info()["default_user"])
         if spec.container is not None:
             user = "root"  # the sandbox is handed to the container's user at launch
@@ -383,7 +401,7 @@ class AgentDaemon:
                 await self.report(task_id, TaskState.TASK_FAILED, reason, _failure(error))
             return
         if self.tasks[task_id].state is TaskState.TASK_STAGING:
-            await self._start(task_id, spec, ports, container)
+            await self._start(task_id, spec, ports, container, secrets)
 
     async def _pull(self, spec: TaskSpec) -> ContainerLaunch | None:
         """The image of a container task, pulled unless cached (or forcePullImage)."""
@@ -404,8 +422,21 @@ class AgentDaemon:
         spec: TaskSpec,
         ports: tuple[int, ...],
         container: ContainerLaunch | None = None,
+        secrets: LaunchSecrets | None = None,
     ) -> None:
-        env = task_environment(task_id, spec, ports, self.config.hostname)
+        secrets = secrets or LaunchSecrets()
+        host = self.config.hostname
+        env = task_environment(task_id, spec, ports, host, secrets.env)
+        if secrets.files:
+            try:
+                # As the agent; the executor hands the sandbox's contents to the task's
+                # user when it creates the task (per role, decided there).
+                self._secret_files[task_id] = write_secret_files(
+                    self.executor.sandbox(task_id), secrets.files, os.geteuid(), os.getegid()
+                )
+            except SecretFileError as error:
+                await self.report(task_id, TaskState.TASK_FAILED, REASON_SECRETS, str(error))
+                return
         if container is not None and spec.container is not None:
             container = replace(container, ports=port_maps(spec.container, ports))
         launch = LaunchSpec(
@@ -426,6 +457,7 @@ class AgentDaemon:
         try:
             running = await self.executor.launch(launch)
         except LaunchFailed as error:
+            remove_secret_files(self._secret_files.pop(task_id, ()))
             await self.report(task_id, TaskState.TASK_FAILED, error.reason, error.message)
             return
         if local.kill_pending:  # killed while it was starting: it never counts as running
@@ -448,7 +480,8 @@ class AgentDaemon:
                 ports,
                 names,
                 str(running.sandbox),
-                env,
+                # Persisted by the checker: without the secrets' values.
+                task_environment(task_id, spec, ports, host) if secrets.env else env,
                 running.user,
                 self.clock.wall(),
                 exec_prefix=running.exec_prefix,
@@ -460,6 +493,7 @@ class AgentDaemon:
 
     async def _await_exit(self, task_id: str) -> None:
         result: TaskExit = await self.executor.wait(task_id)
+        remove_secret_files(self._secret_files.pop(task_id, ()))
         unhealthy = await self.health.stop(task_id)  # why the checks killed it, if they did
         message, reason = result.message, result.reason
         if unhealthy:

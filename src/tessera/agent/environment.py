@@ -1,18 +1,28 @@
-"""The environment a task sees: the app's `env` plus the variables Marathon and Mesos set."""
+"""The environment a task sees: the app's `env`, its env secrets, and what Marathon and Mesos set.
+
+Secret values come from the launch message (held in memory by the daemon) and go into the
+environment of the task's process only: callers that persist an environment (the health
+checker's state) build it without them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tessera.model.task import TaskSpec
 
 
 def task_environment(
-    task_id: str, spec: TaskSpec, ports: Sequence[int], host: str
+    task_id: str,
+    spec: TaskSpec,
+    ports: Sequence[int],
+    host: str,
+    secrets: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """`ports` are the task's host ports, in the order of its port definitions (one per
-    port mapping for a bridged container)."""
+    port mapping for a bridged container); `secrets` the values of its env secrets."""
     env = dict(spec.env)
+    env.update(secrets or {})
     env["HOST"] = host
     env["MESOS_TASK_ID"] = task_id
     env["MARATHON_APP_ID"] = spec.app_id or "/" + spec.name

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -31,6 +32,15 @@ from tessera.reconcile.task_status import apply_status, mark_lost
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT = 10.0
+# Mesos's reason for a task the master cannot launch as specified.
+REASON_TASK_INVALID = "REASON_TASK_INVALID"
+
+# The values of a task's secrets for its launch message (master/secrets.py `deliver`:
+# [{"env" | "file": ..., "value": ...}]); raises with a message that names paths, never
+# values, when they cannot be delivered.
+SecretResolver: TypeAlias = Callable[[Task], Awaitable[list[dict[str, str]]]]
+# A message built when its turn comes (a launch whose secrets are read from the store).
+Deferred: TypeAlias = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
 class AgentSession:
@@ -40,17 +50,24 @@ class AgentSession:
         self.agent_id = agent_id
         self.websocket = websocket
         self.last_seen = now
-        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[dict[str, Any] | Deferred | None] = asyncio.Queue()
 
     def send(self, message: dict[str, Any]) -> None:
         self._outbox.put_nowait(message)
+
+    def send_deferred(self, build: Deferred) -> None:
+        """Queue a message built when its turn comes, so that it keeps its place: a kill
+        sent after a launch must never overtake it."""
+        self._outbox.put_nowait(build)
 
     def close(self) -> None:
         self._outbox.put_nowait(None)
 
     async def pump(self) -> None:
-        while (message := await self._outbox.get()) is not None:
-            await self.websocket.send_text(json.dumps(message))
+        while (item := await self._outbox.get()) is not None:
+            message = item if isinstance(item, dict) else await item()
+            if message is not None:
+                await self.websocket.send_text(json.dumps(message))
 
 
 class AgentChannel:
@@ -73,6 +90,8 @@ class AgentChannel:
         # liveness timeout still counts from its last message.
         self._last_heard: dict[str, float] = {}
         self.started_at = clock.monotonic()
+        # Set by the master when secrets are available (master/secrets.py).
+        self.resolve_secrets: SecretResolver | None = None
 
     # ---- sending -------------------------------------------------------------------
 
@@ -80,8 +99,41 @@ class AgentChannel:
         session = self.sessions.get(task.agent_id or "")
         if session is None:
             return False
-        session.send({"type": "launch", "task": launch_payload(task)})
+        if task.spec.secrets:
+            # Only the agent the task is placed on ever gets its values, in this message.
+            session.send_deferred(lambda: self._launch_with_secrets(task))
+        else:
+            session.send({"type": "launch", "task": launch_payload(task)})
         return True
+
+    async def _launch_with_secrets(self, task: Task) -> dict[str, Any] | None:
+        try:
+            if self.resolve_secrets is None:
+                raise LookupError("this master has no secret store")
+            values = await self.resolve_secrets(task)
+        except Exception as error:
+            # The error names paths only (master/secrets.py); the task fails, visibly.
+            log.warning("task %s: secrets not delivered: %s", task.id, error)
+            await self._fail_launch(task, f"secrets not delivered: {error}")
+            return None
+        return {"type": "launch", "task": launch_payload(task), "secrets": values}
+
+    async def _fail_launch(self, task: Task, message: str) -> None:
+        current = self.state.tasks.get(task.id)
+        if current is None:
+            return
+        update = StatusUpdate(
+            uuid=str(uuid.uuid4()),
+            task_id=task.id,
+            state=TaskState.TASK_FAILED,
+            timestamp=self.clock.wall(),
+            reason=REASON_TASK_INVALID,
+            message=message,
+        )
+        failed = apply_status(current, update, self.clock.wall())
+        if failed is not None:
+            await self.state.save(tasks=[failed])
+            self.on_change()
 
     def send_kill(self, task: Task) -> bool:
         session = self.sessions.get(task.agent_id or "")

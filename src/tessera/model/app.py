@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,6 +28,7 @@ from tessera.model.health import (
     parse_readiness_checks,
     port_reference_errors,
 )
+from tessera.model.secret_refs import read_secrets, reference_error, task_uses
 from tessera.model.task import PortDefinition, TaskSpec
 
 # Marathon's rule for one path segment (`^(([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])\.)*...`).
@@ -210,6 +211,11 @@ class AppSpec:
     container: ContainerSpec | None = None
     # Marathon's `networks` in their current form; () is host networking.
     networks: tuple[Mapping[str, Any], ...] = ()
+    # References only (model/secret_refs.py): name -> source path as given; environment
+    # variable -> secret name; (sandbox path, secret name) of secret file volumes.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    env_secrets: Mapping[str, str] = field(default_factory=dict)
+    secret_files: tuple[tuple[str, str], ...] = ()
     version: str = ""
     last_scaling_at: str = ""
     last_config_change_at: str = ""
@@ -339,7 +345,7 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
     data.update(
         {
             "user": app.user,
-            "env": dict(app.env),
+            "env": {**app.env, **{k: {"secret": v} for k, v in app.env_secrets.items()}},
             "instances": app.instances,
             "cpus": app.cpus,
             "mem": app.mem,
@@ -353,7 +359,11 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
             "backoffSeconds": _whole(app.backoff_seconds),
             "backoffFactor": app.backoff_factor,
             "maxLaunchDelaySeconds": _whole(app.max_launch_delay_seconds),
-            "container": container_json(app.container) if app.container is not None else None,
+            "container": (
+                container_json(app.container, app.secret_files)
+                if app.container is not None
+                else None
+            ),
             "healthChecks": [dict(h) for h in app.health_checks],
             "readinessChecks": [dict(r) for r in app.readiness_checks],
             "dependencies": list(app.dependencies),
@@ -383,6 +393,8 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
     )
     if app.task_kill_grace_period_seconds is not None:
         data["taskKillGracePeriodSeconds"] = _whole(app.task_kill_grace_period_seconds)
+    if app.secrets:
+        data["secrets"] = {name: {"source": source} for name, source in app.secrets.items()}
     if app.priority:
         # Tessera's own field; left out at 0 because Marathon clients reject unknown keys.
         data["priority"] = app.priority
@@ -531,6 +543,9 @@ def _read_app(reader: _Reader, base: str) -> AppSpec:
         else [p.name for p in ports]
     )
     health_checks, readiness_checks, fetch = _read_checks(reader, port_names)
+    secrets = read_secrets(raw.get("secrets"), app_id, reader.path("secrets"), _failing(reader))
+    env, env_secrets = _read_env(reader, secrets)
+    secret_files = _read_secret_files(reader, reading.secret_files, secrets)
     return AppSpec(
         id=app_id,
         cmd=cmd,
@@ -540,7 +555,7 @@ def _read_app(reader: _Reader, base: str) -> AppSpec:
         disk=reader.number("disk", 0.0, 0.0, MAX_MIB),
         gpus=reader.integer("gpus", 0, 0, MAX_GPUS),
         instances=reader.integer("instances", 1, 0, MAX_INSTANCES),
-        env=_read_env(reader),
+        env=env,
         labels=reader.string_map("labels"),
         constraints=_read_constraints(reader),
         port_definitions=ports,
@@ -562,6 +577,9 @@ def _read_app(reader: _Reader, base: str) -> AppSpec:
         priority=reader.integer("priority", 0, -1000, 1000),
         container=container,
         networks=reading.networks,
+        secrets=secrets,
+        env_secrets=env_secrets,
+        secret_files=secret_files,
     )
 
 
@@ -580,24 +598,59 @@ def _read_id(reader: _Reader, base: str) -> str:
     return app_id
 
 
-def _read_env(reader: _Reader) -> dict[str, str]:
+def _read_env(reader: _Reader, secrets: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Plain variables, and variables that reference a declared secret by name."""
     value = reader.raw.get("env")
     if value is None:
-        return {}
+        return {}, {}
     if not isinstance(value, Mapping):
         reader.fail("env", "must be an object of strings")
-        return {}
+        return {}, {}
     env: dict[str, str] = {}
+    env_secrets: dict[str, str] = {}
     for key, item in value.items():
         if not _ENV_NAME.match(str(key)):
             reader.fail(f"env/{key}", "is not a valid environment variable name")
-        elif isinstance(item, Mapping) and "secret" in item:
-            reader.fail(f"env/{key}", "secret references are not supported by Tessera yet")
+        elif isinstance(item, Mapping):
+            name = item.get("secret")
+            problem = (
+                'must be a string or {"secret": "<name>"}'
+                if set(item) != {"secret"}
+                else reference_error(name, secrets)
+            )
+            if problem:
+                reader.fail(f"env/{key}", problem)
+            else:
+                env_secrets[str(key)] = str(name)
         elif not isinstance(item, str):
             reader.fail(f"env/{key}", "must be a string")
         else:
             env[str(key)] = item
-    return env
+    return env, env_secrets
+
+
+def _read_secret_files(
+    reader: _Reader, volumes: Sequence[tuple[int, str, str]], secrets: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    found: list[tuple[str, str]] = []
+    for index, path, name in volumes:
+        problem = reference_error(name, secrets)
+        if problem:
+            reader.fail(f"container/volumes/{index}/secret", problem)
+        else:
+            found.append((path, name))
+    if len({path for path, _ in found}) != len(found):
+        reader.fail("container/volumes", "two secret volumes have the same containerPath")
+    return tuple(found)
+
+
+def _failing(reader: _Reader) -> Callable[[str, str], None]:
+    """`reader.fail` for helpers that report absolute field paths."""
+
+    def fail(path: str, message: str) -> None:
+        reader.errors.append(FieldError(path, message))
+
+    return fail
 
 
 def _read_constraints(reader: _Reader) -> tuple[tuple[str, ...], ...]:
@@ -967,6 +1020,7 @@ def task_spec_for(app: AppSpec) -> TaskSpec:
         readiness_checks=app.readiness_checks,
         fetch=app.fetch,
         container=container,
+        secrets=task_uses(app.secrets, app.env_secrets, app.secret_files),
     )
 
 

@@ -33,6 +33,7 @@ from tessera.model.container import (
     image_reference_error,
 )
 from tessera.model.health import FieldError
+from tessera.model.secret_refs import file_path_error
 
 _PORT_NAME = r"^[a-z0-9][a-z0-9\-]*$"
 _BRIDGE_MODE = "container/bridge"
@@ -122,20 +123,23 @@ class VolumeIn(_In):
     mode: Literal["RO", "RW"] = "RW"
     persistent: dict[str, Any] | None = None
     external: dict[str, Any] | None = None
+    # A secret file volume (`{"containerPath": "db", "secret": "secret0"}`): the file lands in
+    # the sandbox at containerPath, relative to it; the name is checked against the app's
+    # `secrets` by the caller. Checked in `_check_volumes`, where both fields are known.
     secret: str | None = None
 
-    @field_validator("containerPath", "hostPath")
+    @field_validator("hostPath")
     @classmethod
     def _absolute(cls, path: str | None) -> str | None:
         if path is not None and not path.startswith("/"):
             raise ValueError("must be an absolute path")
         return path
 
-    @field_validator("persistent", "external", "secret")
+    @field_validator("persistent", "external")
     @classmethod
     def _unsupported(cls, value: object) -> None:
         if value is not None:
-            raise ValueError("only host volumes (hostPath) are supported")
+            raise ValueError("only host volumes (hostPath) and secret volumes are supported")
         return None
 
 
@@ -170,6 +174,8 @@ class ContainerReading:
     container: ContainerSpec | None
     networks: tuple[Mapping[str, Any], ...]
     errors: tuple[FieldError, ...]
+    # Secret file volumes: (index in container.volumes, sandbox path, secret name).
+    secret_files: tuple[tuple[int, str, str], ...] = ()
 
     @property
     def bridged(self) -> bool:
@@ -212,7 +218,12 @@ def read_container(container: object, networks: object, where: str = "") -> Cont
         errors.append(
             FieldError(f"{base}/networks", "container/bridge networking needs a container image")
         )
-    return ContainerReading(spec, nets, tuple(errors))
+    secret_files = tuple(
+        (index, volume.containerPath, volume.secret)
+        for index, volume in enumerate(parsed.volumes if parsed is not None else ())
+        if volume.secret is not None
+    )
+    return ContainerReading(spec, nets, tuple(errors), secret_files if spec else ())
 
 
 def _read_networks(raw: object, where: str, errors: list[FieldError]) -> tuple[dict[str, Any], ...]:
@@ -269,13 +280,12 @@ def _spec(
             errors.append(
                 FieldError(f"{where}/docker/parameters", "is only supported for DOCKER containers")
             )
-    if parsed.type == MESOS and not image and parsed.volumes:
+    host_volumes = [volume for volume in parsed.volumes if volume.secret is None]
+    if parsed.type == MESOS and not image and host_volumes:
         errors.append(
             FieldError(f"{where}/volumes", "need a container image (container.docker.image)")
         )
-    for index, volume in enumerate(parsed.volumes):
-        if volume.hostPath is None:
-            errors.append(FieldError(f"{where}/volumes/{index}/hostPath", "is required"))
+    _check_volumes(parsed.volumes, f"{where}/volumes", errors)
     mappings = _port_mappings(parsed, bridged, where, errors)
     credential = docker.credential if docker is not None else None
     return ContainerSpec(
@@ -286,9 +296,25 @@ def _spec(
         parameters=tuple((p.key, p.value) for p in docker.parameters) if docker else (),
         network=BRIDGE if bridged else HOST,
         port_mappings=tuple(m.to_mapping() for m in mappings),
-        volumes=tuple(Volume(v.containerPath, v.hostPath or "", v.mode) for v in parsed.volumes),
+        volumes=tuple(Volume(v.containerPath, v.hostPath or "", v.mode) for v in host_volumes),
         credential=(credential.principal, credential.secret) if credential else None,
     )
+
+
+def _check_volumes(volumes: Sequence[VolumeIn], where: str, errors: list[FieldError]) -> None:
+    for index, volume in enumerate(volumes):
+        at = f"{where}/{index}"
+        if volume.secret is not None:
+            if volume.hostPath is not None:
+                errors.append(FieldError(f"{at}/hostPath", "a secret volume has no hostPath"))
+            problem = file_path_error(volume.containerPath)
+            if problem:
+                errors.append(FieldError(f"{at}/containerPath", problem))
+            continue
+        if volume.hostPath is None:
+            errors.append(FieldError(f"{at}/hostPath", "is required"))
+        if not volume.containerPath.startswith("/"):
+            errors.append(FieldError(f"{at}/containerPath", "must be an absolute path"))
 
 
 def _port_mappings(
@@ -375,8 +401,11 @@ def _wording(error: Mapping[str, Any]) -> str:
 # ---- writing: Marathon's current form ---------------------------------------------------------
 
 
-def container_json(spec: ContainerSpec) -> dict[str, Any]:
-    """Marathon's `container` as GET shows it (the 1.5 networking API, every default)."""
+def container_json(
+    spec: ContainerSpec, secret_files: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
+    """Marathon's `container` as GET shows it (the 1.5 networking API, every default);
+    `secret_files` (sandbox path, secret name) are shown as references, never values."""
     data: dict[str, Any] = {"type": spec.type}
     if spec.image:
         docker: dict[str, Any] = {
@@ -391,7 +420,7 @@ def container_json(spec: ContainerSpec) -> dict[str, Any]:
     data["volumes"] = [
         {"containerPath": v.container_path, "hostPath": v.host_path, "mode": v.mode}
         for v in spec.volumes
-    ]
+    ] + [{"containerPath": path, "secret": name} for path, name in secret_files]
     data["portMappings"] = [_mapping_json(m) for m in spec.port_mappings]
     return data
 

@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from tessera.model.container import BRIDGE, DOCKER, HOST, MESOS, ContainerSpec
+from tessera.model.secret_refs import SecretUse, task_uses
 
 # Metronome's defaults (JobRunSpec, ScheduleSpec).
 DEFAULT_CPUS = 1.0
@@ -96,6 +97,21 @@ class JobRunSpec:
     priority: int = 0
     ucr: Mapping[str, Any] | None = None
     networks: tuple[Mapping[str, Any], ...] = ()
+    # References only (model/secret_refs.py): name -> source path as given, and
+    # environment variable -> secret name. Values never enter a spec.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    env_secrets: Mapping[str, str] = field(default_factory=dict)
+
+    def env_json(self) -> dict[str, Any]:
+        """Metronome's `run.env`: plain values and `{"secret": name}` references."""
+        return {**self.env, **{k: {"secret": v} for k, v in self.env_secrets.items()}}
+
+    def secrets_json(self) -> dict[str, Any]:
+        return {name: {"source": source} for name, source in self.secrets.items()}
+
+    def secret_uses(self) -> tuple[SecretUse, ...]:
+        """For the run's TaskSpec: which secret goes into which variable."""
+        return task_uses(self.secrets, self.env_secrets, ())
 
     def container(self) -> ContainerSpec | None:
         """The image the run's task runs in (DOCKER for run.docker, MESOS for run.ucr)."""
@@ -130,6 +146,8 @@ class JobRunSpec:
         data["docker"] = dict(self.docker) if self.docker is not None else None
         data["ucr"] = dict(self.ucr) if self.ucr is not None else None
         data["networks"] = [dict(n) for n in self.networks]
+        data["secrets"] = dict(self.secrets)
+        data["env_secrets"] = dict(self.env_secrets)
         return data
 
     @staticmethod
@@ -141,6 +159,8 @@ class JobRunSpec:
         values["constraints"] = tuple(JobConstraint(**c) for c in values.get("constraints", ()))
         values["restart_policy"] = RestartPolicy(values.get("restart_policy", "NEVER"))
         values["networks"] = tuple(dict(n) for n in values.get("networks", ()))
+        values["secrets"] = dict(values.get("secrets", {}))
+        values["env_secrets"] = dict(values.get("env_secrets", {}))
         return JobRunSpec(**values)
 
 

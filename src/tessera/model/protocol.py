@@ -1,15 +1,17 @@
 """The agent protocol: JSON messages on the agent-initiated WebSocket stream.
 
 agent -> master: register (with the tasks it still knows), heartbeat, status (with a UUID).
-master -> agent: registered, launch, kill, ack (of a status UUID), reconcile.
+master -> agent: registered, launch (with its secrets' values, see LaunchSecrets), kill,
+ack (of a status UUID), reconcile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.model.secret_refs import SecretUse
 from tessera.model.task import TaskState
 
 AGENT_STREAM_PATH = "/v1/agent/stream"
@@ -66,4 +68,48 @@ class StatusUpdate:
             healthy=data.get("healthy"),
             ready=data.get("ready"),
             ip_addresses=tuple(str(a) for a in data.get("ip_addresses") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LaunchSecrets:
+    """The secret values that come with one launch message (`"secrets": [{"env": NAME |
+    "file": path, "value": text}]`): held in memory for the launch, never checkpointed.
+    Its repr names the variables and files only, so a stray log line shows no value."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"LaunchSecrets(env={sorted(self.env)}, files={sorted(self.files)})"
+
+    @staticmethod
+    def from_json(entries: object) -> LaunchSecrets:
+        env: dict[str, str] = {}
+        files: dict[str, str] = {}
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("value"), str):
+                continue
+            if isinstance(entry.get("env"), str):
+                env[entry["env"]] = entry["value"]
+            elif isinstance(entry.get("file"), str):
+                files[entry["file"]] = entry["value"]
+        return LaunchSecrets(env, files)
+
+    def missing(self, uses: Sequence[SecretUse]) -> list[str]:
+        """The variables and files a task needs that this launch did not bring."""
+        return [
+            use.env or str(use.file)
+            for use in uses
+            if (use.env is not None and use.env not in self.env)
+            or (use.file is not None and use.file not in self.files)
+        ]
+
+    def only(self, uses: Sequence[SecretUse]) -> LaunchSecrets:
+        """What the task's spec asks for, and nothing else a message might carry."""
+        wanted_env = {use.env for use in uses if use.env is not None}
+        wanted_files = {use.file for use in uses if use.file is not None}
+        return LaunchSecrets(
+            {k: v for k, v in self.env.items() if k in wanted_env},
+            {k: v for k, v in self.files.items() if k in wanted_files},
         )

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from tessera.model.container import ContainerSpec
+from tessera.model.secret_refs import SecretUse
 
 
 class TaskState(StrEnum):
@@ -105,9 +106,13 @@ class TaskSpec:
     # command on the host. For a bridged container the task's host ports are one per port
     # mapping, in the same order.
     container: ContainerSpec | None = None
+    # Which secrets the task needs and where (references only: the master resolves the
+    # values at launch and sends them with the launch message, never in the spec).
+    secrets: tuple[SecretUse, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["secrets"] = [use.to_json() for use in self.secrets]
         data["env"] = dict(self.env)
         data["labels"] = dict(self.labels)
         for name in ("health_checks", "readiness_checks", "fetch"):
@@ -129,6 +134,7 @@ class TaskSpec:
             values[name] = tuple(dict(entry) for entry in values.get(name, ()))
         container = values.get("container")
         values["container"] = ContainerSpec.from_json(container) if container else None
+        values["secrets"] = tuple(SecretUse.from_json(s) for s in values.get("secrets", ()))
         return TaskSpec(**values)
 
 

@@ -127,6 +127,7 @@ def task_spec_for(run: JobRun) -> TaskSpec:
             for a in spec.artifacts
         ),
         container=spec.container(),
+        secrets=spec.secret_uses(),
     )
 
 

@@ -29,6 +29,7 @@ from tessera.model.job import (
     RestartPolicy,
     ScheduleSpec,
 )
+from tessera.model.secret_refs import owner_path_of_job, read_secrets, reference_error
 from tessera.reconcile.cron import CronError, parse_cron, parse_timezone
 
 # Dot-separated names of lowercase letters, digits and inner dashes (Metronome's JobId).
@@ -105,6 +106,14 @@ class NetworkIn(_StrictTypes):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class SecretIn(_Strict):
+    source: str = Field(min_length=1)
+
+
+class EnvSecretIn(_Strict):
+    secret: str = Field(min_length=1)
+
+
 class RunIn(_Strict):
     cmd: str | None = Field(None, min_length=1)
     args: list[str] | None = Field(None, min_length=1)
@@ -112,7 +121,9 @@ class RunIn(_Strict):
     mem: float = Field(DEFAULT_MEM, ge=32)
     disk: float = Field(0.0, ge=0)
     gpus: int = Field(0, ge=0)
-    env: dict[str, str] = Field(default_factory=dict)
+    # A value or a reference to one of `secrets` ({"secret": "secret0"}), checked in
+    # `_check_secrets` where the job's id (its secret space) is known.
+    env: dict[str, str | EnvSecretIn] = Field(default_factory=dict)
     artifacts: list[ArtifactIn] = Field(default_factory=list)
     placement: PlacementIn | None = None
     user: str | None = Field(None, pattern=_USER, max_length=32)
@@ -124,14 +135,14 @@ class RunIn(_Strict):
     networks: list[NetworkIn] = Field(default_factory=list, max_length=1)
     # Metronome fields Tessera cannot honour: accepted only empty, as clients send them.
     volumes: list[Any] = Field(default_factory=list, max_length=0)
-    secrets: dict[str, Any] = Field(default_factory=dict, max_length=0)
+    secrets: dict[str, SecretIn] = Field(default_factory=dict)
     # Tessera's additions.
     role: str = Field("*", pattern=r"^(\*|[a-zA-Z0-9_][a-zA-Z0-9_\-.]*)$", max_length=64)
     priority: int = Field(0, ge=0, le=1000)
 
     @field_validator("env")
     @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, env: dict[str, str | EnvSecretIn]) -> dict[str, str | EnvSecretIn]:
         for name in env:
             if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"invalid variable name {name!r}")
@@ -160,7 +171,9 @@ class RunIn(_Strict):
             mem=self.mem,
             disk=self.disk,
             gpus=self.gpus,
-            env=dict(self.env),
+            env={k: v for k, v in self.env.items() if isinstance(v, str)},
+            env_secrets={k: v.secret for k, v in self.env.items() if isinstance(v, EnvSecretIn)},
+            secrets={name: entry.source for name, entry in self.secrets.items()},
             artifacts=tuple(
                 Artifact(a.uri, a.extract, a.executable, a.cache) for a in self.artifacts
             ),
@@ -300,10 +313,11 @@ def _details(error: ValidationError) -> list[dict[str, Any]]:
 
 
 def _check_deeper(parsed: BaseModel) -> None:
-    """Checks shared with the rest of Tessera: placement constraints and fetch URIs."""
+    """Checks shared with the rest of Tessera: placement constraints, fetch URIs, secrets."""
     run = getattr(parsed, "run", None)
     if not isinstance(run, RunIn):
         return
+    _check_secrets(run, getattr(parsed, "id", None))
     constraints = run.placement.constraints if run.placement else []
     for index, constraint in enumerate(constraints):
         operator = "IS" if constraint.operator == "EQ" else constraint.operator
@@ -319,3 +333,22 @@ def _check_deeper(parsed: BaseModel) -> None:
         detail = error.marathon_details()[0]
         path = re.sub(r"/(\d+)", r"(\1)", "/" + str(detail["path"]).lstrip("/"))
         raise invalid(path, "; ".join(detail["errors"])) from None
+
+
+def _check_secrets(run: RunIn, job_id: object) -> None:
+    """Sources in the job's space (model/secret_refs.py), env references to declared names."""
+
+    def fail(path: str, message: str) -> None:
+        raise invalid(re.sub(r"/(\d+)", r"(\1)", path), message)
+
+    if run.secrets:
+        if not isinstance(job_id, str):
+            fail("/run/secrets", "secrets need the job's id")
+        raw = {name: entry.model_dump() for name, entry in run.secrets.items()}
+        read_secrets(raw, owner_path_of_job(str(job_id)), "/run/secrets", fail)
+    names = {name: entry.source for name, entry in run.secrets.items()}
+    for variable, value in run.env.items():
+        if isinstance(value, EnvSecretIn):
+            problem = reference_error(value.secret, names)
+            if problem:
+                fail(f"/run/env/{variable}", problem)

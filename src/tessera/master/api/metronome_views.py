@@ -34,7 +34,9 @@ def run_spec_view(spec: JobRunSpec) -> dict[str, Any]:
         view["args"] = list(spec.args)
     if spec.user is not None:
         view["user"] = spec.user
-    view["env"] = dict(spec.env)
+    view["env"] = spec.env_json()
+    if spec.secrets:
+        view["secrets"] = spec.secrets_json()
     view["placement"] = {
         "constraints": [
             {"attribute": c.attribute, "operator": c.operator}
