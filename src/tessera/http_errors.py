@@ -17,10 +17,13 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An answer other than success, raised anywhere under the API and shaped here."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
         self.extra = extra
 
 
@@ -69,7 +72,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"message": exc.message, **exc.extra}, status_code=exc.status)
+        body = {"message": exc.message, **exc.extra}
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tessera.local.paths import running_cluster_url
+from tessera.local.profiles import current_profile, token_for
 
 err = Console(stderr=True, highlight=False)
 
@@ -22,6 +23,9 @@ START_HINT = (
 )
 
 
+LOGIN_HINT = "log in with `tessera login URL`, or set TESSERA_TOKEN (a token from `tessera token`)"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     # Escaped: messages quote ids like Marathon's "[/shop/web]", which rich would read as tags.
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
@@ -29,8 +33,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def resolve_masters(flag: str | None) -> list[str]:
-    """--master, then TESSERA_MASTER, then the running local cluster; comma-separated."""
-    url = flag or os.environ.get("TESSERA_MASTER") or running_cluster_url()
+    """--master, then TESSERA_MASTER, then the current profile (`tessera login`, `tessera
+    up`), then the running local cluster; comma-separated."""
+    profile = current_profile()
+    url = (
+        flag
+        or os.environ.get("TESSERA_MASTER")
+        or (profile.url if profile is not None else None)
+        or running_cluster_url()
+    )
     urls = [part.strip().rstrip("/") for part in (url or "").split(",") if part.strip()]
     if not urls:
         fail(f"no master to talk to: {START_HINT}")
@@ -59,7 +70,9 @@ class MasterClient:
     def __init__(self, master: str | None, timeout: float = 10.0) -> None:
         self.urls = resolve_masters(master)
         self.url = self.urls[0]
-        self._http = httpx.Client(timeout=timeout, follow_redirects=True)
+        token = token_for(self.url)
+        self.headers = {"Authorization": f"token={token}"} if token else {}
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True, headers=self.headers)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         unavailable: httpx.Response | None = None
@@ -85,6 +98,8 @@ class MasterClient:
             fail(f"the master at {self.url} did not answer in time")
         except httpx.HTTPError as error:
             fail(f"cannot talk to the master at {self.url}: {error}")
+        if response.status_code == 401:
+            fail(f"{describe_error(response)}; {LOGIN_HINT}")
         if response.status_code >= 400:
             fail(describe_error(response))
         return response.json()

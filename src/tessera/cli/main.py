@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +41,18 @@ app.add_typer(groups.group_app, name="group")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(jobs.job_app, name="job")
 app.command("run", context_settings={"allow_interspersed_args": False})(tasks.run)
+
+log = logging.getLogger("tessera")
+
+
+def is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
 
 MasterOption = Annotated[
     str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else local).")
@@ -93,14 +107,44 @@ def master(
             "(default http://<bind>:<port>)",
         ),
     ] = "",
+    cluster_key: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TESSERA_CLUSTER_KEY",
+            help="file with the 32-byte key that seals the cluster's keys in the store; "
+            "default: <work-dir>/cluster-key, created on first start. Several masters: give "
+            "each the same file (docs/security.md)",
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            envvar="TESSERA_INSECURE_NO_AUTH",
+            help="DEBUGGING ONLY: no authentication, every caller is a superuser; refused "
+            "unless --bind is a loopback address",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(envvar="TESSERA_LOG_LEVEL")] = "info",
 ) -> None:
     """Run a master in the foreground until SIGTERM or Ctrl-C. With an etcd store it exits
     with code 75 when it loses the leadership; run it under a supervisor that restarts it."""
     from tessera.cli.daemons import run_master, setup_logging
     from tessera.master.config import MasterConfig
+    from tessera.master.keys import ClusterKeyError
 
     setup_logging(log_level)
+    if insecure_no_auth:
+        if not is_loopback(bind):
+            fail(
+                f"--insecure-no-auth refuses to serve on {bind}: anyone who reaches the port "
+                "could run anything. Bind to 127.0.0.1, or drop --insecure-no-auth.",
+                code=2,
+            )
+        log.warning(
+            "*** --insecure-no-auth: NO AUTHENTICATION. Every request is a superuser. "
+            "For debugging on this machine only. ***"
+        )
     config = MasterConfig(
         work_dir=work_dir.resolve(),
         port=port,
@@ -112,10 +156,12 @@ def master(
         unreachable_throttle_fraction=unreachable_throttle_fraction,
         leader_lease=leader_lease,
         advertise_url=advertise_url,
+        cluster_key_file=cluster_key.resolve() if cluster_key is not None else None,
+        insecure_no_auth=insecure_no_auth,
     )
     try:
         code = run_master(config, log_level.lower())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, ClusterKeyError) as error:
         fail(f"master cannot start: {error}")
     if code:
         raise typer.Exit(code)

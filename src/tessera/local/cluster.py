@@ -18,6 +18,7 @@ import psutil
 from tessera.agent.detect import detect_resources
 from tessera.local.paths import STATE_FILE, current_pointer, read_cluster_state
 from tessera.local.registry import RegistryUnavailable, start_registry
+from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.model.resources import DEFAULT_PORT_RANGE, PortRange, Resources
 
 START_TIMEOUT = 30.0
@@ -146,6 +147,7 @@ def start_cluster(
         if master.poll() is not None:
             raise ClusterError(f"the master exited at start; see {work_dir / 'master.log'}")
         token_file = master_dir / "join-token"
+        link_credentials(work_dir, master_dir)
         insecure: list[str] = []
         if registry_port is not None:
             try:
@@ -191,7 +193,7 @@ def start_cluster(
             cluster.processes[name] = process.pid
         cluster.save()
         _wait_until(
-            lambda: _active_agents(master_url) >= agents,
+            lambda: _active_agents(master_url, master_dir) >= agents,
             START_TIMEOUT,
             f"{agents} agents to register",
         )
@@ -199,6 +201,16 @@ def start_cluster(
         stop_cluster(work_dir)
         raise
     return cluster
+
+
+def link_credentials(work_dir: Path, master_dir: Path) -> None:
+    """`D/admin-token` and `D/admin-password`: the master keeps them current in its own
+    work dir (0600); links let scripts find them at the documented place."""
+    for name in (ADMIN_TOKEN, ADMIN_PASSWORD):
+        link = work_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(master_dir.name) / name)
 
 
 def _flag(resources: Resources) -> str:
@@ -216,10 +228,12 @@ def _pings(url: str) -> bool:
         return False
 
 
-def _active_agents(url: str) -> int:
+def _active_agents(url: str, master_dir: Path) -> int:
     try:
-        agents = httpx.get(url + "/v1/agents", timeout=2).json()["agents"]
-    except (httpx.HTTPError, KeyError, ValueError):
+        token = (master_dir / ADMIN_TOKEN).read_text().strip()
+        headers = {"Authorization": f"token={token}"}
+        agents = httpx.get(url + "/v1/agents", timeout=2, headers=headers).json()["agents"]
+    except (httpx.HTTPError, KeyError, ValueError, OSError):
         return 0
     return sum(1 for agent in agents if agent["state"] == "ACTIVE")
 

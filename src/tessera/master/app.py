@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 import tessera
 from tessera.clock import Clock
 from tessera.http_errors import install_error_handlers
-from tessera.master.api import marathon_v2, metronome_v1, native_v1
+from tessera.master.api import iam_v1, marathon_v2, metronome_v1, native_v1
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
@@ -51,6 +52,11 @@ def create_app(
         version=tessera.__version__,
         description="Native API of the Tessera datacenter operating system.",
         lifespan=lifespan,
+        # Every route, these too, goes through the auth dependency: served below.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(master.auth.authorize)],
     )
     app.state.master = master
     install_error_handlers(app)
@@ -68,9 +74,19 @@ def create_app(
     # Metronome v1 (jobs): its routers and the jobs controller.
     metronome_v1.install(app, master)
 
+    iam_v1.install(app, master)
+
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:
         return "pong"
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     @app.websocket(AGENT_STREAM_PATH)
     async def agent_stream(websocket: WebSocket) -> None:

@@ -31,6 +31,12 @@ class MasterConfig:
     # The URL other masters forward requests to and agents are pointed at; empty means
     # http://<bind>:<port> (the host's name when bound to every interface).
     advertise_url: str = ""
+    # Debugging only: every caller is a superuser. Refused unless bound to loopback.
+    insecure_no_auth: bool = False
+    # The file holding the key that seals the cluster's keys in the store; None: the work
+    # dir's `cluster-key`, created on first start (a lone master). Several masters: the same
+    # file for each.
+    cluster_key_file: Path | None = None
 
     @property
     def join_token_path(self) -> Path:

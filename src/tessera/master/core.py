@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from tessera.clock import Clock, SystemClock
 from tessera.master.agent_channel import AgentChannel
+from tessera.master.auth import Authority
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.liveness import LivenessController
 from tessera.master.join_token import ensure_join_token
 from tessera.master.planner import Planner
 from tessera.master.state import ClusterState
+from tessera.model.permissions import Rid, service_rid
 from tessera.model.protocol import CLOSE_NOT_LEADER
 from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.store import StateStore, open_store
@@ -96,6 +98,9 @@ class Master:
         self._stopping = False
         self._abdicating: asyncio.Task[None] | None = None
         self.join_token = ensure_join_token(config.join_token_path)
+        self.auth = Authority(config, self.store, self.clock)
+        self.auth.follower = lambda: self.leadership is not None and not self.leading
+        self.auth.task_owners.append(self._task_owner)
         # etcd refuses transactions above its --max-txn-ops (one is the revision counter's).
         self.state = ClusterState(self.store, etcd.max_txn_ops - 1 if etcd else None)
         self.channel = AgentChannel(
@@ -124,11 +129,13 @@ class Master:
 
     async def _lead(self) -> None:
         """Load the cluster from the store and start every part, as a restart does."""
+        await self.auth.lead()
         await self.state.load()
         self.channel.started_at = self.clock.monotonic()
         self._loops = [
             asyncio.create_task(self.planner.run(), name="planner"),
             asyncio.create_task(self.liveness.run(), name="liveness"),
+            asyncio.create_task(self.auth.keep_admin_token_fresh(), name="admin token"),
         ]
         for component in self.components:
             await component.start()
@@ -254,6 +261,18 @@ class Master:
         if found.id == self.leadership.id and not self.leading:
             return None  # elected but not serving yet, or already stepping down
         return LeaderView(found.id, found.url, leader_address(found), is_self, found.term)
+
+    def _task_owner(self, task_id: str) -> Rid | None:
+        """What a task's permissions hang on: its app, or the group of a one-off task.
+        (Jobs' tasks: the Metronome API adds its own owner.)"""
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            return None
+        if task.spec.app_id is not None:
+            return service_rid(task.spec.app_id)
+        if task.spec.group is not None:
+            return service_rid(task.spec.group)
+        return None
 
     # ---- commands from the API -------------------------------------------------------
 

@@ -602,9 +602,9 @@ PLANNED_ROUTES: dict[tuple[str, str], Rule] = {
             ("/acs/api/v1/groups/{gid}/users", ("GET",)),
             ("/acs/api/v1/groups/{gid}/users/{uid}", ("PUT", "DELETE")),
             ("/acs/api/v1/acls", ("GET",)),
-            ("/acs/api/v1/acls/{rid}", ("GET", "PUT", "PATCH", "DELETE")),
-            ("/acs/api/v1/acls/{rid}/users/{uid}/{action}", ("PUT", "DELETE")),
-            ("/acs/api/v1/acls/{rid}/groups/{gid}/{action}", ("PUT", "DELETE")),
+            ("/acs/api/v1/acls/{rid:path}", ("GET", "PUT", "PATCH", "DELETE")),
+            ("/acs/api/v1/acls/{rid:path}/users/{uid}/{action}", ("PUT", "DELETE")),
+            ("/acs/api/v1/acls/{rid:path}/groups/{gid}/{action}", ("PUT", "DELETE")),
         )
         for method in methods
     },

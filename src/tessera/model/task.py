@@ -94,6 +94,9 @@ class TaskSpec:
     cpu_hard_limit: bool = False
     app_id: str | None = None
     app_version: str | None = None
+    # The group a one-off task (native /v1/tasks) belongs to, for permissions; apps' and
+    # jobs' tasks are owned by their app or job instead.
+    group: str | None = None
     role: str = "*"
     priority: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)

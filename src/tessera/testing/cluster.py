@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import psutil
 
+from tessera.testing.auth import ADMIN_TOKEN_FILE, admin_token, auth_headers
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -129,6 +131,10 @@ class Cluster:
             self.root / "master.log",
         ).start()
         wait_for(self._pings, 20, "master /ping")
+        # The master leaves its superuser's token in its work dir when it starts leading.
+        token_file = self.root / "master" / ADMIN_TOKEN_FILE
+        wait_for(token_file.exists, 20, "the master's admin token")
+        self.http.headers.update(auth_headers(self.root / "master"))
         return self.master
 
     def _pings(self) -> bool:
@@ -136,6 +142,15 @@ class Cluster:
             return self.http.get("/ping").status_code == 200
         except httpx.HTTPError:
             return False
+
+    @property
+    def token(self) -> str:
+        """The superuser's token (for other clients: `Authorization: token=<it>`)."""
+        return admin_token(self.root / "master")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.root / "master")
 
     def agent_args(
         self, name: str, resources: str, host: str = "127.0.0.1", master: str | None = None
@@ -211,7 +226,12 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "TESSERA_MASTER": self.url, "TESSERA_HOME": str(self.root)},
+            env={
+                **os.environ,
+                "TESSERA_MASTER": self.url,
+                "TESSERA_HOME": str(self.root),
+                "TESSERA_TOKEN": self.token,
+            },
         )
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from tessera.testing.auth import auth_headers
 from tessera.testing.cluster import Daemon, free_port, wait_for
 
 
@@ -42,6 +43,10 @@ class MasterGroup:
         self.token_file = root / "join-token"
         root.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text(self.token + "\n")
+        # Every master opens the cluster's keys in etcd with the same cluster key.
+        self.cluster_key_file = root / "cluster-key"
+        self.cluster_key_file.write_text(secrets.token_bytes(32).hex() + "\n")
+        self.cluster_key_file.chmod(0o600)
 
     def start(self) -> MasterGroup:
         for index in range(len(self.urls)):
@@ -70,6 +75,8 @@ class MasterGroup:
             str(self.misses),
             "--reregistration-timeout",
             "30",
+            "--cluster-key",
+            str(self.cluster_key_file),
         ]
         daemon = Daemon(f"master-{index}", args, self.root / f"master-{index}.log").start()
         self.masters[index] = daemon
@@ -82,6 +89,22 @@ class MasterGroup:
             daemon.process.wait(20)
         return self.start_master(index)
 
+    def _authorize(self) -> bool:
+        """Carry the superuser's token, once the first leader has written one."""
+        if "authorization" in self.http.headers:
+            return True
+        for index in range(len(self.urls)):
+            token_file = self.root / f"master-{index}" / "admin-token"
+            if token_file.exists():
+                self.http.headers.update(auth_headers(token_file.parent))
+                return True
+        return False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        wait_for(self._authorize, 30, "a leader's admin token")
+        return {"Authorization": self.http.headers["authorization"]}
+
     def _pings(self, index: int) -> bool:
         try:
             return self.http.get(self.urls[index] + "/ping").status_code == 200
@@ -89,6 +112,8 @@ class MasterGroup:
             return False
 
     def leader_seen_by(self, index: int) -> dict[str, Any] | None:
+        if not self._authorize():
+            return None
         try:
             response = self.http.get(self.urls[index] + "/v1/leader", timeout=2)
         except httpx.HTTPError:

@@ -16,6 +16,7 @@ from tessera.model.container import ContainerSpec
 from tessera.model.job import JobRun, JobRunSpec, RunStatus
 from tessera.reconcile.jobs import task_spec_for
 from tessera.store import MemoryStore
+from tessera.testing.auth import auth_headers
 
 IMAGE = "127.0.0.1:5000/team/batch:1.0"
 
@@ -24,6 +25,7 @@ IMAGE = "127.0.0.1:5000/team/batch:1.0"
 def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(MasterConfig(work_dir=tmp_path), store=MemoryStore())
     with TestClient(app) as test_client:
+        test_client.headers.update(auth_headers(tmp_path))
         yield test_client
 
 

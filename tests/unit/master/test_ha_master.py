@@ -4,6 +4,7 @@ cannot write; a leader whose term ended under it steps down on its first refused
 from __future__ import annotations
 
 import asyncio
+import secrets
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,6 +37,9 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 async def pair(etcd: EtcdCluster, tmp_path: Path) -> AsyncIterator[tuple[Master, Master]]:
     store = f"etcd://{etcd.endpoints[0]}/ha{next(_prefixes)}"
     masters = []
+    # Both open the cluster's keys in etcd with one cluster key, as operators set them up.
+    cluster_key = tmp_path / "cluster-key"
+    cluster_key.write_text(secrets.token_bytes(32).hex())
     for name, port in (("a", 5051), ("b", 5052)):
         config = MasterConfig(
             work_dir=tmp_path / name,
@@ -43,6 +47,7 @@ async def pair(etcd: EtcdCluster, tmp_path: Path) -> AsyncIterator[tuple[Master,
             store=store,
             leader_lease=2,
             advertise_url=f"http://{name}:{port}",
+            cluster_key_file=cluster_key,
         )
         masters.append(Master(config))
     first, second = masters

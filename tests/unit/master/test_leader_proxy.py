@@ -16,6 +16,7 @@ from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.master.leader_proxy import FORWARDED_BY, LeaderProxy
 from tessera.store import MemoryStore, StoreUnavailable
+from tessera.testing.auth import auth_headers
 
 SELF = "http://follower:5050"
 LEADER = "http://leader:5050"
@@ -146,6 +147,7 @@ async def test_an_unreachable_leader_is_503() -> None:
 def lone_master(tmp_path: Path) -> Iterator[TestClient]:
     config = MasterConfig(work_dir=tmp_path, port=5050, advertise_url="http://m1:5050")
     with TestClient(create_app(config, store=MemoryStore())) as client:
+        client.headers.update(auth_headers(tmp_path))
         yield client
 
 
@@ -167,13 +169,22 @@ def test_a_lone_master_always_leads(lone_master: TestClient) -> None:
 
 
 class UnavailableStore(MemoryStore):
+    """Loses its quorum once the master has started."""
+
+    quorum = True
+
     async def commit(self, operations: Any, *, expect_revision: int | None = None) -> int:
-        raise StoreUnavailable("no quorum")
+        if not self.quorum:
+            raise StoreUnavailable("no quorum")
+        return await super().commit(operations, expect_revision=expect_revision)
 
 
 def test_a_store_without_quorum_is_503_with_its_reason(tmp_path: Path) -> None:
-    app = create_app(MasterConfig(work_dir=tmp_path), store=UnavailableStore())
+    store = UnavailableStore()
+    app = create_app(MasterConfig(work_dir=tmp_path), store=store)
     with TestClient(app) as client:
+        store.quorum = False
+        client.headers.update(auth_headers(tmp_path))
         response = client.post("/v1/tasks", json={"cmd": "true"})
     assert response.status_code == 503
     assert response.json() == {"message": "store unavailable, retry later: no quorum"}

@@ -12,12 +12,14 @@ from fastapi.testclient import TestClient
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.store import MemoryStore
+from tessera.testing.auth import auth_headers
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(MasterConfig(work_dir=tmp_path), store=MemoryStore())
     with TestClient(app) as test_client:
+        test_client.headers.update(auth_headers(tmp_path))
         yield test_client
 
 

@@ -498,7 +498,7 @@ REQUESTS = [
     ("GET", "/v1/audit", {}, [], {}, []),
     ("POST", "/v1/tasks/{task_id}/sandbox-grant", {"task_id": "t"}, ["/team-a/web"], {},
      [need("read", "dcos:mesos:agent:sandbox:app_id:/team-a/web")]),
-    ("PUT", "/acs/api/v1/acls/{rid}/users/{uid}/{action}",
+    ("PUT", "/acs/api/v1/acls/{rid:path}/users/{uid}/{action}",
      {"rid": "x", "uid": "u", "action": "read"}, [], {}, [need("full", ACS)]),
 ]  # fmt: skip
 

@@ -22,6 +22,7 @@ from tessera.master.config import MasterConfig
 from tessera.model.container import ContainerSpec
 from tessera.model.protocol import AGENT_STREAM_PATH
 from tessera.store import MemoryStore
+from tessera.testing.auth import auth_headers
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ BRIDGED_APP = {
 def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(MasterConfig(work_dir=tmp_path), store=MemoryStore())
     with TestClient(app) as test_client:
+        test_client.headers.update(auth_headers(tmp_path))
         yield test_client
 
 

@@ -43,6 +43,12 @@ def install(app: FastAPI, master: Master) -> ServicesController:
     controller = ServicesController(master, events)
     master.add_component(controller)
     app.state.services = controller
+
+    def deployment_apps(deployment_id: str) -> list[str] | None:
+        deployment = controller.state.deployments.get(deployment_id)
+        return deployment.affected_apps if deployment is not None else None
+
+    master.auth.deployment_apps.append(deployment_apps)
     router = APIRouter()
     # Task routes first: `/v2/apps/{id}/tasks` must win over `/v2/apps/{id:path}`.
     for module in (

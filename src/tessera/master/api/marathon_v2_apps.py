@@ -22,6 +22,7 @@ from tessera.master.api.marathon_v2 import (
     post_event,
     services,
 )
+from tessera.master.auth import can_read_app
 from tessera.master.controllers.deployments import DeploymentConflict
 from tessera.master.controllers.services import ServicesController
 from tessera.model.app import (
@@ -128,6 +129,8 @@ async def list_apps(
     apps = []
     for app_id in sorted(controller.state.apps):
         app = controller.state.apps[app_id]
+        if not can_read_app(request, app_id):
+            continue
         if cmd is not None and cmd not in (app.cmd or ""):
             continue
         if id_part is not None and id_part not in app_id:
@@ -239,7 +242,7 @@ async def show_app(app_id: str, request: Request, embed: Embed = None) -> dict[s
         found = [
             app_json(controller, app, wanted)
             for app_id, app in sorted(controller.state.apps.items())
-            if is_under(app_id, group)
+            if is_under(app_id, group) and can_read_app(request, app_id)
         ]
         return {"*": found}
     app_id = canonical_path(app_id)

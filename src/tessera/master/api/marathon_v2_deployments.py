@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from tessera.http_errors import ApiError
 from tessera.master.api.marathon_v2 import deployment_result, readiness_results, services
+from tessera.master.auth import can_read_app
 from tessera.master.controllers.services import ServicesController
 from tessera.reconcile.deployments import Deployment, marathon_json
 from tessera.reconcile.services import current_config
@@ -20,7 +21,12 @@ router = APIRouter()
 async def list_deployments(request: Request) -> list[dict[str, Any]]:
     controller = services(request)
     running = sorted(controller.state.deployments.values(), key=lambda d: d.created_at)
-    return [_with_readiness(controller, d) for d in running]
+    # A deployment is listed to whoever may read any of the apps it touches.
+    return [
+        _with_readiness(controller, d)
+        for d in running
+        if any(can_read_app(request, app_id) for app_id in d.affected_apps)
+    ]
 
 
 def _with_readiness(controller: ServicesController, deployment: Deployment) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from tessera.master.api.marathon_v2 import (
     services,
 )
 from tessera.master.api.marathon_v2_apps import check_paths, deploy
+from tessera.master.auth import can_read_app, principal_of
 from tessera.master.controllers.services import ServicesController
 from tessera.model.app import AppSpec, InvalidApp, canonical_path, is_under, path_errors
 from tessera.model.group import GroupContent, GroupSpec, group_ids, group_tree, parse_group
@@ -36,6 +37,22 @@ def _group_id(raw: str) -> str:
     if problem:
         raise ApiError(422, "Object is not valid", details=[{"path": "/id", "errors": [problem]}])
     return group_id
+
+
+def readable_tree(
+    request: Request, apps: Mapping[str, AppSpec], groups: Mapping[str, GroupSpec]
+) -> tuple[Mapping[str, AppSpec], Mapping[str, GroupSpec]]:
+    """The apps the caller may read, and the groups that hold them or that it may read:
+    a team sees its own subtree and the path down to it, nothing of other teams."""
+    if principal_of(request).grants.superuser:
+        return apps, groups
+    seen_apps = {i: a for i, a in apps.items() if can_read_app(request, i)}
+    seen_groups = {
+        i: g
+        for i, g in groups.items()
+        if can_read_app(request, i) or any(is_under(a, i) for a in seen_apps)
+    }
+    return seen_apps, seen_groups
 
 
 def _exists(controller: ServicesController, group_id: str) -> bool:
@@ -81,9 +98,8 @@ async def show_group(
     if not _exists(controller, group_id):
         raise ApiError(404, f"Group '{group_id}' does not exist")
     wanted = {e.replace("group.apps.", "apps.") for e in embeds(embed)}
-    return group_tree(
-        group_id, state.apps, state.groups, lambda app: app_json(controller, app, wanted)
-    )
+    apps, groups = readable_tree(request, state.apps, state.groups)
+    return group_tree(group_id, apps, groups, lambda app: app_json(controller, app, wanted))
 
 
 @router.post("/v2/groups", status_code=201)

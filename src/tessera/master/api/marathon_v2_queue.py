@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from tessera.master.api.marathon_v2 import app_json, not_found, services
+from tessera.master.auth import can_read_app
 from tessera.master.controllers.services import ServicesController
 from tessera.master.events import timestamp
 from tessera.model.app import AppSpec, canonical_path
@@ -16,8 +17,10 @@ from tessera.model.task import TaskState
 
 router = APIRouter()
 
-# Marathon's reasons first, in its order; the engine's others follow.
+# A role's quota first (it holds the instance whatever the agents offer: Mesos would not
+# even offer), then Marathon's reasons in its order; the engine's others follow.
 _REASON_ORDER = (
+    "QuotaExceeded",
     "UnfulfilledRole",
     "UnfulfilledConstraint",
     "NoCorrespondingReservationFound",
@@ -36,6 +39,8 @@ async def queue(request: Request) -> dict[str, Any]:
     controller = services(request)
     entries = []
     for app_id in sorted(controller.state.apps):
+        if not can_read_app(request, app_id):
+            continue
         entry = _entry(controller, controller.state.apps[app_id])
         if entry is not None:
             entries.append(entry)

@@ -20,6 +20,7 @@ from tessera.master.api.marathon_v2 import (
     visible_tasks,
 )
 from tessera.master.api.marathon_v2_apps import deploy
+from tessera.master.auth import can_read_app
 from tessera.master.controllers.deployments import DeploymentConflict
 from tessera.master.controllers.services import ServicesController
 from tessera.model.app import AppSpec, canonical_path
@@ -49,6 +50,8 @@ async def list_tasks(
     found = []
     for app_id in sorted(controller.state.apps):
         app = controller.state.apps[app_id]
+        if not can_read_app(request, app_id):
+            continue
         for task in visible_tasks(controller, app_id):
             if not wanted or task.state in wanted:
                 found.append(task_json(task, app, agents))

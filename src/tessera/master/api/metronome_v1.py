@@ -19,6 +19,7 @@ from tessera.master.api.metronome_views import (
     run_view,
     schedule_view,
 )
+from tessera.master.auth import can_read_job
 from tessera.master.controllers.jobs import (
     JobConflict,
     JobInvalid,
@@ -28,6 +29,7 @@ from tessera.master.controllers.jobs import (
     ScheduleNotFound,
 )
 from tessera.master.core import Master
+from tessera.model.permissions import Rid, job_rid
 
 router = APIRouter(prefix="/v1", tags=["jobs (Metronome v1)"])
 
@@ -42,6 +44,12 @@ def install(app: FastAPI, master: Master, clock: Clock | None = None) -> JobsCon
     controller = JobsController(master, clock=clock, history_limit=limit)
     master.add_component(controller)
     app.state.jobs = controller
+
+    def job_owner(task_id: str) -> Rid | None:
+        job_id = controller.records.job_of_task(task_id)
+        return job_rid(job_id) if job_id is not None else None
+
+    master.auth.task_owners.append(job_owner)
     app.include_router(router)
     app.include_router(router, prefix="/service/metronome")
 
@@ -96,7 +104,7 @@ async def list_jobs(request: Request, embed: EmbedQuery = None) -> list[dict[str
     controller = _jobs(request)
     wanted = _embeds(embed)
     jobs = sorted(controller.records.jobs.values(), key=lambda job: job.id)
-    return [job_view(job, controller, wanted) for job in jobs]
+    return [job_view(job, controller, wanted) for job in jobs if can_read_job(request, job.id)]
 
 
 @router.post("/jobs", status_code=201)
@@ -219,4 +227,5 @@ async def stop_run(job_id: str, run_id: str, request: Request) -> dict[str, Any]
 
 @router.get("/queue")
 async def queue(request: Request) -> list[dict[str, Any]]:
-    return queue_view(_jobs(request))
+    entries = queue_view(_jobs(request))
+    return [e for e in entries if can_read_job(request, str(e.get("jobId", "")))]

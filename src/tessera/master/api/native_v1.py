@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tessera.http_errors import ApiError
+from tessera.master.auth import can_read_task
 from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState
 from tessera.model.container import ContainerSpec
@@ -22,6 +23,7 @@ from tessera.model.health import (
     parse_readiness_checks,
     port_reference_errors,
 )
+from tessera.model.permissions import service_path
 from tessera.model.task import PortDefinition, Task, TaskSpec, TaskState, new_task_id
 
 router = APIRouter(prefix="/v1")
@@ -41,6 +43,9 @@ class TaskLaunch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field("task", pattern=_NAME, max_length=128)
+    # The Marathon group the task belongs to, for permissions (`/team-a`); the root needs
+    # permissions on every group.
+    group: str = Field("/", pattern=r"^/([a-z0-9][a-z0-9\-.]*(/[a-z0-9][a-z0-9\-.]*)*)?$")
     cmd: str | None = Field(None, min_length=1)
     args: list[str] | None = Field(None, min_length=1)
     cpus: float = Field(0.1, ge=0.001)
@@ -129,6 +134,7 @@ class TaskLaunch(BaseModel):
             readiness_checks=tuple(self.readinessChecks),
             fetch=tuple(self.fetch),
             container=container,
+            group=service_path(self.group),
         )
 
 
@@ -254,6 +260,7 @@ async def list_tasks(
         for task in master.state.tasks.values()
         if (not wanted or task.state.value in wanted)
         and (agent_id is None or task.agent_id == agent_id)
+        and can_read_task(request, task.id)
     ]
     tasks.sort(key=lambda task: task.created_at)
     agents = master.state.agents

@@ -198,7 +198,13 @@ class DeploymentManager:
             plan=self.plan_json(deployment),
             currentStep=self._step_json(deployment),
         )
-        self.events.publish("deployment_failed", now, id=deployment.id, reason=reason)
+        self.events.publish(
+            "deployment_failed",
+            now,
+            id=deployment.id,
+            reason=reason,
+            plan=self.plan_json(deployment),
+        )
         self.events.publish(
             "group_change_failed",
             now,
@@ -238,7 +244,10 @@ class DeploymentManager:
             moved = True
         if deployment.done:
             await self.state.finish_deployment(deployment.id)
-            self.events.publish("deployment_success", now, id=deployment.id)
+            # With the plan (as Marathon 1.x): who may see the event depends on its apps.
+            self.events.publish(
+                "deployment_success", now, id=deployment.id, plan=self.plan_json(deployment)
+            )
             self.events.publish(
                 "group_change_success", now, groupId=deployment.group_id, version=deployment.version
             )

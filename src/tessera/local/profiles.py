@@ -1,0 +1,111 @@
+"""CLI profiles: which cluster the `tessera` command talks to and with which credentials.
+
+A profile is `$TESSERA_HOME/profiles/<name>.json` (0600): the master's URL, the CA file to
+trust (once the API is HTTPS), and how to get a token — a token file kept fresh by someone
+else (`tessera up` keeps `<work dir>/admin-token` current), a token saved by `tessera login`,
+or a uid with a password file to log in again (`tessera token`). `current-profile` names the
+profile in use. `TESSERA_TOKEN` and `TESSERA_CA` override whatever a profile says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tessera.local.paths import current_pointer, read_cluster_state, tessera_home
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    url: str
+    token: str | None = None
+    token_file: str | None = None
+    uid: str | None = None
+    password_file: str | None = None
+    ca: str | None = None
+
+    def stored_token(self) -> str | None:
+        if self.token_file:
+            with contextlib.suppress(OSError):
+                return Path(self.token_file).read_text().strip() or None
+        return self.token
+
+
+def profiles_dir() -> Path:
+    return tessera_home() / "profiles"
+
+
+def current_profile_file() -> Path:
+    return tessera_home() / "current-profile"
+
+
+def save_profile(profile: Profile, make_current: bool = True) -> Path:
+    directory = profiles_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{profile.name}.json"
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({k: v for k, v in asdict(profile).items() if v is not None}, handle, indent=2)
+    os.replace(partial, path)
+    if make_current:
+        current_profile_file().write_text(profile.name + "\n")
+    return path
+
+
+def load_profile(name: str) -> Profile | None:
+    try:
+        data = json.loads((profiles_dir() / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+        return None
+    known = set(Profile.__dataclass_fields__)
+    return Profile(**{k: v for k, v in data.items() if k in known and isinstance(v, str)})
+
+
+def current_profile() -> Profile | None:
+    try:
+        name = current_profile_file().read_text().strip()
+    except OSError:
+        return None
+    return load_profile(name) if name else None
+
+
+def profile_for(url: str) -> Profile | None:
+    """The current profile if it is for `url`, else any profile for it."""
+    current = current_profile()
+    if current is not None and current.url.rstrip("/") == url.rstrip("/"):
+        return current
+    with contextlib.suppress(OSError):
+        for path in sorted(profiles_dir().glob("*.json")):
+            found = load_profile(path.stem)
+            if found is not None and found.url.rstrip("/") == url.rstrip("/"):
+                return found
+    return None
+
+
+def local_cluster_token(url: str) -> str | None:
+    """The superuser token of a local cluster (`tessera up`) serving `url`."""
+    candidates = [tessera_home() / "local"]
+    with contextlib.suppress(OSError):
+        candidates.insert(0, Path(current_pointer().read_text().strip()))
+    for work_dir in candidates:
+        state = read_cluster_state(work_dir)
+        if state and str(state.get("master_url", "")).rstrip("/") == url.rstrip("/"):
+            with contextlib.suppress(OSError):
+                return (work_dir / "admin-token").read_text().strip() or None
+    return None
+
+
+def token_for(url: str) -> str | None:
+    """TESSERA_TOKEN, else the profile's token for `url`, else a local cluster's."""
+    if from_environment := os.environ.get("TESSERA_TOKEN", "").strip():
+        return from_environment
+    profile = profile_for(url)
+    stored = profile.stored_token() if profile is not None else None
+    return stored or local_cluster_token(url)
