@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from tessera.cli import apps, deployments, groups, jobs, tasks
+from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.local import down, up
 from tessera.cli.render import agents_table
@@ -40,6 +41,7 @@ app.add_typer(apps.app_app, name="app")
 app.add_typer(groups.group_app, name="group")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(jobs.job_app, name="job")
+app.command()(audit)
 app.command("run", context_settings={"allow_interspersed_args": False})(tasks.run)
 
 log = logging.getLogger("tessera")

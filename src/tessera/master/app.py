@@ -15,7 +15,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 import tessera
 from tessera.clock import Clock
 from tessera.http_errors import install_error_handlers
-from tessera.master.api import iam_v1, marathon_v2, metronome_v1, native_v1
+from tessera.master.api import (
+    audit_v1,
+    iam_v1,
+    marathon_v2,
+    metronome_v1,
+    native_v1,
+    secrets_v1,
+)
+from tessera.master.audit import AuditMiddleware
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
@@ -61,6 +69,8 @@ def create_app(
     app.state.master = master
     install_error_handlers(app)
     install_store_error_handlers(app)
+    # Inside the leader proxy: a forwarded request is recorded once, by the leader.
+    app.add_middleware(AuditMiddleware, audit=master.audit)
     if forwarder is not None:
         app.add_middleware(
             LeaderProxy,
@@ -75,6 +85,8 @@ def create_app(
     metronome_v1.install(app, master)
 
     iam_v1.install(app, master)
+    secrets_v1.install(app, master)
+    audit_v1.install(app, master)
 
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:

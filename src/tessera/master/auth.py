@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,10 @@ CHALLENGE = {"WWW-Authenticate": 'acsjwt realm="tessera"'}
 HASHING_SLOTS = 2
 # A follower re-reads users and keys at most this often when it answers a request itself.
 FOLLOWER_REFRESH_SECONDS = 2.0
+
+# The state of the request being served (set by the dependency, in the request's task):
+# deep code such as `deploy()` adds its audit summary there without a request parameter.
+REQUEST_STATE: ContextVar[Any] = ContextVar("tessera_request_state", default=None)
 
 TaskOwner = Callable[[str], Rid | None]
 DeploymentApps = Callable[[str], list[str] | None]
@@ -236,7 +241,7 @@ class Authority:
             return False
         return True
 
-    def authenticate(self, header: str | None) -> Principal:
+    def authenticate(self, header: str | None) -> tuple[Principal, str]:
         """The caller named by a valid token, or ApiError 401."""
         presented = parse_authorization(header)
         if not isinstance(presented, PresentedToken):
@@ -250,7 +255,7 @@ class Authority:
         principal = self.iam.principal(claims.uid)
         if principal is None:
             raise unauthorized("invalid token (unknown principal)")
-        return principal
+        return principal, claims.jti
 
     async def revoke_all(self, uid: str) -> None:
         """Every token of `uid` issued until now stops working (on every master)."""
@@ -279,6 +284,7 @@ class Authority:
         """The dependency on every route (see the module's docstring)."""
         if connection.scope["type"] != "http":
             return  # the agent stream authenticates agents itself
+        REQUEST_STATE.set(connection.state)
         route = connection.scope.get("route")
         method = connection.scope["method"]
         try:
@@ -290,12 +296,12 @@ class Authority:
             return
         if not self.insecure and self.follower():
             await self.refresh_as_follower()
-        principal = (
-            ANONYMOUS
-            if self.insecure
-            else self.authenticate(connection.headers.get("authorization"))
-        )
+        if self.insecure:
+            principal, jti = ANONYMOUS, ""
+        else:
+            principal, jti = self.authenticate(connection.headers.get("authorization"))
         connection.state.principal = principal
+        connection.state.token_jti = jti
         if principal.grants.superuser:
             connection.state.audit_decision = "allow"
             return
@@ -309,6 +315,8 @@ class Authority:
                 details=[{"path": "/id", "errors": [f"{error.path}: {error.reason}"]}],
             ) from None
         connection.state.audit_permission = "; ".join(f"{n.rid} {n.action}" for n in needs)
+        if needs and needs[0].rid.tail is not None:
+            connection.state.audit_resource = needs[0].rid.tail
         if not permitted(principal, needs):
             connection.state.audit_decision = "deny"
             raise ApiError(403, f"{principal.uid} is not allowed to do this")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tessera.clock import Clock, SystemClock
 from tessera.master.agent_channel import AgentChannel
+from tessera.master.audit import AuditLog
 from tessera.master.auth import Authority
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.liveness import LivenessController
@@ -99,6 +100,7 @@ class Master:
         self._abdicating: asyncio.Task[None] | None = None
         self.join_token = ensure_join_token(config.join_token_path)
         self.auth = Authority(config, self.store, self.clock)
+        self.audit = AuditLog(self.store, config.work_dir / "audit.log", self.clock)
         self.auth.follower = lambda: self.leadership is not None and not self.leading
         self.auth.task_owners.append(self._task_owner)
         # etcd refuses transactions above its --max-txn-ops (one is the revision counter's).

@@ -141,6 +141,8 @@ async def login(body: LoginIn, request: Request, response: Response) -> dict[str
         ok = await auth.check_password(user, body.password)
     else:
         ok = auth.check_service_login(user, body.uid, body.token or "")
+    audit = request.app.state.master.audit
+    await audit.record_login(body.uid[:96], address, ok and user is not None)
     if not ok or user is None:
         auth.limiter.record_failure(body.uid, address)
         log.info("login refused for %r from %s", body.uid[:96], address_key(address))

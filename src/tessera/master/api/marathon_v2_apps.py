@@ -22,7 +22,8 @@ from tessera.master.api.marathon_v2 import (
     post_event,
     services,
 )
-from tessera.master.auth import can_read_app
+from tessera.master.audit import note_deploy
+from tessera.master.auth import REQUEST_STATE, can_read_app
 from tessera.master.controllers.deployments import DeploymentConflict
 from tessera.master.controllers.services import ServicesController
 from tessera.model.app import (
@@ -52,6 +53,9 @@ async def deploy(
     **options: Any,
 ) -> Deployment:
     """Start a deployment, turning conflicts and dependency cycles into Marathon's errors."""
+    state = REQUEST_STATE.get()
+    if state is not None:
+        note_deploy(state, controller.state.apps, changes, options.get("restart", ()))
     try:
         return await controller.deployments.deploy(changes, force=force, **options)
     except DeploymentConflict as error:
