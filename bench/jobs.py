@@ -64,7 +64,9 @@ async def _create(cluster: Cluster, bodies: list[dict[str, Any]]) -> float:
             response = await http.post("/v1/jobs", json=queue.pop())
             response.raise_for_status()
 
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=cluster.url, timeout=120, limits=limits, headers=cluster.headers
+    ) as http:
         await asyncio.gather(*(worker(http) for _ in range(CLIENTS)))
     return time.monotonic() - started
 

@@ -69,7 +69,9 @@ async def burst(cluster: Cluster, count: int, clients: int = 16) -> dict[str, fl
     # A fixed set of clients, each submitting back to back: gathering 1,000 requests on
     # one httpx pool measures the client's queueing, not the master.
     limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=cluster.url, timeout=60, limits=limits, headers=cluster.headers
+    ) as http:
         shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
         started = time.time()
         batches = await asyncio.gather(*(_submitter(http, share) for share in shares))
@@ -89,7 +91,7 @@ async def burst(cluster: Cluster, count: int, clients: int = 16) -> dict[str, fl
 
 
 async def paced(cluster: Cluster, count: int, rate: float) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=cluster.headers) as http:
         start = time.monotonic()
         pending = []
         for index in range(count):

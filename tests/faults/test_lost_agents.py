@@ -48,12 +48,13 @@ class Counter:
 
     def __init__(self, cluster: Cluster) -> None:
         self.url = cluster.url
+        self.headers = cluster.headers
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5) as http:
+        with httpx.Client(base_url=self.url, timeout=5, headers=self.headers) as http:
             while not self._stop.is_set():
                 try:
                     tasks = http.get("/v1/tasks", params={"state": "TASK_RUNNING"}).json()
@@ -212,7 +213,7 @@ def test_mass_outage_throttles_replacement(tmp_path: Path) -> None:
         params = {"event_type": "unreachable_throttle_event"}
         with (
             contextlib.suppress(httpx.HTTPError),  # the master stops at the end
-            httpx.Client(timeout=120) as client,
+            httpx.Client(timeout=120, headers=cluster.headers) as client,
             client.stream("GET", f"{cluster.url}/v2/events", params=params) as stream,
         ):
             listening.set()

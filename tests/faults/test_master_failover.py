@@ -64,15 +64,16 @@ class Writer(threading.Thread):
     """Posts one-off tasks and apps as fast as the masters answer, rotating over `urls`
     (as a client with several master URLs would), and records every answer."""
 
-    def __init__(self, urls: list[str], prefix: str) -> None:
+    def __init__(self, urls: list[str], prefix: str, headers: dict[str, str]) -> None:
         super().__init__(daemon=True)
         self.urls = urls
+        self.headers = headers
         self.prefix = prefix
         self.answers: list[Answer] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, headers=self.headers) as client:
             for n in itertools.count(1):
                 if self.stopping.is_set():
                     return
@@ -157,7 +158,7 @@ def assert_acknowledged_present(group: MasterGroup, writer: Writer) -> None:
 
 def test_kill9_of_the_leader_under_writes(group: MasterGroup) -> None:
     """Pass: a new leader within 10 s, no task restarted, every acknowledged write kept."""
-    writer = Writer(group.urls, "w")
+    writer = Writer(group.urls, "w", group.headers)
     writer.start()
     try:
         wait_for(lambda: len(writer.acknowledged("task")) >= 20, 30, "20 acknowledged tasks")
@@ -205,8 +206,8 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     # Writes to the leader alone, and through the other masters (forwarded to whoever
     # leads), from before the pause to after it.
     others = [i for i in range(len(group.urls)) if i != old]
-    direct = Writer([old_url], "direct")
-    spread = Writer([group.urls[i] for i in others], "spread")
+    direct = Writer([old_url], "direct", group.headers)
+    spread = Writer([group.urls[i] for i in others], "spread", group.headers)
     direct.start()
     spread.start()
     late: list[Answer] = []
@@ -221,7 +222,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
 
         # Writes sent to the paused leader now wait in its socket until it wakes up.
         def late_write(n: int) -> None:
-            with httpx.Client(timeout=20) as client:
+            with httpx.Client(timeout=20, headers=group.headers) as client:
                 late.append(write(client, old_url, "late", n))
 
         for n in range(1, 9):
@@ -265,7 +266,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     group.restart(old)
     assert group.wait_leader() == new
     assert pids(running) == before, "a task running before the pause was restarted"
-    writers = Writer([], "")
+    writers = Writer([], "", {})
     writers.answers = [*direct.answers, *spread.answers, *late]
     assert_acknowledged_present(group, writers)
     # What the old leader refused was not half-applied either.

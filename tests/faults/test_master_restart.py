@@ -30,16 +30,17 @@ class Writer(threading.Thread):
     """Posts one-off tasks and apps as fast as the master answers; remembers what it was
     told was accepted. Errors and refusals are expected while the master is down."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         super().__init__(daemon=True)
         self.url = url
+        self.headers = headers
         self.tasks: list[str] = []
         self.apps: list[str] = []
         self.failed = 0
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5) as client:
+        with httpx.Client(base_url=self.url, timeout=5, headers=self.headers) as client:
             n = 0
             while not self.stopping.is_set():
                 n += 1
@@ -66,7 +67,7 @@ class Writer(threading.Thread):
 
 def test_master_kill9_under_writes_loses_nothing_acknowledged(cluster: Cluster) -> None:
     cluster.start_agent(resources="cpus:8;mem:8192;disk:100;ports:[31000-31999]")
-    writer = Writer(cluster.url)
+    writer = Writer(cluster.url, cluster.headers)
     writer.start()
     try:
         wait_for(lambda: len(writer.tasks) >= 30, 30, "30 acknowledged task writes")

@@ -16,11 +16,12 @@ from tessera.testing.cluster import free_port, task_processes, tessera_command, 
 from tessera.testing.containers import agent_leftovers, container_support
 
 
-def _check_container_demo(master: str) -> None:
+def _check_container_demo(master: str, headers: dict[str, str]) -> None:
     """The demo's busybox image was built, pushed, pulled and runs bridged and healthy."""
 
     def healthy() -> dict[str, Any] | None:
-        app = httpx.get(f"{master}/v2/apps/demo/container-web").json()["app"]
+        answer = httpx.get(f"{master}/v2/apps/demo/container-web", headers=headers)
+        app = answer.json()["app"]
         return app if app["tasksHealthy"] == app["instances"] else None
 
     app = wait_for(healthy, 30, "the container demo to be healthy")
@@ -51,8 +52,21 @@ def test_up_detach_then_down_leaves_nothing(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "local" / "cluster.json").read_text())
     pids = list(state["processes"].values())
     assert len(pids) == 3 + containers and all(psutil.pid_exists(pid) for pid in pids)
+    # The credentials' contract: D/admin-token and D/admin-password, 0600.
+    work_dir = tmp_path / "local"
+    for name in ("admin-token", "admin-password"):
+        assert (work_dir / name).stat().st_mode & 0o777 == 0o600, name
+    headers = {"Authorization": f"token={(work_dir / 'admin-token').read_text().strip()}"}
+    assert httpx.get(f"{state['master_url']}/v2/apps").status_code == 401
+    assert httpx.get(f"{state['master_url']}/v2/apps", headers=headers).status_code == 200
+    # `tessera token` logs in again as admin and prints a fresh token.
+    fresh = _tessera(tmp_path, "token").stdout.strip()
+    answer = httpx.get(
+        f"{state['master_url']}/v2/apps", headers={"Authorization": f"Bearer {fresh}"}
+    )
+    assert answer.status_code == 200
     if containers:
-        _check_container_demo(state["master_url"])
+        _check_container_demo(state["master_url"], headers)
 
     # The CLI finds the running local cluster without --master.
     agents = json.loads(_tessera(tmp_path, "agent", "list", "--json").stdout)

@@ -24,7 +24,9 @@ from tessera.local.demo import (
     demo_container_service,
 )
 from tessera.local.paths import default_work_dir
+from tessera.local.profiles import Profile, save_profile
 from tessera.local.registry import DEFAULT_REGISTRY_PORT
+from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.model.resources import ResourceFormatError, parse_resources
 
 
@@ -61,6 +63,16 @@ def up(
         )
     except ClusterError as error:
         fail(str(error))
+    # The CLI, the demo and every `tessera` command after this use the superuser's token.
+    save_profile(
+        Profile(
+            name="local",
+            url=cluster.master_url,
+            token_file=str(directory / ADMIN_TOKEN),
+            uid="admin",
+            password_file=str(directory / ADMIN_PASSWORD),
+        )
+    )
     if demo:
         _launch_demo(cluster)
     _print_where_to_look(cluster, detach)
@@ -165,6 +177,15 @@ def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
     out.print(f"  capacity     {url}/v1/cluster/summary")
     if cluster.registry:
         out.print(f"  registry     {cluster.registry}   (plain HTTP, loopback only)")
+    work_dir = cluster.work_dir
+    out.print(
+        f"  signed in    as admin (profile [bold]local[/bold]); password in "
+        f"{work_dir / ADMIN_PASSWORD}, a token in {work_dir / ADMIN_TOKEN}"
+    )
+    out.print(
+        f'  curl         curl -H "Authorization: token=$(tessera token)" {url}/v2/apps',
+        soft_wrap=True,
+    )
     out.print("  run a task   tessera run --wait -- echo hello")
     out.print(f"  logs         {cluster.work_dir}/*.log")
     if detach:

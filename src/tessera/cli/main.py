@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli import apps, deployments, groups, jobs, tasks
+from tessera.cli import apps, deployments, groups, jobs, login, tasks
 from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.local import down, up
@@ -42,6 +42,8 @@ app.add_typer(groups.group_app, name="group")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(jobs.job_app, name="job")
 app.command()(audit)
+app.command()(login.login)
+app.command()(login.token)
 app.command("run", context_settings={"allow_interspersed_args": False})(tasks.run)
 
 log = logging.getLogger("tessera")

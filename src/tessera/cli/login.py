@@ -1,0 +1,78 @@
+"""`tessera login URL` and `tessera token`: getting a token, keeping it in a profile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+
+from tessera.cli.client import describe_error, fail, resolve_master
+from tessera.local.profiles import Profile, profile_for, save_profile, token_for
+
+MasterOption = Annotated[
+    str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else profile).")
+]
+
+
+def _login(url: str, uid: str, password: str) -> str:
+    try:
+        answer = httpx.post(
+            url.rstrip("/") + "/acs/api/v1/auth/login",
+            json={"uid": uid, "password": password},
+            timeout=30,
+        )
+    except httpx.HTTPError as error:
+        fail(f"cannot reach {url}: {error}")
+    if answer.status_code != 200:
+        fail(f"login as {uid} refused: {describe_error(answer)}")
+    token: str = answer.json()["token"]
+    return token
+
+
+def login(
+    url: Annotated[str, typer.Argument(help="The master's URL, e.g. http://m1:5050.")],
+    username: Annotated[str, typer.Option("--username", "-u", prompt=True)],
+    password_file: Annotated[
+        Path | None, typer.Option(help="Read the password from this file (else prompt).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    profile: Annotated[
+        str | None, typer.Option(help="Profile name (default: the master's host and port).")
+    ] = None,
+) -> None:
+    """Log in to a cluster and make it the current profile of every `tessera` command."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password_file is not None:
+        password = password_file.read_text().strip()
+    else:
+        password = typer.prompt("Password", hide_input=True)
+    token = _login(url, username, password)
+    name = profile or (urlsplit(url).netloc.replace(":", "-") or "default")
+    # The password is never stored: only the token (people's tokens last 8 hours).
+    path = save_profile(Profile(name=name, url=url.rstrip("/"), token=token, uid=username))
+    typer.echo(f"logged in to {url} as {username}; profile {name!r} ({path})")
+
+
+def token(master: MasterOption = None) -> None:
+    """Print a token for scripts and client libraries (`Authorization: token=<it>`): a fresh
+    one when the profile can log in again (a local cluster's superuser), else the saved one."""
+    url = resolve_master(master)
+    found = profile_for(url)
+    if found is not None and found.uid and found.password_file:
+        try:
+            password = Path(found.password_file).read_text().strip()
+        except OSError as error:
+            fail(f"cannot read {found.password_file}: {error.strerror}")
+        typer.echo(_login(url, found.uid, password))
+        return
+    saved = token_for(url)
+    if saved is None:
+        fail(f"no credentials for {url}: log in with `tessera login {url}`")
+    typer.echo(saved)
