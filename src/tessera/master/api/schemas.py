@@ -4,7 +4,8 @@ The Marathon, Metronome and group routes read raw `Request` bodies so that their
 keep Marathon's 422 shape and field paths; FastAPI therefore cannot see what they accept.
 The pydantic models below describe those bodies for clients and fuzzers only: the
 handlers keep their own validation (`model/app.py`, `model/group.py`, Metronome's
-`metronome_models.py`, whose models are reused as they are).
+`metronome_models.py` and the secrets API, whose models are reused as they are; routes
+that take pydantic bodies, such as IAM, quotas and native tasks, are published by FastAPI).
 
 Each model mirrors what its reader accepts, no more and no less where it can: a field the
 reader treats as absent when it is `null` is nullable here, a field the reader never looks
@@ -16,7 +17,7 @@ are in the descriptions, not in the schema.
 
 `publish_request_schemas(app)` wraps `app.openapi` so that every operation (each alias
 prefix too) gets its `requestBody`, the `token` security scheme unless its route is public,
-and the error answers it can give (401, 403, 404, 409, 413, 422, 503).
+and the error answers it can give (400, 401, 403, 404, 409, 413, 422, 503).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 
 from tessera.master.api.metronome_models import JobIn, ScheduleIn
+from tessera.master.api.secrets_v1 import SecretIn, SecretPatch
 from tessera.model.app import MAX_CPUS, MAX_GPUS, MAX_INSTANCES, MAX_MIB
 from tessera.model.container_input import ContainerIn, NetworkIn
 from tessera.model.permissions import (
@@ -316,23 +318,6 @@ class TaskKill(_Open):
     ids: list[str]
 
 
-# ---- quotas and secrets (DC/OS shapes) --------------------------------------------------------
-
-
-class QuotaLimits(_Closed):
-    """A role's limits; a resource left out is not limited."""
-
-    cpus: float | None = Field(None, ge=0)
-    mem: float | None = Field(None, ge=0)
-    disk: float | None = Field(None, ge=0)
-    gpus: float | None = Field(None, ge=0)
-    instances: int | None = Field(None, ge=0)
-
-
-class SecretValue(_Closed):
-    value: str
-
-
 # ---- the table of bodies ---------------------------------------------------------------------
 
 _MODELS: tuple[type[BaseModel], ...] = (
@@ -348,8 +333,8 @@ _MODELS: tuple[type[BaseModel], ...] = (
     TaskKill,
     JobIn,
     ScheduleIn,
-    QuotaLimits,
-    SecretValue,
+    SecretIn,
+    SecretPatch,
 )
 
 
@@ -387,9 +372,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/jobs/{job_id}"): _ref("JobUpdate"),
     ("POST", "/v1/jobs/{job_id}/schedules"): _ref("ScheduleIn"),
     ("PUT", "/v1/jobs/{job_id}/schedules/{schedule_id}"): _ref("ScheduleIn"),
-    ("PUT", "/v1/quotas/{role}"): _ref("QuotaLimits"),
-    ("PUT", "/secrets/v1/secret/default/{path:path}"): _ref("SecretValue"),
-    ("PATCH", "/secrets/v1/secret/default/{path:path}"): _ref("SecretValue"),
+    ("PUT", "/secrets/v1/secret/default/{path:path}"): _ref("SecretIn"),
+    ("PATCH", "/secrets/v1/secret/default/{path:path}"): _ref("SecretPatch"),
 }
 
 _BODIES = {(method, openapi_path(template)): body for (method, template), body in BODIES.items()}
