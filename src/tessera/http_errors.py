@@ -79,6 +79,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(RecursionError)
+    async def on_too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        # Input nested deeper than any parser here can follow (JSON 10,000 levels deep).
+        return JSONResponse({"message": "request nested too deeply"}, status_code=400)
+
     @app.exception_handler(Exception)
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         # Logged in full here; the client gets one line, never a traceback.

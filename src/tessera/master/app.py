@@ -24,6 +24,7 @@ from tessera.master.api import (
     secrets_v1,
 )
 from tessera.master.audit import AuditMiddleware
+from tessera.master.body_limit import BodyLimit
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
@@ -71,6 +72,7 @@ def create_app(
     install_store_error_handlers(app)
     # Inside the leader proxy: a forwarded request is recorded once, by the leader.
     app.add_middleware(AuditMiddleware, audit=master.audit)
+    app.add_middleware(BodyLimit)
     if forwarder is not None:
         app.add_middleware(
             LeaderProxy,

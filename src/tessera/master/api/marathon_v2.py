@@ -88,6 +88,11 @@ async def json_body(request: Request) -> Any:
         raise ApiError(
             422, "Invalid JSON", details=[{"path": "/", "errors": [f"invalid JSON: {error}"]}]
         ) from None
+    except RecursionError:
+        # Mesos' CVE-2018-11793: a body nested thousands deep must not take the master down.
+        raise ApiError(
+            422, "Invalid JSON", details=[{"path": "/", "errors": ["nested too deeply"]}]
+        ) from None
 
 
 def invalid(error: InvalidApp) -> ApiError:
