@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tessera.agent.task_users import DEFAULT_FIRST_UID, DEFAULT_UID_COUNT
 from tessera.model.resources import Resources
 
 
@@ -19,7 +20,9 @@ class AgentConfig:
     hostname: str = "localhost"
     http_bind: str = "127.0.0.1"
     http_port: int = 0  # 0: any free port, reported to the master at registration
-    task_user: str | None = None
+    task_user: str | None = None  # None: each role's tasks run as its own uid (task_users.py)
+    task_uid_first: int = DEFAULT_FIRST_UID
+    task_uid_count: int = DEFAULT_UID_COUNT
     isolation: str = "auto"
     kill_tasks_on_exit: bool = False
     reconnect_max_delay: float = 5.0

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from tessera.agent.containers.runtime import ContainerLaunch
 
 DEFAULT_PIDS_LIMIT = 4096
-DEFAULT_TASK_USER = "nobody"
 
 # Mesos TaskStatus.Reason names used by the executor.
 REASON_COMMAND_EXECUTOR_FAILED = "REASON_COMMAND_EXECUTOR_FAILED"
@@ -37,7 +36,8 @@ class LaunchSpec:
 
     `env` is the full task environment; the executor only adds `MESOS_SANDBOX` and, when
     absent, `HOME`, `USER` and `LOGNAME` of the run-as user. `mem` and `disk` are MiB;
-    `disk` is recorded, not enforced. `user=None` runs as the executor's default user.
+    `disk` is recorded, not enforced. `user=None` runs as the executor's default user, or
+    by default as the uid of the task's `role` on this agent (see `task_users`).
     With `container`, the task runs in a container of that (pulled) image: then neither
     `command` nor `args` may be given (the image's entrypoint and cmd run), and `user` is
     the user inside the container (default: the image's).
@@ -53,6 +53,7 @@ class LaunchSpec:
     cpu_hard_limit: bool = False
     pids_limit: int | None = DEFAULT_PIDS_LIMIT
     user: str | None = None
+    role: str = "*"
     kill_grace_seconds: float = 3.0
     container: ContainerLaunch | None = None
 

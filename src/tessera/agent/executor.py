@@ -1,7 +1,9 @@
 """The agent's task executor: runs each task as an isolated process tree, watches, kills, recovers.
 
 A task is `/bin/sh tessera-task.sh` (see `exec_spawn`) in its own session and cgroup(s), in
-`<work_dir>/sandboxes/<task_id>/` with `stdout` and `stderr` there, as an unprivileged user.
+`<work_dir>/sandboxes/<task_id>/` (0700, the task user's) with `stdout` and `stderr` there, as
+an unprivileged user: its spec's `user`, else the agent's `--task-user`, else its role's own
+uid (see `task_users`). The rest of the work dir is root's alone.
 The agent watches each wrapper with a pidfd on the event loop (no thread, no polling), which
 works for processes that are not its children too: after an agent restart, `recover()`
 re-adopts the live tasks and reads how the others ended from their checkpoint directory.
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -50,7 +53,9 @@ from tessera.agent.exec_spawn import (
     SwitchTools,
     command_line,
     current_user,
+    env_script,
     lookup_user,
+    mount_namespaces,
     spawn_wrapper,
     task_environment,
 )
@@ -67,7 +72,6 @@ from tessera.agent.exec_tree import (
     signal_task,
 )
 from tessera.agent.exec_types import (
-    DEFAULT_TASK_USER,
     REASON_AGENT_RESTARTED,
     LaunchFailed,
     LaunchSpec,
@@ -78,6 +82,7 @@ from tessera.agent.exec_types import (
     UnknownTask,
     check_task_id,
 )
+from tessera.agent.task_users import STATE_FILE, TaskUsers, UidRange
 
 __all__ = [
     "CgroupsUnavailable",
@@ -101,7 +106,8 @@ _ISOLATIONS = ("auto", "cgroups", "none")
 class Executor:
     """Launches and supervises the tasks of one agent.
 
-    `default_user`: who tasks run as when their spec names nobody; None means "nobody".
+    `default_user`: who tasks run as when their spec names nobody; None gives each role its
+    own uid from `task_uids` (kept in `meta/task-users.json`).
     A root agent switches users with `setpriv`; an agent that is not root cannot, so every
     task runs as the agent's own user and `isolation_info()` says so. `isolation`: "auto"
     uses cgroups when a writable hierarchy exists and warns otherwise, "cgroups" refuses to
@@ -116,6 +122,7 @@ class Executor:
         default_user: str | None = None,
         isolation: str = "auto",
         containers: ContainerRuntime | None = None,
+        task_uids: UidRange | None = None,
     ) -> None:
         if isolation not in _ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(_ISOLATIONS)}")
@@ -132,12 +139,35 @@ class Executor:
         self._me = current_user()
         self._can_switch = self._me.uid == 0
         self._switch_tools = _switch_tools() if self._can_switch else None
-        self._default_user = (default_user or DEFAULT_TASK_USER) if self._can_switch else None
+        self._default_user = default_user if self._can_switch else None
         self._requested_user = default_user
+        self._task_users: TaskUsers | None = None
+        if self._can_switch and default_user is None:
+            self._task_users = TaskUsers(work_dir / "meta" / STATE_FILE, task_uids)
+        self._reach_note = self._close_work_dir(work_dir) if self._can_switch else None
         self._users: dict[str, RunAs] = {}
         self._tasks: dict[str, TaskRecord] = {}
         self._exits: dict[str, TaskExit] = {}
         self._finishers: set[asyncio.Task[None]] = set()
+
+    def _close_work_dir(self, work_dir: Path) -> str | None:
+        """Keep the work dir (images, journal, checkpoints) root's alone; tasks still reach
+        their sandboxes through a mount namespace. Returns a warning when they cannot."""
+        (work_dir / "meta").chmod(0o700)
+        self._sandboxes.chmod(0o711)  # no listing of the other tasks' sandboxes
+        if mount_namespaces() is None:
+            if _traversable(self._sandboxes):
+                return None
+            return (
+                f"{self._sandboxes} is not reachable by other users (a parent lacks o+x) and "
+                "this host cannot make mount namespaces: tasks can only use their sandbox "
+                "as their working directory"
+            )
+        status = work_dir.stat()
+        # Never a shared directory (sticky or world-writable, e.g. /tmp) or someone else's.
+        if status.st_uid == 0 and not status.st_mode & (stat.S_ISVTX | stat.S_IWOTH):
+            work_dir.chmod(0o700)
+        return None
 
     @staticmethod
     def _install_wrapper(path: Path) -> str:
@@ -162,18 +192,27 @@ class Executor:
             warnings.append(f"the agent is not root: every task runs as {self._me.name!r}{ignored}")
         elif self._switch_tools is None:
             warnings.append("setpriv (util-linux) or env not found: tasks cannot switch user")
-        elif not _traversable(self._sandboxes):
-            warnings.append(
-                f"{self._sandboxes} is not reachable by other users (a parent lacks o+x): "
-                "tasks can only use their sandbox as their working directory"
-            )
-        return {
+        elif self._reach_note:
+            warnings.append(self._reach_note)
+        info: dict[str, object] = {
             "cgroups": self._driver.version if self._driver else None,
             "cgroup_detail": self._driver.describe() if self._driver else None,
             "user_switching": self._switch_tools is not None,
-            "default_user": self._default_user or self._me.name,
+            "default_user": self.user_for(None),
             "warning": "; ".join(warnings) or None,
         }
+        if self._task_users is not None:
+            info["role_uids"] = dict(self._task_users.roles())
+        return info
+
+    def user_for(self, user: str | None, role: str = "*") -> str:
+        """Who a task of `role` whose spec names `user` runs as here (a name or a uid)."""
+        if not self._can_switch:
+            return self._me.name
+        if user or self._default_user:
+            return str(user or self._default_user)
+        assert self._task_users is not None
+        return str(self._task_users.uid_of(role))
 
     def containers_info(self) -> dict[str, Any] | None:
         """What the master may place here in containers; None when they cannot run (no
@@ -239,13 +278,17 @@ class Executor:
         return True
 
     def _start(self, spec: LaunchSpec) -> TaskRecord:
-        run_as = self._run_as(spec.user)
+        run_as = self._run_as(spec.user, spec.role)
         switch = self._switch_tools if run_as.uid != self._me.uid else None
         env = task_environment(spec, run_as, str(self.sandbox(spec.task_id)))
-        argv = command_line(spec, run_as, env, switch)
+        if switch is None:  # the task's environment is the wrapper's own
+            argv, env_data = command_line(spec, run_as, env, None), None
+        else:  # never in an argv (cmdline is public), never in a root process's environment
+            argv = command_line(spec, run_as, env, switch, env_on_fd=True)
+            env, env_data = ROOT_WRAPPER_ENV, env_script(env)
         self._create_checkpoint(spec.task_id)
         try:
-            return self._spawn(spec, run_as, argv, ROOT_WRAPPER_ENV if switch else env)
+            return self._spawn(spec, run_as, argv, env, env_data=env_data)
         except BaseException:
             self._meta.forget(spec.task_id)
             raise
@@ -257,9 +300,11 @@ class Executor:
         argv: list[str],
         env: Mapping[str, str],
         leaf: str | None = None,
+        env_data: bytes | None = None,
     ) -> TaskRecord:
         sandbox = self.sandbox(spec.task_id)
-        stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as)
+        # A container's sandbox contents were handed to its user already (_start_container).
+        stdout_fd, stderr_fd = self._make_sandbox(sandbox, run_as, spec.container is None)
         cgroup = None
         try:
             cgroup = self._make_cgroup(spec, leaf)
@@ -272,6 +317,7 @@ class Executor:
                 env=env,
                 stdout_fd=stdout_fd,
                 stderr_fd=stderr_fd,
+                env_data=env_data,
             )
         except OSError as error:
             if cgroup is not None:
@@ -311,7 +357,7 @@ class Executor:
         prepared: PreparedContainer | None = None
         try:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(sandbox, 0o750)
+                os.mkdir(sandbox, 0o700)
             assert spec.container is not None
             prepared = await runtime.prepare(
                 spec.task_id,
@@ -345,10 +391,16 @@ class Executor:
             message = f"cannot checkpoint the task: {describe_os_error(error, self._meta.root)}"
             raise LaunchFailed(message) from None
 
-    def _run_as(self, user: str | None) -> RunAs:
+    def _run_as(self, user: str | None, role: str) -> RunAs:
         if not self._can_switch:
             return self._me
-        name = user or self._default_user or DEFAULT_TASK_USER
+        name = user or self._default_user
+        if name is None:
+            assert self._task_users is not None
+            try:
+                return self._task_users.run_as(role)
+            except (OSError, ValueError) as error:  # ValueError: NoFreeUid's base
+                raise LaunchFailed(f"no task user for role {role!r}: {error}") from None
         run_as = self._users.get(name)
         if run_as is None:
             run_as = self._users[name] = lookup_user(name)
@@ -356,13 +408,21 @@ class Executor:
             raise LaunchFailed(f"cannot run as {name!r}: setpriv (util-linux) is not installed")
         return run_as
 
-    def _make_sandbox(self, sandbox: Path, run_as: RunAs) -> tuple[int, int]:
+    def _make_sandbox(self, sandbox: Path, run_as: RunAs, contents: bool) -> tuple[int, int]:
+        """The sandbox, 0700 and the task user's; with `contents`, so is what the agent put
+        there before (fetched files, secret files), whoever it was written as."""
         chown = run_as.uid != self._me.uid
         try:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(sandbox, 0o750)
+            try:
+                os.mkdir(sandbox, 0o700)
+                filled = False
+            except FileExistsError:
+                filled = contents
             if chown:
                 os.chown(sandbox, run_as.uid, run_as.gid)
+                if filled:
+                    _hand_over(sandbox, run_as.uid, run_as.gid)
+            os.chmod(sandbox, 0o700)
             stdout_fd = os.open(sandbox / "stdout", _LOG_FLAGS, 0o640)
         except OSError as error:
             message = f"cannot create the sandbox: {describe_os_error(error, sandbox)}"
@@ -658,8 +718,9 @@ class Executor:
 
 
 def _hand_over(sandbox: Path, uid: int, gid: int) -> None:
-    """Give what was fetched into a container's sandbox to the container's user (the fetch
-    ran before the image said who that is); the overlay's scratch dir stays the agent's."""
+    """Give what the agent put into a sandbox (fetched files, secret files) to the task's
+    user: the fetch may have run as someone else, e.g. before the image said who a
+    container runs as. A container overlay's scratch dir stays the agent's."""
     if uid == 0 and gid == 0:
         return
     for entry in os.scandir(sandbox):

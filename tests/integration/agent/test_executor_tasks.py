@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from conftest import eventually, needs_root, process_gone
+from tessera.agent.exec_spawn import mount_namespaces
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, UnknownTask
 
 ENV = {"PATH": "/usr/bin:/bin", "MESOS_TASK_ID": "t", "PORT0": "31000", "HOST": "h1"}
@@ -76,16 +77,17 @@ async def test_unknown_user_cannot_start(executor: Executor) -> None:
         await executor.launch(LaunchSpec("user.0", command="true", user="no-such-user-x"))
 
 
-async def test_tasks_run_as_nobody_by_default(executor: Executor) -> None:
+async def test_tasks_run_as_their_roles_uid_by_default(executor: Executor) -> None:
     needs_root()
-    await executor.launch(LaunchSpec("user.1", command="id -un; id -u; touch mine", env=ENV))
+    await executor.launch(LaunchSpec("user.1", command="id -u; id -g; touch mine", env=ENV))
     assert (await executor.wait("user.1")).state == "TASK_FINISHED"
+    uid = int(str(executor.isolation_info()["default_user"]))  # the role "*"'s own uid
+    assert uid not in (0, 65534)
     sandbox = executor.sandbox("user.1")
-    assert (sandbox / "stdout").read_text() == "nobody\n65534\n"
-    assert sandbox.stat().st_uid == 65534
-    assert (sandbox / "stdout").stat().st_uid == 65534
-    assert (sandbox / "mine").stat().st_uid == 65534
-    assert executor.isolation_info()["default_user"] == "nobody"
+    assert (sandbox / "stdout").read_text() == f"{uid}\n{uid}\n"
+    assert sandbox.stat().st_uid == uid
+    assert (sandbox / "stdout").stat().st_uid == uid
+    assert (sandbox / "mine").stat().st_uid == uid
 
 
 async def test_task_environment_never_reaches_the_root_wrapper(executor: Executor) -> None:
@@ -101,7 +103,7 @@ async def test_task_environment_never_reaches_the_root_wrapper(executor: Executo
     assert "SECRET_OF_TASK" not in wrapper.environ()
     [task] = wrapper.children()
     assert task.environ()["SECRET_OF_TASK"] == "x"
-    assert task.uids().real == 65534
+    assert task.uids().real == int(str(executor.isolation_info()["default_user"]))
 
 
 async def test_run_as_a_named_user(executor: Executor) -> None:
@@ -143,7 +145,10 @@ async def test_unknown_task(executor: Executor) -> None:
 
 async def test_usage_is_reported(executor: Executor) -> None:
     running = await executor.launch(LaunchSpec("usage.2", args=("sleep", "30"), env=ENV))
-    await eventually(lambda: len(psutil.Process(running.pid).children()) == 1)
+    # Not just any child: the task may first set up its mount namespace (exec_spawn).
+    await eventually(
+        lambda: [c.name() for c in psutil.Process(running.pid).children()] == ["sleep"]
+    )
     usage = executor.usage("usage.2")
     assert usage.pids == 2
     assert usage.mem_bytes > 0
@@ -176,11 +181,13 @@ async def test_relative_work_dir(work_dir: Path, monkeypatch: pytest.MonkeyPatch
     await executor.close()
 
 
-async def test_unreachable_sandboxes_are_reported(work_dir: Path) -> None:
+async def test_a_private_work_dir_is_reachable_or_reported(work_dir: Path) -> None:
     needs_root()
     work_dir.chmod(0o700)
     executor = Executor(work_dir, isolation="none")
-    assert "not reachable by other users" in str(executor.isolation_info()["warning"])
+    # Tasks reach their sandbox through a mount namespace (exec_spawn), else it is reported.
+    unreachable = "not reachable by other users" in str(executor.isolation_info()["warning"])
+    assert unreachable == (mount_namespaces() is None)
     await executor.close()
 
 
