@@ -76,12 +76,26 @@ def test_a_quota_keeps_instances_queued_until_it_is_raised(cluster: Cluster) -> 
     other = cluster.launch(name="free", cmd=SLEEP, cpus=0.5, mem=32)
     cluster.wait_state(other["id"], "TASK_RUNNING")
 
+    # A task of the team ends (scaled away with it; its deployment waits on the quota, so
+    # force): the oldest waiting instance, the app's third, takes its room.
+    tasks = cluster.get("/v2/apps/team-a/web/tasks")["tasks"]
+    running = [t["id"] for t in tasks if t["state"] == "TASK_RUNNING"]
+    killed = cluster.http.delete(f"/v2/apps/team-a/web/tasks/{running[0]}?scale=true&force=true")
+    assert killed.status_code == 200, killed.text
+    wait_for(
+        lambda: not _app_reasons(cluster, "/team-a/web") and _running(cluster, "team-a/web") == 2,
+        30,
+        "the waiting instance placed in the freed room",
+    )
+    assert cluster.get("/v1/quotas/team-a")["consumed"]["instances"] == 2
+    assert cluster.task(task["id"])["state"] == "TASK_QUEUED"
+
     # Raising the quota places everything that waited.
-    _put(cluster, "/v1/quotas/team-a", {"cpus": 2.5})
-    wait_for(lambda: _running(cluster, "team-a/web") == 3, 30, "the third instance")
+    _put(cluster, "/v1/quotas/team-a", {"cpus": 2})
     cluster.wait_state(task["id"], "TASK_RUNNING")
     wait_for(lambda: not _job_reasons(cluster, "team-a.batch"), 30, "the job run placed")
-    assert cluster.get("/v1/quotas/team-a")["consumed"]["cpus"] == 2.5
+    consumed = cluster.get("/v1/quotas/team-a")["consumed"]
+    assert consumed["cpus"] == 2 and consumed["instances"] == 4 and consumed["apps"] == 2
     listed = cluster.cli("quota", "list")
     assert listed.returncode == 0 and "team-a" in listed.stdout, listed.stderr
 
