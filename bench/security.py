@@ -1,0 +1,192 @@
+"""Security benchmark: what authentication and authorisation cost, through the master's API.
+
+Two real masters side by side in one run, no agents (apps have 0 instances, so only the
+API is measured): one as shipped (every request authenticated and authorised), one with
+`--insecure-no-auth`. Each gets the same 1,000 apps (`POST /v2/apps`, timed), then
+`GET /v2/apps` is timed at that size: sequentially (p50/p99) and with 8 clients at once
+(requests/s), as the superuser and as a team user who may read one team's 100 apps (the
+list is filtered per app). Last, login throughput under the hashing cap (argon2id, 2 at
+once) and `/ping` latency while 16 clients log in.
+
+Goal (issue 10): authenticated and authorised reads within 1.25x of the unauthenticated
+p99. TLS is not part of the API yet (see docs/security.md), so this measures auth only.
+
+Run: .venv/bin/python bench/security.py [--apps 1000] [--gets 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tessera.testing.auth import create_user
+from tessera.testing.cluster import Cluster
+
+TEAMS = 10
+
+
+def app(index: int) -> dict[str, Any]:
+    return {"id": f"/team-{index % TEAMS}/app-{index:04d}", "cmd": "sleep 3600", "instances": 0}
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def post_apps(targets: dict[str, tuple[str, dict[str, str]]], count: int) -> dict[str, list[float]]:
+    """The same apps to every target, interleaved."""
+    clients = {
+        name: httpx.Client(base_url=url, headers=headers, timeout=60)
+        for name, (url, headers) in targets.items()
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in targets}
+    try:
+        for index in range(count):
+            for name, http in clients.items():
+                started = time.perf_counter()
+                answer = http.post("/v2/apps", json=app(index))
+                latencies[name].append(time.perf_counter() - started)
+                answer.raise_for_status()
+    finally:
+        for http in clients.values():
+            http.close()
+    return latencies
+
+
+def sequential_gets(
+    readers: dict[str, tuple[str, dict[str, str]]], calls: int
+) -> dict[str, list[float]]:
+    """Calls interleaved between the readers, so that the machine's noise hits all alike."""
+    clients = {
+        name: httpx.Client(base_url=url, headers=headers, timeout=60)
+        for name, (url, headers) in readers.items()
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in readers}
+    try:
+        for http in clients.values():
+            http.get("/v2/apps").raise_for_status()  # warm: connection, token cache
+        for _ in range(calls):
+            for name, http in clients.items():
+                started = time.perf_counter()
+                http.get("/v2/apps").raise_for_status()
+                latencies[name].append(time.perf_counter() - started)
+    finally:
+        for http in clients.values():
+            http.close()
+    return latencies
+
+
+async def concurrent_gets(url: str, headers: dict[str, str], calls: int, clients: int) -> float:
+    """Requests per second with `clients` connections busy at once."""
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
+
+        async def share(n: int) -> None:
+            for _ in range(n):
+                (await http.get("/v2/apps")).raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(share(calls // clients) for _ in range(clients)))
+        return (calls // clients * clients) / (time.perf_counter() - started)
+
+
+async def logins(url: str, password: str, count: int, clients: int) -> tuple[float, list[float]]:
+    """(logins per second, /ping latencies meanwhile) with `clients` logging in at once."""
+    body = {"uid": "admin", "password": password}
+    pings: list[float] = []
+    done = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+
+        async def login_share(n: int) -> None:
+            for _ in range(n):
+                (await http.post("/acs/api/v1/auth/login", json=body)).raise_for_status()
+
+        async def ping() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                await http.get("/ping")
+                pings.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+
+        pinger = asyncio.create_task(ping())
+        started = time.perf_counter()
+        await asyncio.gather(*(login_share(count // clients) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+        done.set()
+        await pinger
+    return (count // clients * clients) / elapsed, pings
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--apps", type=int, default=1000)
+    parser.add_argument("--gets", type=int, default=200)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tessera-security-") as root:
+        for name in ("secure", "open"):
+            (Path(root) / name).mkdir()
+        secure = Cluster(Path(root) / "secure")
+        open_ = Cluster(Path(root) / "open")
+        try:
+            secure.start_master()
+            open_.start_master(extra=["--insecure-no-auth"])
+            targets = {"no-auth": (open_.url, {}), "auth": (secure.url, secure.headers)}
+            posts = post_apps(targets, args.apps)
+            team = create_user(
+                secure.http,
+                "bench-team",
+                "bench-team-pass",
+                ["dcos:service:marathon:marathon:services:/team-1 full"],
+            )
+            readers = {
+                "no-auth": (open_.url, {}),
+                "auth (superuser)": (secure.url, secure.headers),
+                "auth (team user, filtered)": (secure.url, team),
+            }
+            gets = sequential_gets(readers, args.gets)
+            rates = {
+                name: asyncio.run(concurrent_gets(u, h, args.gets, 8))
+                for name, (u, h) in readers.items()
+            }
+            password = (secure.root / "master" / "admin-password").read_text().strip()
+            login_rate, pings = asyncio.run(logins(secure.url, password, 32, 16))
+        finally:
+            secure.stop()
+            open_.stop()
+
+    print(f"POST /v2/apps x {args.apps} (one client, sequential):")
+    for name, values in posts.items():
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        print(f"  {name:28s} p50 {ms(p50):>9s}  p99 {ms(p99):>9s}")
+    print(f"GET /v2/apps with {args.apps} apps ({args.gets} sequential calls; 8 clients):")
+    base = gets["no-auth"]
+    for name, values in gets.items():
+        p50, p99 = statistics.median(values), percentile(values, 0.99)
+        ratio = p99 / percentile(base, 0.99)
+        print(
+            f"  {name:28s} p50 {ms(p50):>9s}  p99 {ms(p99):>9s}  p99 ratio {ratio:4.2f}x  "
+            f"{rates[name]:6.1f} req/s"
+        )
+    print(
+        f"logins (argon2id, 2 at once): {login_rate:.1f}/s with 16 clients; /ping meanwhile "
+        f"p50 {ms(statistics.median(pings))} p99 {ms(percentile(pings, 0.99))}"
+    )
+    superuser_ratio = percentile(gets["auth (superuser)"], 0.99) / percentile(base, 0.99)
+    verdict = "met" if superuser_ratio <= 1.25 else "NOT met"
+    print(f"goal: authenticated p99 <= 1.25x unauthenticated: {superuser_ratio:.2f}x {verdict}")
+
+
+if __name__ == "__main__":
+    main()
