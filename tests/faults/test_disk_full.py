@@ -25,6 +25,7 @@ from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.model.protocol import StatusUpdate
 from tessera.model.task import TaskState
 from tessera.testing.cluster import Cluster, task_processes, wait_for
+from tessera.testing.sandbox import sandbox_access
 
 RESOURCES = "cpus:4;mem:4096;disk:100;ports:[31000-31099]"
 FETCHED = "/etc/services"  # readable by the task user, and more than a full disk can take
@@ -151,10 +152,11 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
             wait_for(lambda: not task_processes(on_cue), 10, "the cued task to end")
             agent.start()
             url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
-            adopted = cluster.http.get(f"{url}/v1/info").json()["tasks"]
-            assert {task_id: adopted.get(task_id) for task_id in running} == dict.fromkeys(
-                running, "TASK_RUNNING"
-            )
+            adopted = {
+                task_id: sandbox_access(cluster.http, task_id).get("/v1/info").json()["tasks"]
+                for task_id in running
+            }
+            assert adopted == {task_id: {task_id: "TASK_RUNNING"} for task_id in running}
             assert pids(running) == before, "a task was restarted across the agent crash"
             finished = cluster.wait_state(on_cue, "TASK_FINISHED", "TASK_FAILED")
             assert (finished["state"], finished["exitCode"]) == ("TASK_FINISHED", 0), finished
@@ -237,7 +239,8 @@ def test_updates_the_full_disk_cannot_journal_are_sent_logged_and_journaled_late
             agent.kill9()
             agent.start()
             url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
-            assert cluster.http.get(f"{url}/v1/info").json()["tasks"] == {task: "TASK_RUNNING"}
+            info = sandbox_access(cluster.http, task).get("/v1/info").json()
+            assert info["tasks"] == {task: "TASK_RUNNING"}
             assert pids([task]) == pid
             assert (journal_dir / "status-updates.jsonl").read_bytes() == before
 

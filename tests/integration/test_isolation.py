@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tessera.testing.cluster import Cluster, task_processes, wait_for
+from tessera.testing.sandbox import sandbox_access
 
 
 def _cgroup_dirs(pid: int) -> dict[str, Path]:
@@ -70,8 +71,9 @@ def test_usage_is_served_from_the_cgroup(cluster: Cluster) -> None:
     cluster.start_agent()
     _require_cgroups(cluster)
     task = cluster.launch(cmd="sleep 60", mem=64)
-    running = cluster.wait_state(task["id"], "TASK_RUNNING")
-    usage = cluster.http.get(f"{running['agentUrl']}/v1/tasks/{task['id']}/usage").json()
+    cluster.wait_state(task["id"], "TASK_RUNNING")
+    sandbox = sandbox_access(cluster.http, task["id"])
+    usage = sandbox.get(f"/v1/tasks/{task['id']}/usage").json()
     assert usage["source"] == "cgroup"
     assert usage["mem_limit_bytes"] == 64 * 1024 * 1024
     assert usage["pids"] >= 1

@@ -1,28 +1,60 @@
-"""The agent's HTTP API: task sandboxes (list, read with offset, follow) and cgroup usage."""
+"""The agent's HTTP API: task sandboxes (list, read with offset, follow) and cgroup usage.
+
+Every route needs a sandbox grant from the master (security/grants.py) in `Authorization:
+Bearer <grant>` or `token=<grant>`, checked here on each request, signature against the
+cluster's public keys (agent/grant_keys.py): a grant names this agent (else 401), the task in
+the URL (else 403) and `act=read`. `/v1/info` takes a grant for any task of this agent and
+lists only that task among its tasks. A stream (`files/follow`) is checked when it starts and
+runs to its end even if the grant expires meanwhile (grants only gate opening it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 import tessera
+from tessera.agent.grant_keys import MasterKeys
 from tessera.http_errors import ApiError, install_error_handlers
+from tessera.security.credentials import PresentedToken, parse_authorization
+from tessera.security.grants import GrantError, SandboxGrant, grant_key_id, verify_grant
 
 if TYPE_CHECKING:
     from tessera.agent.daemon import AgentDaemon
 
+log = logging.getLogger(__name__)
+
 READ_LIMIT = 1024 * 1024
 FOLLOW_POLL_SECONDS = 0.2
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tessera-agent"'}
 
 
-def create_agent_app(daemon: AgentDaemon) -> FastAPI:
-    app = FastAPI(title="Tessera agent", version=tessera.__version__)
+def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> FastAPI:
+    """The API of `daemon`'s sandboxes; `keys` defaults to fetching from its masters."""
+    master_keys = keys or MasterKeys(
+        lambda: daemon.config.masters, daemon.clock, verify=_master_ca(daemon)
+    )
+
+    async def check_grant(request: Request) -> None:
+        """Before every route: a valid grant for this agent and the URL's task."""
+        request.state.grant = await _verified(request, master_keys, daemon)
+
+    app = FastAPI(
+        title="Tessera agent",
+        version=tessera.__version__,
+        # No unauthenticated schema or docs pages either.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(check_grant)],
+    )
     install_error_handlers(app)
 
     def sandbox_of(task_id: str) -> Path:
@@ -45,7 +77,14 @@ def create_agent_app(daemon: AgentDaemon) -> FastAPI:
         return target
 
     @app.get("/v1/info")
-    async def info() -> dict[str, Any]:
+    async def info(request: Request) -> dict[str, Any]:
+        # Only the granted task: other tasks' ids name other teams' apps.
+        granted: SandboxGrant = request.state.grant
+        tasks = (
+            {granted.task_id: daemon.tasks[granted.task_id]}
+            if granted.task_id in daemon.tasks
+            else {}
+        )
         return {
             "id": daemon.agent_id,
             "hostname": daemon.config.hostname,
@@ -53,7 +92,7 @@ def create_agent_app(daemon: AgentDaemon) -> FastAPI:
             "isolation": daemon.executor.isolation_info(),
             "resources": daemon.config.resources.to_json(),
             "attributes": dict(daemon.config.attributes),
-            "tasks": {task_id: t.state.value for task_id, t in daemon.tasks.items()},
+            "tasks": {task_id: t.state.value for task_id, t in tasks.items()},
         }
 
     @app.get("/v1/sandboxes/{task_id}/files")
@@ -124,6 +163,37 @@ def create_agent_app(daemon: AgentDaemon) -> FastAPI:
         return JSONResponse(daemon.executor.usage(task_id).to_json())
 
     return app
+
+
+def _master_ca(daemon: AgentDaemon) -> str | bool:
+    """An https master is checked against the cluster CA the agent got when it joined."""
+    joined = getattr(daemon, "credentials", None)
+    ca_path = getattr(joined, "ca_path", None)
+    return str(ca_path) if ca_path is not None and Path(ca_path).exists() else True
+
+
+async def _verified(request: Request, keys: MasterKeys, daemon: AgentDaemon) -> SandboxGrant:
+    presented = parse_authorization(request.headers.get("authorization"))
+    if not isinstance(presented, PresentedToken) or presented.scheme == "basic":
+        raise ApiError(
+            401, "a sandbox grant is required (tessera asks the master for one)", headers=CHALLENGE
+        )
+    task_id = request.path_params.get("task_id")
+    try:
+        known = await keys.keys_for(grant_key_id(presented.token))
+        return verify_grant(
+            presented.token,
+            known,
+            agent_id=daemon.agent_id,
+            task_id=task_id if isinstance(task_id, str) else None,
+            clock=daemon.clock,
+        )
+    except GrantError as error:
+        log.info("sandbox grant refused for %s: %s", request.url.path, error.reason.value)
+        headers = CHALLENGE if error.status == 401 else None
+        raise ApiError(
+            error.status, f"sandbox grant refused ({error.reason.value})", headers=headers
+        ) from None
 
 
 def _read_from(path: Path, position: int) -> bytes:

@@ -1,16 +1,22 @@
-"""`tessera run` and `tessera task ...`: one-off tasks, their state and their output."""
+"""`tessera run` and `tessera task ...`: one-off tasks, their state and their output.
+
+Output comes straight from the task's agent, never through the master: the CLI first asks
+the master for a sandbox grant (`POST /v1/tasks/{id}/sandbox-grant`, short-lived, for that
+task on that agent) and shows it to the agent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
 import typer
 
-from tessera.cli.client import MasterClient, err, fail, print_json
+from tessera.cli.client import LOGIN_HINT, MasterClient, describe_error, err, fail, print_json
 from tessera.cli.render import task_details, tasks_table
 
 task_app = typer.Typer(help="List, inspect, read the logs of and kill tasks.", no_args_is_help=True)
@@ -86,10 +92,53 @@ def _port(item: str) -> dict[str, Any]:
     return {"name": name, "port": int(number or 0)}
 
 
+@dataclass(frozen=True)
+class Sandbox:
+    """Where a task's sandbox is and the grant that opens it."""
+
+    task_id: str
+    agent_url: str
+    headers: dict[str, str]
+
+
+class NoSandbox(Exception):
+    """The master gave no grant; the message says why, for the user."""
+
+
+def sandbox_grant(client: MasterClient, task_id: str) -> Sandbox:
+    """A grant from the master to read `task_id`'s sandbox on its agent, or NoSandbox."""
+    try:
+        response = client._send("POST", f"/v1/tasks/{task_id}/sandbox-grant")
+    except httpx.HTTPError as error:
+        raise NoSandbox(f"cannot talk to the master at {client.url}: {error}") from None
+    if response.status_code == 403:
+        raise NoSandbox(
+            f"you may not read the sandbox of task {task_id} ({describe_error(response)})"
+        )
+    if response.status_code == 401:
+        raise NoSandbox(f"{describe_error(response)}; {LOGIN_HINT}")
+    if response.status_code >= 400:
+        raise NoSandbox(describe_error(response))
+    body = response.json()
+    return Sandbox(task_id, body["agentUrl"], {"Authorization": f"Bearer {body['grant']}"})
+
+
+def _sandbox_or_fail(client: MasterClient, task_id: str) -> Sandbox:
+    try:
+        return sandbox_grant(client, task_id)
+    except NoSandbox as why:
+        fail(str(why))
+
+
 def _wait_and_stream(client: MasterClient, task_id: str) -> int:
     task = _wait_until_started(client, task_id)
     if task.get("agentUrl") and task.get("agentId"):
-        asyncio.run(_follow_both(task["agentUrl"], task_id))
+        try:
+            sandbox = sandbox_grant(client, task_id)
+        except NoSandbox as why:
+            err.print(f"[yellow]cannot stream the output: {why}[/yellow]")
+        else:
+            asyncio.run(_follow_both(sandbox))
     while task["state"] not in _TERMINAL:
         time.sleep(_POLL_SECONDS)
         task = client.get(f"/v1/tasks/{task_id}")
@@ -116,27 +165,34 @@ def _wait_until_started(client: MasterClient, task_id: str) -> dict[str, Any]:
         time.sleep(_POLL_SECONDS)
 
 
-async def _follow(agent_url: str, task_id: str, path: str, sink: Any, offset: int = 0) -> None:
-    url = f"{agent_url}/v1/sandboxes/{task_id}/files/follow"
+async def _follow(sandbox: Sandbox, path: str, sink: Any, offset: int = 0) -> str | None:
+    """Copy the file to `sink` until the task ends; the agent's refusal, if it refuses."""
+    url = f"{sandbox.agent_url}/v1/sandboxes/{sandbox.task_id}/files/follow"
+    params: dict[str, str | int] = {"path": path, "offset": offset}
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http,
-        http.stream("GET", url, params={"path": path, "offset": offset}) as response,
+        http.stream("GET", url, params=params, headers=sandbox.headers) as response,
     ):
         if response.status_code >= 400:
-            return
+            await response.aread()
+            return f"agent at {sandbox.agent_url}: {describe_error(response)}"
         async for chunk in response.aiter_bytes():
             sink.write(chunk)
             sink.flush()
+    return None
 
 
-async def _follow_both(agent_url: str, task_id: str) -> None:
+async def _follow_both(sandbox: Sandbox) -> None:
     try:
-        await asyncio.gather(
-            _follow(agent_url, task_id, "stdout", sys.stdout.buffer),
-            _follow(agent_url, task_id, "stderr", sys.stderr.buffer),
+        refusals = await asyncio.gather(
+            _follow(sandbox, "stdout", sys.stdout.buffer),
+            _follow(sandbox, "stderr", sys.stderr.buffer),
         )
     except httpx.HTTPError as error:
-        err.print(f"[yellow]lost the output stream from {agent_url}: {error}[/yellow]")
+        err.print(f"[yellow]lost the output stream from {sandbox.agent_url}: {error}[/yellow]")
+        return
+    for refusal in dict.fromkeys(r for r in refusals if r):
+        err.print(f"[yellow]{refusal}[/yellow]")
 
 
 @task_app.command("list")
@@ -185,30 +241,37 @@ def task_logs(
     ] = False,
     master: MasterOption = None,
 ) -> None:
-    """Print a task's stdout (or stderr) from its sandbox."""
-    task = MasterClient(master).get(f"/v1/tasks/{task_id}")
-    agent_url = task.get("agentUrl")
-    if not agent_url:
-        fail(f"task {task_id} has no sandbox yet (state {task['state']})")
+    """Print a task's stdout (or stderr) from its sandbox (needs read on its sandbox:
+    `dcos:mesos:agent:sandbox:app_id:<app path>`)."""
+    client = MasterClient(master)
+    sandbox = _sandbox_or_fail(client, task_id)
     path = "stderr" if stderr else "stdout"
     if follow:
         try:
-            asyncio.run(_follow(agent_url, task_id, path, sys.stdout.buffer))
+            refused = asyncio.run(_follow(sandbox, path, sys.stdout.buffer))
         except httpx.HTTPError as error:
-            fail(f"cannot read the logs from the agent at {agent_url}: {error}")
+            fail(f"cannot read the logs from the agent at {sandbox.agent_url}: {error}")
+        if refused:
+            fail(refused)
         return
     offset = 0
+    url = f"{sandbox.agent_url}/v1/sandboxes/{task_id}/files/read"
     with httpx.Client(timeout=10) as http:
         while True:
             try:
                 response = http.get(
-                    f"{agent_url}/v1/sandboxes/{task_id}/files/read",
-                    params={"path": path, "offset": offset},
+                    url, params={"path": path, "offset": offset}, headers=sandbox.headers
                 )
+                if response.status_code == 401:
+                    # A long read can outlive its grant (5 minutes): one fresh grant.
+                    sandbox = _sandbox_or_fail(client, task_id)
+                    response = http.get(
+                        url, params={"path": path, "offset": offset}, headers=sandbox.headers
+                    )
             except httpx.HTTPError as error:
-                fail(f"cannot read the logs from the agent at {agent_url}: {error}")
+                fail(f"cannot read the logs from the agent at {sandbox.agent_url}: {error}")
             if response.status_code >= 400:
-                fail(f"agent at {agent_url}: {response.json().get('message', response.text)}")
+                fail(f"agent at {sandbox.agent_url}: {describe_error(response)}")
             chunk = response.json()
             sys.stdout.write(chunk["data"])
             offset = chunk["nextOffset"]

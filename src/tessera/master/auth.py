@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
@@ -148,6 +149,10 @@ class Authority:
     def kek(self) -> bytes:
         """The key-encryption key for secrets (shared by every master through the store)."""
         return self._require_keys().kek
+
+    def signing_key(self) -> rsa.RSAPrivateKey:
+        """The token-signing key; sandbox grants (security/grants.py) are signed with it too."""
+        return self._require_keys().signing_key
 
     def jwks(self) -> dict[str, Any]:
         return jwks_document([self._require_keys().signing_key.public_key()])
