@@ -286,7 +286,7 @@ def canonical_path(raw: str, base: str = "/") -> str:
 def path_errors(path: str) -> str | None:
     """Why `path` (canonical) is not a valid Marathon id, or None."""
     for segment in path.strip("/").split("/"):
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             return (
                 f"{segment!r} is not a valid path segment: use lowercase letters, digits, "
                 "dashes and dots, starting and ending with a letter or digit"
@@ -609,7 +609,7 @@ def _read_env(reader: _Reader, secrets: Mapping[str, str]) -> tuple[dict[str, st
     env: dict[str, str] = {}
     env_secrets: dict[str, str] = {}
     for key, item in value.items():
-        if not _ENV_NAME.match(str(key)):
+        if not _ENV_NAME.fullmatch(str(key)):
             reader.fail(f"env/{key}", "is not a valid environment variable name")
         elif isinstance(item, Mapping):
             name = item.get("secret")
@@ -719,7 +719,7 @@ def _read_port_definitions(reader: _Reader) -> tuple[AppPort, ...]:
             if name not in ("port", "name", "protocol", "labels"):
                 sub.fail(str(name), "unknown field")
         name = sub.string("name")
-        if name is not None and not (_PORT_NAME.match(name) and len(name) <= 63):
+        if name is not None and not (_PORT_NAME.fullmatch(name) and len(name) <= 63):
             sub.fail("name", "must match ^[a-z0-9][a-z0-9-]*$ (at most 63 characters)")
         protocol = sub.string("protocol") or "tcp"
         if protocol not in ("tcp", "udp", "udp,tcp", "tcp,udp"):
@@ -853,7 +853,7 @@ def _optional_grace(reader: _Reader) -> float | None:
 
 def _read_user(reader: _Reader) -> str | None:
     user = reader.string("user")
-    if user is not None and not (_USER.match(user) and len(user) <= 32):
+    if user is not None and not (_USER.fullmatch(user) and len(user) <= 32):
         reader.fail("user", "is not a valid user name")
         return None
     return user

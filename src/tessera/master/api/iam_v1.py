@@ -212,7 +212,7 @@ async def show_user(uid: str, request: Request) -> dict[str, Any]:
     return user.view()
 
 
-@router.put("/users/{uid}", status_code=201)
+@router.put("/users/{uid}", status_code=201, response_class=Response)
 async def create_user(uid: str, body: UserIn, request: Request) -> Response:
     _check_uid(uid)
     auth = authority(request)
@@ -244,7 +244,7 @@ async def create_user(uid: str, body: UserIn, request: Request) -> Response:
     return Response(status_code=201)
 
 
-@router.patch("/users/{uid}", status_code=204)
+@router.patch("/users/{uid}", status_code=204, response_class=Response)
 async def update_user(uid: str, body: UserPatch, request: Request) -> Response:
     auth = authority(request)
     user = auth.iam.users.get(uid)
@@ -267,7 +267,7 @@ async def update_user(uid: str, body: UserPatch, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.delete("/users/{uid}", status_code=204)
+@router.delete("/users/{uid}", status_code=204, response_class=Response)
 async def delete_user(uid: str, request: Request) -> Response:
     auth = authority(request)
     if uid == principal_of(request).uid:
@@ -305,7 +305,7 @@ async def show_group(gid: str, request: Request) -> dict[str, Any]:
     return group.view()
 
 
-@router.put("/groups/{gid}", status_code=201)
+@router.put("/groups/{gid}", status_code=201, response_class=Response)
 async def create_group(gid: str, body: DescriptionIn, request: Request) -> Response:
     _check_uid(gid, "/gid")
     try:
@@ -315,7 +315,7 @@ async def create_group(gid: str, body: DescriptionIn, request: Request) -> Respo
     return Response(status_code=201)
 
 
-@router.patch("/groups/{gid}", status_code=204)
+@router.patch("/groups/{gid}", status_code=204, response_class=Response)
 async def update_group(gid: str, body: DescriptionIn, request: Request) -> Response:
     iam = authority(request).iam
     group = iam.groups.get(gid)
@@ -325,7 +325,7 @@ async def update_group(gid: str, body: DescriptionIn, request: Request) -> Respo
     return Response(status_code=204)
 
 
-@router.delete("/groups/{gid}", status_code=204)
+@router.delete("/groups/{gid}", status_code=204, response_class=Response)
 async def delete_group(gid: str, request: Request) -> Response:
     try:
         await authority(request).iam.delete_group(gid)
@@ -359,7 +359,7 @@ def _require_may_grant(granter: Principal, grants: list[tuple[str, list[Action]]
             raise ApiError(403, f"{granter.uid} cannot pass on {rid} {','.join(actions)}")
 
 
-@router.put("/groups/{gid}/users/{uid}", status_code=204)
+@router.put("/groups/{gid}/users/{uid}", status_code=204, response_class=Response)
 async def add_member(gid: str, uid: str, request: Request) -> Response:
     iam = authority(request).iam
     # Joining a group passes on the group's permissions: only to those who hold them.
@@ -373,7 +373,7 @@ async def add_member(gid: str, uid: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.delete("/groups/{gid}/users/{uid}", status_code=204)
+@router.delete("/groups/{gid}/users/{uid}", status_code=204, response_class=Response)
 async def remove_member(gid: str, uid: str, request: Request) -> Response:
     try:
         await authority(request).iam.set_member(gid, uid, False)
@@ -411,22 +411,22 @@ async def _set_action(
     return Response(status_code=204)
 
 
-@router.put("/acls/{rid:path}/users/{uid}/{action}", status_code=204)
+@router.put("/acls/{rid:path}/users/{uid}/{action}", status_code=204, response_class=Response)
 async def grant_user(rid: str, uid: str, action: str, request: Request) -> Response:
     return await _set_action(request, rid, "users", uid, action, True)
 
 
-@router.delete("/acls/{rid:path}/users/{uid}/{action}", status_code=204)
+@router.delete("/acls/{rid:path}/users/{uid}/{action}", status_code=204, response_class=Response)
 async def revoke_user(rid: str, uid: str, action: str, request: Request) -> Response:
     return await _set_action(request, rid, "users", uid, action, False)
 
 
-@router.put("/acls/{rid:path}/groups/{gid}/{action}", status_code=204)
+@router.put("/acls/{rid:path}/groups/{gid}/{action}", status_code=204, response_class=Response)
 async def grant_group(rid: str, gid: str, action: str, request: Request) -> Response:
     return await _set_action(request, rid, "groups", gid, action, True)
 
 
-@router.delete("/acls/{rid:path}/groups/{gid}/{action}", status_code=204)
+@router.delete("/acls/{rid:path}/groups/{gid}/{action}", status_code=204, response_class=Response)
 async def revoke_group(rid: str, gid: str, action: str, request: Request) -> Response:
     return await _set_action(request, rid, "groups", gid, action, False)
 
@@ -455,7 +455,7 @@ async def show_acl(rid: str, request: Request) -> dict[str, Any]:
     }
 
 
-@router.put("/acls/{rid:path}", status_code=201)
+@router.put("/acls/{rid:path}", status_code=201, response_class=Response)
 async def create_acl(rid: str, body: DescriptionIn, request: Request) -> Response:
     try:
         await authority(request).iam.put_acl(Acl(_rid_param(rid), body.description), create=True)
@@ -464,7 +464,7 @@ async def create_acl(rid: str, body: DescriptionIn, request: Request) -> Respons
     return Response(status_code=201)
 
 
-@router.patch("/acls/{rid:path}", status_code=204)
+@router.patch("/acls/{rid:path}", status_code=204, response_class=Response)
 async def update_acl(rid: str, body: DescriptionIn, request: Request) -> Response:
     iam = authority(request).iam
     acl = iam.acls.get(_rid_param(rid))
@@ -474,7 +474,7 @@ async def update_acl(rid: str, body: DescriptionIn, request: Request) -> Respons
     return Response(status_code=204)
 
 
-@router.delete("/acls/{rid:path}", status_code=204)
+@router.delete("/acls/{rid:path}", status_code=204, response_class=Response)
 async def delete_acl(rid: str, request: Request) -> Response:
     try:
         await authority(request).iam.delete_acl(_rid_param(rid))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tessera.http_errors import ApiError
 from tessera.master.auth import can_read_task
@@ -23,7 +23,7 @@ from tessera.model.health import (
     parse_readiness_checks,
     port_reference_errors,
 )
-from tessera.model.permissions import service_path
+from tessera.model.permissions import PathRefused, service_path
 from tessera.model.task import PortDefinition, Task, TaskSpec, TaskState, new_task_id
 
 router = APIRouter(prefix="/v1")
@@ -45,7 +45,7 @@ class TaskLaunch(BaseModel):
     name: str = Field("task", pattern=_NAME, max_length=128)
     # The Marathon group the task belongs to, for permissions (`/team-a`); the root needs
     # permissions on every group.
-    group: str = Field("/", pattern=r"^/([a-z0-9][a-z0-9\-.]*(/[a-z0-9][a-z0-9\-.]*)*)?$")
+    group: str = Field("/", max_length=512)
     cmd: str | None = Field(None, min_length=1)
     args: list[str] | None = Field(None, min_length=1)
     cpus: float = Field(0.1, ge=0.001)
@@ -66,6 +66,14 @@ class TaskLaunch(BaseModel):
     # an image, cmd and args are optional. Port mappings replace portDefinitions.
     container: dict[str, Any] | None = None
     networks: list[dict[str, Any]] | None = None
+
+    @field_validator("group")
+    @classmethod
+    def _group_path(cls, value: str) -> str:
+        try:
+            return service_path(value)
+        except PathRefused as refused:
+            raise ValueError(refused.reason) from None
 
     @model_validator(mode="after")
     def _one_command(self) -> TaskLaunch:
