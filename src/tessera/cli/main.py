@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tessera.cli import apps, deployments, groups, jobs, login, tasks
+from tessera.cli import apps, deployments, groups, jobs, login, quotas, tasks, teams
 from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.local import down, up
@@ -41,6 +41,8 @@ app.add_typer(apps.app_app, name="app")
 app.add_typer(groups.group_app, name="group")
 app.add_typer(deployments.deployment_app, name="deployment")
 app.add_typer(jobs.job_app, name="job")
+app.add_typer(quotas.quota_app, name="quota")
+app.add_typer(teams.team_app, name="team")
 app.command()(audit)
 app.command()(login.login)
 app.command()(login.token)

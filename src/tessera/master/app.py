@@ -21,8 +21,11 @@ from tessera.master.api import (
     marathon_v2,
     metronome_v1,
     native_v1,
+    quotas_v1,
+    sandbox_v1,
     secrets_v1,
 )
+from tessera.master.api.schemas import publish_request_schemas
 from tessera.master.audit import AuditMiddleware
 from tessera.master.body_limit import BodyLimit
 from tessera.master.config import MasterConfig
@@ -89,6 +92,8 @@ def create_app(
     iam_v1.install(app, master)
     secrets_v1.install(app, master)
     audit_v1.install(app, master)
+    quotas_v1.install(app, master)
+    sandbox_v1.install(app, master)
 
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:
@@ -120,6 +125,8 @@ def create_app(
             with contextlib.suppress(Exception):
                 await websocket.close(CLOSE_TRY_AGAIN_LATER, "store unavailable")
 
+    # Last: the request bodies of every route above, in /openapi.json.
+    publish_request_schemas(app)
     return app
 
 

@@ -8,7 +8,7 @@ import logging
 
 from tessera.clock import Clock
 from tessera.master.agent_channel import AgentChannel
-from tessera.master.placement_adapter import build_snapshot, place_tasks
+from tessera.master.placement_adapter import QuotaSource, build_snapshot, place_tasks
 from tessera.master.state import ClusterState
 from tessera.model.task import Task, TaskState
 from tessera.placement import Snapshot
@@ -25,6 +25,8 @@ class Planner:
         self, state: ClusterState, channel: AgentChannel, clock: Clock, retry_interval: float
     ) -> None:
         self.state = state
+        # Set by the quotas API (master/api/quotas_v1.py): role limits the engine enforces.
+        self.quotas: QuotaSource | None = None
         self.channel = channel
         self.clock = clock
         self.retry_interval = retry_interval
@@ -61,7 +63,7 @@ class Planner:
             return 0
         # Placement is synchronous, so nothing changes between reading the state and
         # applying the plan: the plan can never be built on stale state in this process.
-        result = place_tasks(self._current_snapshot(), queued)
+        result = place_tasks(self._current_snapshot(), queued, self.quotas)
         now = self.clock.wall()
         changed: list[Task] = []
         placed: list[Task] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState
 from tessera.model.container import ContainerSpec
 from tessera.model.container_input import read_container
+from tessera.model.group import group_role
 from tessera.model.health import (
     FieldError,
     HealthSpecError,
@@ -251,7 +253,11 @@ async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
 @router.post("/tasks", status_code=201)
 async def launch_task(body: TaskLaunch, request: Request) -> dict[str, Any]:
     master = _master(request)
-    task = await master.submit(new_task_id(body.name), body.to_spec(body.read_container()))
+    spec = body.to_spec(body.read_container())
+    # A one-off task in a team's group runs under the team's role (and quota).
+    groups = request.app.state.services.state.groups
+    spec = dataclasses.replace(spec, role=group_role(spec.group or "/", groups))
+    task = await master.submit(new_task_id(body.name), spec)
     return task_view(task, None)
 
 

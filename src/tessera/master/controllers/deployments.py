@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from tessera.clock import Clock
@@ -83,7 +84,8 @@ class DeploymentManager:
         group_changes = dict(groups or {})
         for group_id_changed, group in group_changes.items():
             if group is not None:
-                group_changes[group_id_changed] = GroupSpec(group.id, group.dependencies, version)
+                # replace(): keeps enforceRole and whatever else the group says.
+                group_changes[group_id_changed] = replace(group, version=version)
         target_apps = {**state.apps}
         for app_id, app in stamped.items():
             if app is None:
