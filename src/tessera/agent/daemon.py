@@ -28,6 +28,7 @@ from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
+from tessera.agent.task_users import UidRange
 from tessera.agent.images.errors import PullFailed
 from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.agent.secret_files import SecretFileError, remove_secret_files, write_secret_files
@@ -111,6 +112,7 @@ class AgentDaemon:
             cgroup_prefix=f"tessera/{self.agent_id}",
             default_user=config.task_user,
             isolation=config.isolation,
+            task_uids=UidRange(config.task_uid_first, config.task_uid_count),
             containers=build_runtime(config),
         )
         self.containers: ContainerRuntime | None = self.executor.containers
@@ -388,7 +390,7 @@ class AgentDaemon:
     async def _fetch_then_start(
         self, task_id: str, spec: TaskSpec, ports: tuple[int, ...], secrets: LaunchSecrets
     ) -> None:
-        user = spec.user or str(self.executor.isolation_info()["default_user"])
+        user = self.executor.user_for(spec.user, spec.role)
         if spec.container is not None:
             user = "root"  # the sandbox is handed to the container's user at launch
         try:
@@ -449,6 +451,7 @@ class AgentDaemon:
             disk=spec.disk,
             cpu_hard_limit=spec.cpu_hard_limit,
             user=spec.user,
+            role=spec.role,
             kill_grace_seconds=spec.kill_grace_seconds,
             container=container,
         )

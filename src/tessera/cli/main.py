@@ -236,6 +236,19 @@ def agent(
     ] = "",
     bridge: Annotated[str, typer.Option(envvar="TESSERA_BRIDGE")] = "tessera0",
     bridge_subnet: Annotated[str, typer.Option(envvar="TESSERA_BRIDGE_SUBNET")] = "10.232.0.0/24",
+    task_uid_first: Annotated[
+        int,
+        typer.Option(
+            envvar="TESSERA_TASK_UID_FIRST",
+            help="First uid of the per-role task users (docs/task-users.md).",
+        ),
+    ] = 1879048192,
+    task_uid_count: Annotated[
+        int,
+        typer.Option(
+            envvar="TESSERA_TASK_UID_COUNT", help="How many uids the per-role task users may take."
+        ),
+    ] = 65536,
 ) -> None:
     """Run an agent in the foreground: it dials the master and runs tasks."""
     if ctx.invoked_subcommand is not None:
@@ -292,6 +305,8 @@ def agent(
         allowed_host_paths=_csv(allowed_host_paths),
         bridge=bridge,
         bridge_subnet=bridge_subnet,
+        task_uid_first=task_uid_first,
+        task_uid_count=task_uid_count,
     )
     try:
         code = asyncio.run(serve_agent(config))
