@@ -28,10 +28,10 @@ from tessera.agent.exec_types import REASON_CONTAINER_LAUNCH_FAILED
 from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
-from tessera.agent.task_users import UidRange
 from tessera.agent.images.errors import PullFailed
 from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.agent.secret_files import SecretFileError, remove_secret_files, write_secret_files
+from tessera.agent.task_users import UidRange
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
 from tessera.model.protocol import (
