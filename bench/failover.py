@@ -146,7 +146,7 @@ async def agents_part(agent_count: int, instances: int) -> list[dict[str, float]
         cluster = Cluster(Path(root), heartbeat_interval=5.0, misses=3)
         cluster.start_master()
         try:
-            token = cluster.token_file.read_text().strip()
+            token, _pin = cluster.join_token()
             agents = fleet(agent_count, [cluster.url], token, RESOURCES, zones=4)
             http = httpx.Client(base_url=cluster.url, timeout=30, headers=cluster.headers)
             total = await start_and_deploy(agents, http, instances, timeout=120)

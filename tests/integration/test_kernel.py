@@ -81,19 +81,17 @@ def test_task_that_fits_nowhere_stays_queued_with_reason(cluster: Cluster) -> No
 
 
 def test_agent_without_token_is_refused(cluster: Cluster, tmp_path: Path) -> None:
-    wrong = tmp_path / "wrong-token"
-    wrong.write_text("not-the-token\n")
     args = cluster.agent_args("intruder", "cpus:1;mem:256")
-    args[args.index("--join-token-file") + 1] = str(wrong)
+    args[args.index("--join-token") + 1] = "tsr1.0123456789abcdef." + "A" * 43
     result = cluster.cli(*args, timeout=30)
     assert result.returncode == 2
-    assert "invalid or missing cluster join token" in result.stderr
+    assert "refused the join token" in result.stderr
     assert cluster.get("/v1/agents")["agents"] == []
     no_token = cluster.agent_args("intruder", "cpus:1;mem:256")
-    del no_token[no_token.index("--join-token-file") : no_token.index("--join-token-file") + 2]
+    del no_token[no_token.index("--join-token") : no_token.index("--join-token") + 2]
     result = cluster.cli(*no_token, timeout=30)
     assert result.returncode == 1
-    assert "a cluster join token is required" in result.stderr
+    assert "has not joined the cluster yet" in result.stderr
 
 
 def test_second_agent_with_live_id_is_refused(cluster: Cluster) -> None:

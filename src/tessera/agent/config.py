@@ -14,7 +14,7 @@ from tessera.model.resources import Resources
 class AgentConfig:
     masters: tuple[str, ...]
     work_dir: Path
-    join_token: str
+    join_token: str  # a tsr1 join token ("" once joined); else the deprecated shared secret
     resources: Resources
     attributes: Mapping[str, str] = field(default_factory=dict)
     hostname: str = "localhost"
@@ -39,3 +39,6 @@ class AgentConfig:
     allowed_host_paths: tuple[str, ...] = ()
     bridge: str = "tessera0"
     bridge_subnet: str = "10.232.0.0/24"
+    # Joining (agent/join.py): the CA's pin, or a trusted CA file, checked before joining.
+    ca_pin: str | None = None
+    ca_file: Path | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -29,6 +30,7 @@ from tessera.agent.executor import Executor, LaunchFailed, LaunchSpec, TaskExit
 from tessera.agent.fetch import FetchFailed, fetch_all
 from tessera.agent.health import REASON_HEALTH_UPDATED, CheckedTask, HealthMonitors
 from tessera.agent.images.errors import PullFailed
+from tessera.agent.join import Credentials, credentials, discover_channel, join
 from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.agent.secret_files import SecretFileError, remove_secret_files, write_secret_files
 from tessera.agent.task_users import UidRange
@@ -39,10 +41,14 @@ from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
     CLOSE_NOT_LEADER,
+    CLOSE_POLICY,
+    CLOSE_REVOKED,
     LaunchSecrets,
     StatusUpdate,
 )
 from tessera.model.task import TaskSpec, TaskState
+from tessera.security.ca import CertificateRefused, agent_id_of, load_cert
+from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ NOT_LEADER_RETRY = 0.25
 PING_TIMEOUT_MIN = 5.0
 # How long closing a connection to an unresponsive master may wait for its answer.
 CLOSE_TIMEOUT = 2.0
+# A renewal the master refused (or did not answer) is asked for again this much later.
+RENEW_RETRY = 30.0
 
 
 class AgentRefused(Exception):
@@ -89,6 +97,34 @@ def _failure(error: Exception) -> str:
     return str(error)
 
 
+def uses_shared_secret(config: AgentConfig) -> bool:
+    """DEPRECATED: a token that is not a join token is the old shared `join-token` file."""
+    joined = credentials(config.work_dir).exists()
+    token = config.join_token.strip()
+    return not joined and bool(token) and not token.startswith(JOIN_TOKEN_PREFIX + ".")
+
+
+def joined_agent_id(config: AgentConfig) -> str:
+    """The agent's id from its certificate, joining the cluster first if it has none."""
+    creds = credentials(config.work_dir)
+    path = config.work_dir / "agent-id"
+    if not creds.exists():
+        known = path.read_text().strip() if path.exists() else None
+        join(
+            config.masters,
+            config.work_dir,
+            config.join_token.strip(),
+            config.hostname,
+            known,
+            config.ca_pin,
+            config.ca_file,
+        )
+    agent_id = agent_id_of(load_cert(creds.cert_path.read_bytes()))
+    if not path.exists() or path.read_text().strip() != agent_id:
+        write_atomic(path, agent_id + "\n", 0o644)
+    return agent_id
+
+
 def load_agent_id(work_dir: Path, hostname: str) -> str:
     """The agent's ID is made once and kept in its work dir, so a restart keeps it."""
     path = work_dir / "agent-id"
@@ -106,7 +142,18 @@ class AgentDaemon:
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.agent_id = load_agent_id(config.work_dir, config.hostname)
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        self.legacy = uses_shared_secret(config)
+        self.credentials: Credentials | None = None
+        if self.legacy:
+            log.warning(
+                "!!! DEPRECATED: joining with the shared join-token file; it goes in the next "
+                "release. Use `tessera join-token create` and --join-token (docs/agents-join.md)"
+            )
+            self.agent_id = load_agent_id(config.work_dir, config.hostname)
+        else:
+            self.agent_id = joined_agent_id(config)
+            self.credentials = credentials(config.work_dir)
         self.executor = executor or Executor(
             config.work_dir,
             cgroup_prefix=f"tessera/{self.agent_id}",
@@ -172,7 +219,14 @@ class AgentDaemon:
                     told_not_leader = True
                     if answer.leader:
                         pending.insert(0, answer.leader)
-                except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as error:
+                except (
+                    OSError,
+                    ConnectionClosed,
+                    InvalidStatus,
+                    TimeoutError,
+                    httpx.HTTPError,
+                    CertificateRefused,
+                ) as error:
                     log.warning("master %s: %s", master, error or type(error).__name__)
                 finally:
                     self.registered.clear()
@@ -215,10 +269,19 @@ class AgentDaemon:
     # ---- the master connection -----------------------------------------------------------
 
     async def _session(self, master: str) -> None:
-        url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-        headers = {"Authorization": f"Bearer {self.config.join_token}"}
+        creds = self.credentials
+        if creds is None:  # the deprecated shared secret, on the API port
+            url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+            url += AGENT_STREAM_PATH
+            headers = {"Authorization": f"Bearer {self.config.join_token}"}
+            context = None
+        else:
+            url = await asyncio.to_thread(discover_channel, master, creds.ca_path)
+            headers = {}
+            context = creds.client_context()
         async with connect(
-            url + AGENT_STREAM_PATH,
+            url,
+            ssl=context,
             additional_headers=headers,
             open_timeout=5,
             max_size=2**24,
@@ -247,6 +310,7 @@ class AgentDaemon:
             self._sent_at.clear()
             await self._resend(older_than=0.0)
             heartbeat = asyncio.create_task(self._heartbeats(connection))
+            renewal = asyncio.create_task(self._renewals(connection))
             try:
                 async for raw in connection:
                     await self._on_message(json.loads(raw))
@@ -255,6 +319,7 @@ class AgentDaemon:
                 raise
             finally:
                 heartbeat.cancel()
+                renewal.cancel()
             if connection.close_code is not None:
                 self._raise_if_refused_code(connection.close_code, connection.close_reason, master)
 
@@ -267,7 +332,7 @@ class AgentDaemon:
 
     @staticmethod
     def _raise_if_refused_code(code: int | None, reason: str | None, master: str) -> None:
-        if code in (CLOSE_BAD_TOKEN, CLOSE_DUPLICATE_AGENT):
+        if code in (CLOSE_BAD_TOKEN, CLOSE_DUPLICATE_AGENT, CLOSE_REVOKED, CLOSE_POLICY):
             raise AgentRefused(f"master refused this agent: {reason}")
         if code == CLOSE_NOT_LEADER:
             leader = (reason or "").strip().rstrip("/")
@@ -295,6 +360,28 @@ class AgentDaemon:
                 if not task.state.terminal or self.journal.latest_for(task.task_id) is not None
             ],
         }
+
+    async def _renewals(self, connection: ClientConnection) -> None:
+        """Ask for a new client certificate at 2/3 of the current one's life (same key)."""
+        creds = self.credentials
+        if creds is None:
+            return
+        while True:
+            await asyncio.sleep(max(0.5, creds.renew_in()))
+            csr = creds.renewal_request()
+            await connection.send(json.dumps({"type": "renew", "csr": csr}))
+            await asyncio.sleep(min(RENEW_RETRY, max(1.0, creds.renew_in() / 2)))
+
+    def _on_certificate(self, message: dict[str, Any]) -> None:
+        creds = self.credentials
+        if creds is None:
+            return
+        try:
+            creds.store_certificate(str(message["certificate"]))
+        except (KeyError, ValueError, OSError) as error:
+            log.warning("could not keep the renewed certificate: %s", error)
+            return
+        log.info("client certificate renewed (next renewal in %.0f s)", creds.renew_in())
 
     async def _heartbeats(self, connection: ClientConnection) -> None:
         while True:
@@ -332,6 +419,10 @@ class AgentDaemon:
                 # sandbox stays for its logs).
                 with contextlib.suppress(KeyError, ValueError):
                     self.executor.forget(acknowledged.task_id)
+        elif kind == "certificate":
+            self._on_certificate(message)
+        elif kind == "renewal-refused":
+            log.warning("the master refused to renew the certificate: %s", message.get("message"))
         else:
             log.warning("unknown message from master: %r", kind)
 

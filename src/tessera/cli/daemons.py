@@ -14,6 +14,7 @@ import uvicorn
 from tessera.agent.config import AgentConfig
 from tessera.agent.daemon import AgentDaemon, AgentRefused
 from tessera.agent.http_api import create_agent_app
+from tessera.agent.join import JoinFailed
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
@@ -76,7 +77,11 @@ class _EmbeddedServer(uvicorn.Server):
 
 async def serve_agent(config: AgentConfig) -> int:
     """Run the agent until SIGTERM/SIGINT; returns the process exit code."""
-    daemon = AgentDaemon(config)
+    try:
+        daemon = AgentDaemon(config)
+    except JoinFailed as refused:
+        log.error("%s", refused)
+        return 2
     isolation = daemon.executor.isolation_info()
     if isolation.get("warning"):
         log.warning("!!! %s", isolation["warning"])

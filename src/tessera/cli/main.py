@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +13,7 @@ import typer
 from tessera.cli import apps, deployments, groups, jobs, login, quotas, tasks, teams
 from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
+from tessera.cli.join_tokens import agent_revoke, join_token_app
 from tessera.cli.local import down, up
 from tessera.cli.render import agents_table
 from tessera.cli.simulate import simulate
@@ -36,6 +36,8 @@ agent_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(agent_app, name="agent")
+app.add_typer(join_token_app, name="join-token")
+agent_app.command("revoke")(agent_revoke)
 app.add_typer(tasks.task_app, name="task")
 app.add_typer(apps.app_app, name="app")
 app.add_typer(groups.group_app, name="group")
@@ -122,6 +124,21 @@ def master(
             "each the same file (docs/security.md)",
         ),
     ] = None,
+    agent_port: Annotated[
+        int,
+        typer.Option(
+            envvar="TESSERA_AGENT_PORT",
+            help="the agent channel's mutual-TLS port (agents connect there once joined)",
+        ),
+    ] = 5052,
+    agent_cert_lifetime: Annotated[
+        float,
+        typer.Option(
+            envvar="TESSERA_AGENT_CERT_LIFETIME",
+            min=1,
+            help="seconds an agent certificate lasts (renewed at 2/3); default 30 days",
+        ),
+    ] = 30 * 86400.0,
     insecure_no_auth: Annotated[
         bool,
         typer.Option(
@@ -164,6 +181,8 @@ def master(
         advertise_url=advertise_url,
         cluster_key_file=cluster_key.resolve() if cluster_key is not None else None,
         insecure_no_auth=insecure_no_auth,
+        agent_port=agent_port,
+        agent_cert_lifetime=agent_cert_lifetime,
     )
     try:
         code = run_master(config, log_level.lower())
@@ -188,7 +207,26 @@ def agent(
     attributes: Annotated[
         str | None, typer.Option(envvar="TESSERA_ATTRIBUTES", help='e.g. "zone:a;rack:r1"')
     ] = None,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TESSERA_JOIN_TOKEN",
+            help="tsr1.<id>.<secret> from `tessera join-token create`; needed once, to join",
+        ),
+    ] = None,
     join_token_file: Annotated[Path | None, typer.Option(envvar="TESSERA_JOIN_TOKEN_FILE")] = None,
+    ca_pin: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TESSERA_CA_PIN",
+            help="sha256:<hex> of the cluster CA, checked before joining "
+            "(`tessera join-token create` prints it)",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="TESSERA_CA_FILE", help="the cluster CA (PEM), instead of --ca-pin"),
+    ] = None,
     hostname: Annotated[str | None, typer.Option(envvar="TESSERA_HOSTNAME")] = None,
     http_port: Annotated[int, typer.Option(envvar="TESSERA_HTTP_PORT")] = 0,
     task_user: Annotated[
@@ -259,13 +297,16 @@ def agent(
 
     if not master:
         fail("--master URL (or TESSERA_MASTER) is required to run an agent")
-    token = os.environ.get("TESSERA_JOIN_TOKEN")
+    token = join_token or ""
     if join_token_file is not None:
         token = read_token_file(join_token_file)
-    if not token:
+    from tessera.agent.join import credentials
+
+    if not token and not credentials(work_dir.resolve()).exists():
         fail(
-            "a cluster join token is required: --join-token-file F or TESSERA_JOIN_TOKEN "
-            "(the master writes it to <its work dir>/join-token)"
+            "this agent has not joined the cluster yet: give it a join token "
+            "(`tessera join-token create`) with --join-token or --join-token-file, "
+            "and the CA pin it prints with --ca-pin"
         )
     if isolation not in ("auto", "cgroups", "none"):
         fail("--isolation must be auto, cgroups or none")
@@ -307,6 +348,8 @@ def agent(
         bridge_subnet=bridge_subnet,
         task_uid_first=task_uid_first,
         task_uid_count=task_uid_count,
+        ca_pin=ca_pin,
+        ca_file=ca_file.resolve() if ca_file else None,
     )
     try:
         code = asyncio.run(serve_agent(config))

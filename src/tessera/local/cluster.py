@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,6 +130,8 @@ def start_cluster(
             "master",
             "--port",
             str(port),
+            "--agent-port",
+            str(_free_port()),
             "--work-dir",
             str(master_dir),
             "--heartbeat-interval",
@@ -146,7 +149,6 @@ def start_cluster(
         )
         if master.poll() is not None:
             raise ClusterError(f"the master exited at start; see {work_dir / 'master.log'}")
-        token_file = master_dir / "join-token"
         link_credentials(work_dir, master_dir)
         insecure: list[str] = []
         if registry_port is not None:
@@ -158,8 +160,11 @@ def start_cluster(
             cluster.registry = f"127.0.0.1:{registry_port}"
             insecure.append(cluster.registry)
             cluster.save()
+        _wait_until((master_dir / ADMIN_TOKEN).exists, START_TIMEOUT, "the superuser's token")
         for index, resources in enumerate(agent_resources(agents, work_dir, agent_override)):
             name = f"agent-{index + 1}"
+            # Through the same path as production: a one-time join token and the CA pin.
+            token, pin = mint_join_token(master_url, master_dir, work_dir)
             # Each local agent gets its own loopback address (127.0.0.2, ...), so that tasks on
             # different agents look like different hosts to constraints and to each other.
             host = f"127.0.0.{index + 2}"
@@ -170,8 +175,10 @@ def start_cluster(
                     master_url,
                     "--work-dir",
                     str(work_dir / name),
-                    "--join-token-file",
-                    str(token_file),
+                    "--join-token",
+                    token,
+                    "--ca-pin",
+                    pin,
                     "--hostname",
                     host,
                     "--resources",
@@ -226,6 +233,29 @@ def _pings(url: str) -> bool:
         return httpx.get(url + "/ping", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def mint_join_token(url: str, master_dir: Path, work_dir: Path) -> tuple[str, str]:
+    """A one-time join token and the CA pin; the CA goes to `<work dir>/ca.pem` (a contract:
+    clients of the local cluster trust it from there)."""
+    token = (master_dir / ADMIN_TOKEN).read_text().strip()
+    headers = {"Authorization": f"token={token}"}
+    body = {"ttl": 600, "uses": 1, "description": "tessera up"}
+    try:
+        created = httpx.post(url + "/v1/join-tokens", json=body, headers=headers, timeout=10)
+        created.raise_for_status()
+        ca = httpx.get(url + "/ca/dcos-ca.crt", timeout=10)
+        ca.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ClusterError(f"cannot mint a join token for the local agents: {error}") from None
+    (work_dir / "ca.pem").write_bytes(ca.content)
+    return str(created.json()["token"]), str(created.json()["caPin"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _active_agents(url: str, master_dir: Path) -> int:

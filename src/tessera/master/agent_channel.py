@@ -1,4 +1,11 @@
-"""The master's end of the agent stream: registration, heartbeats, launches and status updates."""
+"""The master's end of the agent stream: registration, heartbeats, launches and status updates.
+
+Agents reach it over the mutual-TLS listener (master/agent_listener.py), which hands over the
+agent id read from the verified client certificate: an agent registering under any other id
+is closed (1008) and audited, and it may report status only for tasks placed on it. The old
+shared-secret path (the master's `join-token` file, on the API port) stays for one release,
+deprecated and logged loudly at every use.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,8 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -21,13 +29,16 @@ from tessera.model.health import apply_reported_health
 from tessera.model.protocol import (
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
+    CLOSE_POLICY,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_REVOKED,
     CLOSE_UNREACHABLE,
     StatusUpdate,
 )
 from tessera.model.resources import ResourceFormatError, Resources
 from tessera.model.task import Task, TaskState
 from tessera.reconcile.task_status import apply_status, mark_lost
+from tessera.security.ca import load_cert
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +52,43 @@ REASON_TASK_INVALID = "REASON_TASK_INVALID"
 SecretResolver: TypeAlias = Callable[[Task], Awaitable[list[dict[str, str]]]]
 # A message built when its turn comes (a launch whose secrets are read from the store).
 Deferred: TypeAlias = Callable[[], Awaitable[dict[str, Any] | None]]
+# Signs a renewed client certificate: (agent id, PEM request) -> PEM certificate.
+Renewer: TypeAlias = Callable[[str, str], Awaitable[bytes]]
+# Records an agent-channel security event: (agent id, summary).
+Auditor: TypeAlias = Callable[[str, str], Awaitable[None]]
+
+
+class Link(Protocol):
+    """One WebSocket to an agent: Starlette's WebSocket, or the TLS listener's adapter.
+    Both raise WebSocketDisconnect when the agent is gone."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def receive_text(self) -> str: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    """What the TLS handshake proved: the agent id and serial of a verified certificate."""
+
+    agent_id: str
+    serial: int
+    not_after: float  # wall-clock seconds
+    source: str | None = None
 
 
 class AgentSession:
     """One connected agent; messages to it go through a queue so sends never interleave."""
 
-    def __init__(self, agent_id: str, websocket: WebSocket, now: float) -> None:
+    def __init__(
+        self, agent_id: str, websocket: Link, now: float, peer: PeerIdentity | None = None
+    ) -> None:
         self.agent_id = agent_id
         self.websocket = websocket
         self.last_seen = now
+        self.peer = peer
         self._outbox: asyncio.Queue[dict[str, Any] | Deferred | None] = asyncio.Queue()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -92,6 +131,9 @@ class AgentChannel:
         self.started_at = clock.monotonic()
         # Set by the master when secrets are available (master/secrets.py).
         self.resolve_secrets: SecretResolver | None = None
+        # Set by the join API (master/api/join_v1.py): certificate renewal and the audit.
+        self.renew: Renewer | None = None
+        self.audit: Auditor | None = None
 
     # ---- sending -------------------------------------------------------------------
 
@@ -162,6 +204,17 @@ class AgentChannel:
                     session.websocket.close(CLOSE_UNREACHABLE, "missed heartbeats")
                 )
 
+    def drop(self, agent_id: str, reason: str) -> None:
+        """End the agent's session (its certificate was revoked): it may not come back."""
+        session = self.sessions.pop(agent_id, None)
+        if session is not None:
+            self._last_heard[agent_id] = session.last_seen
+            session.close()
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().create_task(
+                    session.websocket.close(CLOSE_REVOKED, reason[:120])
+                )
+
     def close_all(self, code: int, reason: str) -> None:
         """End every agent session (this master stops leading: agents dial the next one)."""
         for agent_id in list(self.sessions):
@@ -173,12 +226,22 @@ class AgentChannel:
 
     # ---- serving -------------------------------------------------------------------
 
-    async def serve(self, websocket: WebSocket) -> None:
+    async def serve_legacy(self, websocket: WebSocket) -> None:
+        """DEPRECATED: the shared `join-token` file on the API port (one release more)."""
         await websocket.accept()
         presented = _bearer(websocket.headers.get("authorization"))
         if not token_matches(self.join_token, presented):
             await websocket.close(CLOSE_BAD_TOKEN, "invalid or missing cluster join token")
             return
+        log.warning(
+            "DEPRECATED: an agent connected with the shared join-token file; join agents with "
+            "`tessera join-token create` and --join-token (docs/agents-join.md)"
+        )
+        await self.serve(websocket, None)
+
+    async def serve(self, websocket: Link, peer: PeerIdentity | None) -> None:
+        """One agent's session; `peer` is its verified certificate's identity (None only on
+        the deprecated shared-token path)."""
         try:
             raw = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT)
             message = json.loads(raw)
@@ -190,6 +253,18 @@ class AgentChannel:
             return
         except WebSocketDisconnect:
             return
+        if peer is not None and agent.id != peer.agent_id:
+            log.warning(
+                "agent %s (by its certificate) tried to register as agent %s: closed",
+                peer.agent_id,
+                agent.id,
+            )
+            if self.audit is not None:
+                await self.audit(
+                    peer.agent_id, f"agent {peer.agent_id} tried to register as agent {agent.id}"
+                )
+            await websocket.close(CLOSE_POLICY, "the certificate is for another agent")
+            return
         if agent.id in self.sessions:
             await websocket.close(
                 CLOSE_DUPLICATE_AGENT,
@@ -197,7 +272,7 @@ class AgentChannel:
                 "each agent needs its own --work-dir",
             )
             return
-        session = AgentSession(agent.id, websocket, self.clock.monotonic())
+        session = AgentSession(agent.id, websocket, self.clock.monotonic(), peer)
         self.sessions[agent.id] = session
         pump = asyncio.create_task(session.pump())
         try:
@@ -291,11 +366,34 @@ class AgentChannel:
         while True:
             message = json.loads(await session.websocket.receive_text())
             session.last_seen = self.clock.monotonic()
+            peer = session.peer
+            if peer is not None and self.clock.wall() > peer.not_after:
+                # The agent did not renew in time: it must join again.
+                await session.websocket.close(CLOSE_POLICY, "the agent certificate has expired")
+                return
             kind = message.get("type")
             if kind == "status":
                 await self._on_status(session, StatusUpdate.from_json(message))
+            elif kind == "renew":
+                await self._on_renew(session, str(message.get("csr", "")))
             elif kind != "heartbeat":
                 log.warning("agent %s sent unknown message type %r", session.agent_id, kind)
+
+    async def _on_renew(self, session: AgentSession, csr: str) -> None:
+        peer = session.peer
+        if peer is None or self.renew is None:
+            session.send({"type": "renewal-refused", "message": "no certificate to renew"})
+            return
+        try:
+            cert = await self.renew(peer.agent_id, csr)
+        except ValueError as error:  # CsrRefused among them
+            session.send({"type": "renewal-refused", "message": str(error)[:200]})
+            return
+        # The session lives as long as the newest certificate the agent holds.
+        not_after = load_cert(cert).not_valid_after_utc.timestamp()
+        session.peer = PeerIdentity(peer.agent_id, peer.serial, not_after, peer.source)
+        session.send({"type": "certificate", "certificate": cert.decode()})
+        log.info("agent %s renewed its certificate", peer.agent_id)
 
     async def _on_status(self, session: AgentSession, update: StatusUpdate) -> None:
         task = self.state.tasks.get(update.task_id)

@@ -18,6 +18,7 @@ from tessera.http_errors import install_error_handlers
 from tessera.master.api import (
     audit_v1,
     iam_v1,
+    join_v1,
     marathon_v2,
     metronome_v1,
     native_v1,
@@ -52,9 +53,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await master.start()
+        await agents.start()
         try:
             yield
         finally:
+            await agents.stop()
             await master.stop()
             if forwarder is not None:
                 await forwarder.aclose()
@@ -94,6 +97,7 @@ def create_app(
     audit_v1.install(app, master)
     quotas_v1.install(app, master)
     sandbox_v1.install(app, master)
+    agents = join_v1.install(app, master)  # join tokens, /v1/join, the agent TLS listener
 
     @app.get("/ping", response_class=PlainTextResponse)
     async def ping() -> str:
@@ -115,7 +119,7 @@ def create_app(
             await websocket.close(CLOSE_NOT_LEADER, (master.leader_url() or "")[:120])
             return
         try:
-            await master.channel.serve(websocket)
+            await master.channel.serve_legacy(websocket)
         except NotLeader:
             # The term ended under this session (the master is stepping down).
             with contextlib.suppress(Exception):

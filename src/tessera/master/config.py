@@ -37,6 +37,10 @@ class MasterConfig:
     # dir's `cluster-key`, created on first start (a lone master). Several masters: the same
     # file for each.
     cluster_key_file: Path | None = None
+    # The agent channel's mutual-TLS listener (master/agent_listener.py); 0: any free port.
+    agent_port: int = 5052
+    # Seconds an agent's certificates last (renewed at 2/3); short only in tests.
+    agent_cert_lifetime: float = 30 * 86400.0
 
     @property
     def join_token_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""The cluster's own secrets: its id, token-signing key and key-encryption key, in the store.
+"""The cluster's own secrets: its id, token-signing key, key-encryption key and CA, in the store.
 
 Every master needs the same keys (a token issued by one is checked by all; a secret written
 through one is read through another), so they live in the store, not in a work dir, sealed
@@ -8,7 +8,8 @@ first start; for several masters the operator copies that one file to the others
 docs/security.md, "Several masters"). The store alone, or a backup of it, opens nothing.
 
 The leader creates the bundle on the cluster's first start; a master whose key does not open
-the bundle refuses to start, saying so, instead of minting keys of its own.
+the bundle refuses to start, saying so, instead of minting keys of its own. A bundle sealed
+before the cluster had a CA gets one added by the next leader (the same commit seals both).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import json
 import os
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tessera.clock import Clock, SystemClock
+from tessera.security.ca import ClusterCA, new_ca
 from tessera.security.tokens import new_signing_key, private_key_from_pem, private_key_to_pem
 from tessera.store import Put, StateStore
 
@@ -44,10 +47,14 @@ class ClusterKeys:
     cluster_id: str
     signing_key: rsa.RSAPrivateKey
     kek: bytes
+    # The cluster CA (security/ca.py); None only in a bundle sealed before there was one.
+    ca: ClusterCA | None = None
 
     @staticmethod
-    def new() -> ClusterKeys:
-        return ClusterKeys(str(uuid.uuid4()), new_signing_key(), secrets.token_bytes(32))
+    def new(clock: Clock | None = None) -> ClusterKeys:
+        cluster_id = str(uuid.uuid4())
+        ca = new_ca(cluster_id, clock or SystemClock())
+        return ClusterKeys(cluster_id, new_signing_key(), secrets.token_bytes(32), ca)
 
     def seal(self, cluster_key: bytes) -> dict[str, str]:
         plain = json.dumps(
@@ -55,6 +62,11 @@ class ClusterKeys:
                 "cluster_id": self.cluster_id,
                 "signing_key": private_key_to_pem(self.signing_key).decode(),
                 "kek": base64.b64encode(self.kek).decode(),
+                **(
+                    {"ca_cert": self.ca.cert_pem().decode(), "ca_key": self.ca.key_pem().decode()}
+                    if self.ca is not None
+                    else {}
+                ),
             }
         ).encode()
         nonce = secrets.token_bytes(12)
@@ -77,10 +89,14 @@ class ClusterKeys:
                 "give every master the same --cluster-key file"
             ) from None
         data = json.loads(plain)
+        ca = None
+        if "ca_cert" in data:
+            ca = ClusterCA.from_pem(data["ca_cert"].encode(), data["ca_key"].encode())
         return ClusterKeys(
             data["cluster_id"],
             private_key_from_pem(data["signing_key"].encode()),
             base64.b64decode(data["kek"]),
+            ca,
         )
 
 
@@ -108,12 +124,19 @@ def read_cluster_key(path: Path, create: bool) -> bytes:
     raise ClusterKeyError(f"{path}: a cluster key is 32 bytes, written as hex or base64")
 
 
-async def load_or_create(store: StateStore, cluster_key: bytes) -> ClusterKeys:
-    """The cluster's keys; the first leader of a new cluster creates them."""
+async def load_or_create(
+    store: StateStore, cluster_key: bytes, clock: Clock | None = None
+) -> ClusterKeys:
+    """The cluster's keys; the first leader of a new cluster creates them, and a leader that
+    finds a bundle without a CA (sealed by an older version) adds one."""
     record = await store.get(KIND, KEY)
     if record is not None:
-        return ClusterKeys.open(record, cluster_key)
-    keys = ClusterKeys.new()
+        keys = ClusterKeys.open(record, cluster_key)
+        if keys.ca is not None:
+            return keys
+        keys = replace(keys, ca=new_ca(keys.cluster_id, clock or SystemClock()))
+    else:
+        keys = ClusterKeys.new(clock)
     await store.commit([Put(KIND, KEY, keys.seal(cluster_key))])
     return keys
 

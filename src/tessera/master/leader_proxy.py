@@ -15,10 +15,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Answered by every master itself: liveness and "who leads" (reads only: abdicating with
-# DELETE /v2/leader goes to the leader).
+# DELETE /v2/leader goes to the leader), and the CA with this master's own agent port.
 LOCAL_PATHS = frozenset(
     {
         "/ping",
+        "/ca/dcos-ca.crt",
         "/v1/leader",
         "/v2/leader",
         "/marathon/v2/leader",

@@ -1,8 +1,12 @@
 """The agent protocol: JSON messages on the agent-initiated WebSocket stream.
 
-agent -> master: register (with the tasks it still knows), heartbeat, status (with a UUID).
+agent -> master: register (with the tasks it still knows), heartbeat, status (with a UUID),
+renew (a PEM certificate request, at 2/3 of the client certificate's life).
 master -> agent: registered, launch (with its secrets' values, see LaunchSecrets), kill,
-ack (of a status UUID), reconcile.
+ack (of a status UUID), reconcile, certificate (the renewed one), renewal-refused.
+
+The stream runs over mutual TLS on the master's agent port (`tessera master --agent-port`);
+the agent id is the one in the agent's certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ CLOSE_BAD_TOKEN = 4401
 CLOSE_DUPLICATE_AGENT = 4409
 CLOSE_PROTOCOL_ERROR = 4400
 CLOSE_UNREACHABLE = 4408
+# The agent's certificate was revoked: it must not reconnect (nor retry).
+CLOSE_REVOKED = 4403
+# RFC 6455 policy violation: a certificate for one agent registering as another, or expired.
+CLOSE_POLICY = 1008
 # This master does not lead; the reason names the leader. The agent dials its next master.
 CLOSE_NOT_LEADER = 4307
 

@@ -96,16 +96,33 @@ class Cluster:
     def __init__(self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3) -> None:
         self.root = root
         self.port = free_port()
+        self.agent_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
         self.master: Daemon | None = None
         self.agents: list[Daemon] = []
         self.http = httpx.Client(base_url=self.url, timeout=10)
+        # One multi-use join token per cluster (and the CA pin), minted through the API.
+        self._join: tuple[str, str] | None = None
 
     @property
     def token_file(self) -> Path:
+        """DEPRECATED shared secret: only agents behind a proxy (`master=`) still use it."""
         return self.root / "master" / "join-token"
+
+    def join_token(self, uses: int = 1000, ttl: float = 86400.0) -> tuple[str, str]:
+        """A join token and the CA pin to go with it (`tessera join-token create`)."""
+        response = self.http.post("/v1/join-tokens", json={"ttl": ttl, "uses": uses})
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return str(body["token"]), str(body["caPin"])
+
+    def join_args(self) -> list[str]:
+        if self._join is None:
+            self._join = self.join_token()
+        token, pin = self._join
+        return ["--join-token", token, "--ca-pin", pin]
 
     def start_master(
         self, reregistration_timeout: float = 30.0, extra: list[str] | None = None
@@ -126,6 +143,8 @@ class Cluster:
                 str(self.misses),
                 "--reregistration-timeout",
                 str(reregistration_timeout),
+                "--agent-port",
+                str(self.agent_port),
                 *(extra or []),
             ],
             self.root / "master.log",
@@ -155,14 +174,20 @@ class Cluster:
     def agent_args(
         self, name: str, resources: str, host: str = "127.0.0.1", master: str | None = None
     ) -> list[str]:
+        """An agent joining with the cluster's join token and CA pin. Dialling another URL
+        than the master's (`master`: a WebSocket proxy that cannot carry mutual TLS) it
+        uses the deprecated shared secret on the API port."""
+        if master is not None and master != self.url and not master.endswith(f":{self.port}"):
+            credentials = ["--join-token-file", str(self.token_file)]
+        else:
+            credentials = self.join_args()
         return [
             "agent",
             "--master",
             master or self.url,
             "--work-dir",
             str(self.root / name),
-            "--join-token-file",
-            str(self.token_file),
+            *credentials,
             "--hostname",
             host,
             "--resources",

@@ -34,15 +34,14 @@ class MasterGroup:
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
         self.ports = [free_port() for _ in range(size)]
+        self.agent_ports = [free_port() for _ in range(size)]
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
         self.masters: list[Daemon | None] = [None] * size
         self.agents: list[Daemon] = []
         self.http = httpx.Client(timeout=5)
-        # Every master must accept the same agents: one join token, copied to each.
-        self.token = secrets.token_urlsafe(32)
-        self.token_file = root / "join-token"
         root.mkdir(parents=True, exist_ok=True)
-        self.token_file.write_text(self.token + "\n")
+        # Join tokens and the CA are in etcd: any leader accepts the agents. One token.
+        self._join: tuple[str, str] | None = None
         # Every master opens the cluster's keys in etcd with the same cluster key.
         self.cluster_key_file = root / "cluster-key"
         self.cluster_key_file.write_text(secrets.token_bytes(32).hex() + "\n")
@@ -56,7 +55,6 @@ class MasterGroup:
     def start_master(self, index: int) -> Daemon:
         work_dir = self.root / f"master-{index}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "join-token").write_text(self.token + "\n")
         args = [
             "master",
             "--port",
@@ -77,6 +75,8 @@ class MasterGroup:
             "30",
             "--cluster-key",
             str(self.cluster_key_file),
+            "--agent-port",
+            str(self.agent_ports[index]),
         ]
         daemon = Daemon(f"master-{index}", args, self.root / f"master-{index}.log").start()
         self.masters[index] = daemon
@@ -166,8 +166,7 @@ class MasterGroup:
             ",".join(masters or self.urls),
             "--work-dir",
             str(self.root / name),
-            "--join-token-file",
-            str(self.token_file),
+            *self.join_args(),
             "--hostname",
             "127.0.0.1",
             "--resources",
@@ -178,6 +177,30 @@ class MasterGroup:
         self.agents.append(agent)
         wait_for(lambda: self.agent_registered(name), 30, f"{name} to register")
         return agent
+
+    def join_args(self) -> list[str]:
+        """One multi-use join token for every agent, minted through the leader's API."""
+        if self._join is None:
+
+            def mint() -> dict[str, Any] | None:
+                try:
+                    response = self.http.post(
+                        self.url_of_leader() + "/v1/join-tokens",
+                        json={"ttl": 86400, "uses": 1000},
+                        headers=self.headers,
+                    )
+                except httpx.HTTPError:
+                    return None
+                return response.json() if response.status_code == 201 else None
+
+            body = wait_for(mint, 30, "a join token")
+            self._join = (str(body["token"]), str(body["caPin"]))
+        return ["--join-token", self._join[0], "--ca-pin", self._join[1]]
+
+    @property
+    def token(self) -> str:
+        """The agents' join token (simulated agents join with it too)."""
+        return self.join_args()[1]
 
     def agent_registered(self, name: str, url: str | None = None) -> bool:
         agent_id_file = self.root / name / "agent-id"

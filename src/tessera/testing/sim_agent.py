@@ -3,7 +3,10 @@
 is answered with TASK_RUNNING at once, a kill with TASK_KILLED.
 
 One asyncio loop carries hundreds of them, so a benchmark can put a master in front of a
-cluster far larger than this machine. `die()` makes one go silent the way a dead host does:
+cluster far larger than this machine. Given a join token (`tsr1....`, one multi-use token for
+the fleet) each joins like a real agent: a key and a request made in memory, certificates from
+`POST /v1/join`, then the mutual-TLS agent channel. Any other token is the deprecated shared
+secret on the API port. `die()` makes one go silent the way a dead host does:
 no close frame, no more heartbeats, its tasks gone with it.
 """
 
@@ -13,16 +16,24 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tessera.agent.join import AGENT_URL_HEADER, channel_url
 from tessera.model.protocol import AGENT_STREAM_PATH, StatusUpdate
 from tessera.model.task import TaskState
+from tessera.security.ca import agent_client_context, csr_pem, key_pem, new_key
+from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,7 @@ class SimAgent:
     dead: bool = False
     _connection: ClientConnection | None = None
     _runner: asyncio.Task[None] | None = None
+    _tls: ssl.SSLContext | None = None
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name=f"sim-{self.agent_id}")
@@ -68,7 +80,13 @@ class SimAgent:
                 try:
                     await self._session(master)
                     delay = 0.2
-                except (OSError, ConnectionClosed, InvalidStatus, TimeoutError) as error:
+                except (
+                    OSError,
+                    ConnectionClosed,
+                    InvalidStatus,
+                    TimeoutError,
+                    httpx.HTTPError,
+                ) as error:
                     log.debug("%s: master %s: %s", self.agent_id, master, error)
                 finally:
                     self.registered.clear()
@@ -78,10 +96,42 @@ class SimAgent:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _join(self, master: str) -> ssl.SSLContext:
+        """Certificates for this agent, from `POST /v1/join` (the key stays in memory)."""
+        key = new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tessera agent")])
+        csr = x509.CertificateSigningRequestBuilder().subject_name(subject)
+        body = {
+            "token": self.join_token,
+            "csr": csr_pem(csr.sign(key, hashes.SHA256())).decode(),
+            "hostname": self.hostname,
+            "agent_id": self.agent_id,
+        }
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(master.rstrip("/") + "/v1/join", json=body)
+        if response.status_code != 200:
+            raise OSError(f"join refused: {response.status_code} {response.text[:200]}")
+        answer = response.json()
+        self.agent_id = str(answer["agent_id"])
+        return agent_client_context(
+            answer["ca"].encode(), answer["certificate"].encode(), key_pem(key)
+        )
+
+    async def _channel(self, master: str) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
+        if not self.join_token.startswith(JOIN_TOKEN_PREFIX + "."):
+            url = master.rstrip("/").replace("http://", "ws://") + AGENT_STREAM_PATH
+            return url, {"Authorization": f"Bearer {self.join_token}"}, None
+        if self._tls is None:
+            self._tls = await self._join(master)
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(master.rstrip("/") + "/ca/dcos-ca.crt")
+        return channel_url(master, response.headers.get(AGENT_URL_HEADER, "")), {}, self._tls
+
     async def _session(self, master: str) -> None:
-        url = master.rstrip("/").replace("http://", "ws://") + AGENT_STREAM_PATH
-        headers = {"Authorization": f"Bearer {self.join_token}"}
-        async with connect(url, additional_headers=headers, open_timeout=5) as connection:
+        url, headers, context = await self._channel(master)
+        async with connect(
+            url, additional_headers=headers, open_timeout=5, ssl=context
+        ) as connection:
             await connection.send(json.dumps(self._registration()))
             reply = json.loads(await asyncio.wait_for(connection.recv(), 10))
             while reply.get("type") == "kill":  # a master may kill strangers first
