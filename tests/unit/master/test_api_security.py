@@ -317,3 +317,16 @@ def test_events_carry_no_other_teams_data(api: Api) -> None:
     assert not event_visible(alice, {"eventType": "deployment_success", "plan": plan})
     assert not event_visible(alice, {"eventType": "event_stream_attached"})
     assert event_visible(alice, {"eventType": "status_update_event", "appId": "/team-a/web"})
+
+
+def test_mass_assignment_of_role_and_enforce_role(api: Api) -> None:
+    stolen = {"id": "/team-a/thief", "cmd": "sleep 1", "role": "team-b", "instances": 0}
+    answer = api.call("POST", "/v2/apps", api.alice, json=stolen)
+    assert answer.status_code == 422 and answer.json()["details"][0]["path"] == "/role"
+    ours = api.call("GET", "/v2/apps/team-a/web", api.alice).json()["app"]
+    assert ours["role"] == "team-a"  # a new top-level group enforces its role
+    escape = {"id": "/team-a", "enforceRole": False}
+    assert api.call("PUT", "/v2/groups/team-a", api.alice, json=escape).status_code == 403
+    job = {"id": "team-a.sneaky", "run": {"cmd": "true", "cpus": 0.1, "mem": 32, "role": "x"}}
+    assert api.call("POST", "/v1/jobs", api.alice, json=job).status_code in (201, 422)
+    assert api.call("PUT", "/v1/quotas/team-a", api.alice, json={"cpus": 100}).status_code == 403

@@ -36,7 +36,7 @@ from tessera.model.app import (
     parent_path,
     parse_app,
 )
-from tessera.model.group import group_ids
+from tessera.model.group import GroupSpec, effective_role, group_ids, role_error
 from tessera.model.health import FieldError
 from tessera.reconcile.deployments import CyclicDependencies, Deployment
 
@@ -53,6 +53,7 @@ async def deploy(
     **options: Any,
 ) -> Deployment:
     """Start a deployment, turning conflicts and dependency cycles into Marathon's errors."""
+    changes = with_roles(controller, changes, options.get("groups") or {})
     state = REQUEST_STATE.get()
     if state is not None:
         note_deploy(state, controller.state.apps, changes, options.get("restart", ()))
@@ -62,6 +63,28 @@ async def deploy(
         raise conflict(error) from None
     except CyclicDependencies as error:
         raise cyclic(error) from None
+
+
+def with_roles(
+    controller: ServicesController,
+    changes: Mapping[str, AppSpec | None],
+    groups: Mapping[str, GroupSpec | None],
+) -> dict[str, AppSpec | None]:
+    """Each app's role as DC/OS 2 decides it: under a top-level group that enforces its role
+    (a team), that role and no other (422 at `/role` otherwise, so a team cannot take
+    another team's role or quota); elsewhere `*`, the group's name or the role it had."""
+    after = {**controller.state.groups, **{i: g for i, g in groups.items() if g is not None}}
+    settled: dict[str, AppSpec | None] = {}
+    for app_id, app in changes.items():
+        if app is None:
+            settled[app_id] = None
+            continue
+        old = controller.state.apps.get(app_id)
+        why = role_error(app_id, app.role, after, old.role if old is not None else None)
+        if why is not None:
+            raise ApiError(422, "Object is not valid", details=[{"path": "/role", "errors": [why]}])
+        settled[app_id] = app.with_changes(role=effective_role(app_id, after, app.role))
+    return settled
 
 
 def check_paths(controller: ServicesController, app_ids: list[str]) -> None:

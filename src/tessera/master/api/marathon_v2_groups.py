@@ -24,7 +24,16 @@ from tessera.master.api.marathon_v2_apps import check_paths, deploy
 from tessera.master.auth import can_read_app, principal_of
 from tessera.master.controllers.services import ServicesController
 from tessera.model.app import AppSpec, InvalidApp, canonical_path, is_under, path_errors
-from tessera.model.group import GroupContent, GroupSpec, group_ids, group_tree, parse_group
+from tessera.model.group import (
+    GroupContent,
+    GroupSpec,
+    enforces_role,
+    group_ids,
+    group_tree,
+    keep_enforce_role,
+    parse_group,
+)
+from tessera.model.permissions import Action, allowed, service_rid
 
 router = APIRouter()
 
@@ -53,6 +62,22 @@ def readable_tree(
         if can_read_app(request, i) or any(is_under(a, i) for a in seen_apps)
     }
     return seen_apps, seen_groups
+
+
+def guard_enforce_role(
+    request: Request, content: GroupContent, stored: Mapping[str, GroupSpec]
+) -> None:
+    """Turning a team's `enforceRole` off (or creating a team without it) would let it run
+    under any role, outside its quota: that needs `full` on the root, not the team's grant."""
+    grants = principal_of(request).grants
+    if grants.superuser or allowed(grants, Action.FULL, service_rid("/")):
+        return
+    for group in (content.group, *content.groups):
+        if group.id not in content.stated_enforce_role:
+            continue
+        before = enforces_role(group.id, stored)
+        if group.enforce_role != before:
+            raise ApiError(403, f"changing enforceRole of {group.id} needs full on /")
 
 
 def _exists(controller: ServicesController, group_id: str) -> bool:
@@ -111,6 +136,7 @@ async def create_root_group(request: Request, force: Force = False) -> JSONRespo
 async def create_group(group_id: str, request: Request, force: Force = False) -> JSONResponse:
     controller = services(request)
     content = _parse(await json_body(request), _group_id(group_id))
+    guard_enforce_role(request, content, controller.state.groups)
     async with controller.lock:
         if content.group.id == "/" or _exists(controller, content.group.id):
             raise ApiError(
@@ -146,7 +172,10 @@ async def update_group(group_id: str, request: Request, force: Force = False) ->
         elif isinstance(body, Mapping) and set(body) <= {"version", "id"} and "version" in body:
             changes, groups = await _as_of(controller, group_id, body["version"])
         elif isinstance(body, Mapping):
-            changes, groups = _replacement(controller, _parse({**body, "id": group_id}, "/"))
+            content = _parse({**body, "id": group_id}, "/")
+            guard_enforce_role(request, content, controller.state.groups)
+            content = keep_enforce_role(content, controller.state.groups)
+            changes, groups = _replacement(controller, content)
         else:
             raise ApiError(
                 422, "Object is not valid", details=[{"path": "/", "errors": ["must be an object"]}]

@@ -3,6 +3,7 @@ and `/service/metronome/v1` (where DC/OS's Admin Router put it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Annotated, Any
 
@@ -29,6 +30,8 @@ from tessera.master.controllers.jobs import (
     ScheduleNotFound,
 )
 from tessera.master.core import Master
+from tessera.model.group import job_role
+from tessera.model.job import JobSpec
 from tessera.model.permissions import Rid, job_rid
 
 router = APIRouter(prefix="/v1", tags=["jobs (Metronome v1)"])
@@ -58,6 +61,20 @@ def install(app: FastAPI, master: Master, clock: Clock | None = None) -> JobsCon
         return "pong"
 
     return controller
+
+
+def _team_role(request: Request, spec: JobSpec) -> JobSpec:
+    """A team's job (`team-a.*`, with `/team-a` enforcing its role) runs under the team's
+    role and counts against its quota; it may not name another role (422 at /run/role)."""
+    groups = request.app.state.services.state.groups
+    role = job_role(spec.id, groups, spec.run.role)
+    if spec.run.role not in ("*", role):
+        raise ApiError(
+            422,
+            "Object is not valid",
+            details=[{"path": "/run/role", "errors": [f"must be * or {role} for job {spec.id}"]}],
+        )
+    return dataclasses.replace(spec, run=dataclasses.replace(spec.run, role=role))
 
 
 def _jobs(request: Request) -> JobsController:
@@ -111,7 +128,9 @@ async def list_jobs(request: Request, embed: EmbedQuery = None) -> list[dict[str
 async def create_job(request: Request) -> dict[str, Any]:
     controller = _jobs(request)
     body = parse_body(await request.body(), JobIn)
-    job = await _call(controller.create_job(body.to_job()))
+    job = body.to_job()
+    job = dataclasses.replace(job, spec=_team_role(request, job.spec))
+    job = await _call(controller.create_job(job))
     return job_view(job, controller, {"schedules"} if job.schedules else set())
 
 
@@ -128,7 +147,7 @@ async def update_job(job_id: str, request: Request) -> dict[str, Any]:
     _job_or_404(controller, job_id)
     # Metronome takes the ID from the path and keeps the job's schedules.
     body = parse_body(await request.body(), JobIn, {"id": job_id, "schedules": []})
-    job = await _call(controller.update_job(body.to_job().spec))
+    job = await _call(controller.update_job(_team_role(request, body.to_job().spec)))
     return job_view(job, controller)
 
 
