@@ -91,13 +91,18 @@ class MasterClient:
         where = ", ".join(self.urls)
         fail(f"cannot reach the master at {where}: connection refused; {START_HINT}")
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The raw answer, whatever its status (callers that treat 409 or 204 themselves);
+        only a master that cannot be reached ends the command."""
         try:
-            response = self._send(method, path, **kwargs)
+            return self._send(method, path, **kwargs)
         except httpx.TimeoutException:
             fail(f"the master at {self.url} did not answer in time")
         except httpx.HTTPError as error:
             fail(f"cannot talk to the master at {self.url}: {error}")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
         if response.status_code == 401:
             fail(f"{describe_error(response)}; {LOGIN_HINT}")
         if response.status_code >= 400:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import secrets
 import signal
 import threading
 import time
@@ -12,6 +15,7 @@ import typer
 
 from tessera.cli.client import MasterClient, err, fail
 from tessera.cli.render import out
+from tessera.cli.teams import team_create
 from tessera.local.cluster import ClusterError, LocalCluster, start_cluster, stop_cluster
 from tessera.local.demo import (
     DEMO_CONTAINER_CMD,
@@ -24,7 +28,7 @@ from tessera.local.demo import (
     demo_container_service,
 )
 from tessera.local.paths import default_work_dir
-from tessera.local.profiles import Profile, save_profile
+from tessera.local.profiles import Profile, save_profile, write_private
 from tessera.local.registry import DEFAULT_REGISTRY_PORT
 from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.model.resources import ResourceFormatError, parse_resources
@@ -105,6 +109,7 @@ def _launch_demo(cluster: LocalCluster) -> None:
         err.print(f"demo task [bold]{body['name']}[/bold]: {task['id']}")
     _launch_demo_service(client, DEMO_SERVICE, "3 instances with an HTTP health check")
     _define_demo_job(client)
+    _create_demo_teams(client, cluster.work_dir)
     if cluster.registry is None:
         err.print("no container demo: start with --registry for a local registry to push it to")
         return
@@ -156,6 +161,30 @@ def _launch_demo_service(
         err.print(f"  http://{task['host']}:{task['ports'][0]}/   ({task['state']})")
     if app["tasksHealthy"] < app["instances"]:
         err.print(f"  not all healthy yet: see `tessera app show {app_id}`")
+
+
+def _create_demo_teams(client: MasterClient, work_dir: Path) -> None:
+    """Two teams with quotas and a developer each: multi-tenancy in the first minute."""
+    passwords = work_dir / "demo-users"
+    lines = []
+    for team, user in (("team-a", "alice"), ("team-b", "bob")):
+        with contextlib.redirect_stdout(io.StringIO()):
+            team_create(team, cpus=1.0, mem=1024.0, master=client.url)
+        password = secrets.token_urlsafe(12)
+        created = client.send("PUT", f"/acs/api/v1/users/{user}", json={"password": password})
+        if created.status_code == 409:  # a restarted cluster keeps its users
+            client.send("PATCH", f"/acs/api/v1/users/{user}", json={"password": password})
+        client.send("PUT", f"/acs/api/v1/groups/{team}-developers/users/{user}")
+        lines.append(f"{user} {password}")
+        err.print(
+            f"demo team [bold]{team}[/bold]: quota 1 cpu, 1 GiB; user [bold]{user}[/bold] "
+            f"(a developer of /{team}; password in {passwords})"
+        )
+    write_private(passwords, "\n".join(lines) + "\n")
+    err.print(
+        f"  as alice: tessera login {client.url} -u alice --profile alice, then "
+        "`tessera app list` shows /team-a only; back to admin: tessera profile use local"
+    )
 
 
 def _define_demo_job(client: MasterClient) -> None:

@@ -11,7 +11,15 @@ import httpx
 import typer
 
 from tessera.cli.client import describe_error, fail, resolve_master
-from tessera.local.profiles import Profile, profile_for, save_profile, token_for
+from tessera.local.profiles import (
+    Profile,
+    current_profile,
+    load_profile,
+    profile_for,
+    profiles_dir,
+    save_profile,
+    token_for,
+)
 
 MasterOption = Annotated[
     str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else profile).")
@@ -76,3 +84,27 @@ def token(master: MasterOption = None) -> None:
     if saved is None:
         fail(f"no credentials for {url}: log in with `tessera login {url}`")
     typer.echo(saved)
+
+
+profile_app = typer.Typer(help="CLI profiles: which cluster and credentials commands use.")
+
+
+@profile_app.command("list")
+def profile_list() -> None:
+    """Every profile; the current one is marked with *."""
+    current = current_profile()
+    for path in sorted(profiles_dir().glob("*.json")):
+        found = load_profile(path.stem)
+        if found is not None:
+            mark = "*" if current is not None and current.name == found.name else " "
+            typer.echo(f"{mark} {found.name:16s} {found.url}  {found.uid or ''}")
+
+
+@profile_app.command("use")
+def profile_use(name: str) -> None:
+    """Make NAME the current profile (e.g. `local`, the one `tessera up` writes)."""
+    found = load_profile(name)
+    if found is None:
+        fail(f"no profile {name!r}: see `tessera profile list`")
+    save_profile(found)
+    typer.echo(f"using profile {name!r} ({found.url})")

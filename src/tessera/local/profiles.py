@@ -43,15 +43,20 @@ def current_profile_file() -> Path:
     return tessera_home() / "current-profile"
 
 
-def save_profile(profile: Profile, make_current: bool = True) -> Path:
-    directory = profiles_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{profile.name}.json"
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` atomically with a file only its owner can read (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = path.with_name(path.name + ".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump({k: v for k, v in asdict(profile).items() if v is not None}, handle, indent=2)
+        handle.write(text)
     os.replace(partial, path)
+
+
+def save_profile(profile: Profile, make_current: bool = True) -> Path:
+    path = profiles_dir() / f"{profile.name}.json"
+    fields = {k: v for k, v in asdict(profile).items() if v is not None}
+    write_private(path, json.dumps(fields, indent=2) + "\n")
     if make_current:
         current_profile_file().write_text(profile.name + "\n")
     return path
