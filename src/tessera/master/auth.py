@@ -76,7 +76,7 @@ from tessera.security.tokens import (
     jwks_document,
     public_key_from_pem,
 )
-from tessera.store import StateStore
+from tessera.store import StateStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,21 @@ class Authority:
         if now - self._refreshed_at < FOLLOWER_REFRESH_SECONDS:
             return
         self._refreshed_at = now
-        if self._keys is None:
-            keys = await load_existing(self.store, self._cluster_key())
-            if keys is not None:
-                self._use(keys)
-        await self.iam.load()
+        try:
+            if self._keys is None:
+                keys = await load_existing(self.store, self._cluster_key())
+                if keys is not None:
+                    self._use(keys)
+            await self.iam.load()
+        except StoreUnavailable as error:
+            if self._keys is None:
+                raise ApiError(
+                    503,
+                    f"cannot check credentials: the store is unreachable ({error}) and no "
+                    "leader has been seen yet; retry",
+                ) from None
+            log.warning("store unreachable: checking credentials with what was last read")
+            return
         self._load_revocations()
 
     def _load_revocations(self) -> None:
