@@ -114,6 +114,10 @@ def _read_group(
         return GroupSpec(base)
     else:
         group_id = canonical_path(raw_id, base)
+    if group_id == "/" and not top_level:
+        # `{"id": ""}` or `".."` inside a group would stand for the root itself.
+        errors.append(FieldError(f"{where}/id", "a nested group cannot be the root group"))
+        return GroupSpec(base)
     if group_id != "/":
         problem = path_errors(group_id)
         if problem:

@@ -493,7 +493,7 @@ _SCHEMES = ("http://", "https://", "file://")
 
 def _fetch_uri(fields: _Fields) -> FetchUri:
     uri = fields.string("uri", None)
-    if uri is None and "uri" not in fields.raw:
+    if uri is None and fields.raw.get("uri") is None:
         fields.fail("uri", "is required")
     elif uri is not None and not (uri.lower().startswith(_SCHEMES) or uri.startswith("/")):
         fields.fail("uri", "must be an http://, https:// or file:// URI or an absolute path")
