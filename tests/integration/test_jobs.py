@@ -147,7 +147,10 @@ class InProcessMaster:
     def __init__(self, cluster: Cluster, clock: FakeClock) -> None:
         self.cluster = cluster
         config = MasterConfig(
-            work_dir=cluster.root / "master", port=cluster.port, heartbeat_interval=0.5
+            work_dir=cluster.root / "master",
+            port=cluster.port,
+            heartbeat_interval=0.5,
+            agent_port=cluster.agent_port,
         )
         self.app = create_app(config)
         self.jobs: JobsController = self.app.state.jobs
@@ -162,6 +165,9 @@ class InProcessMaster:
     def __enter__(self) -> InProcessMaster:
         self.thread.start()
         wait_for(self.cluster._pings, 20, "the in-process master")
+        token = self.cluster.root / "master" / "admin-token"
+        wait_for(token.exists, 20, "the master's admin token")
+        self.cluster.http.headers.update(self.cluster.headers)
         return self
 
     def __exit__(self, *_: object) -> None:

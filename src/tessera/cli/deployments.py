@@ -140,10 +140,7 @@ def deployment_rollback(
     it, leaving the instances as they are)."""
     client = MasterClient(master)
     params = {"force": "true"} if force else {}
-    try:
-        response = httpx.delete(f"{client.url}/v2/deployments/{deployment_id}", params=params)
-    except httpx.HTTPError as error:
-        fail(f"cannot talk to the master at {client.url}: {error}")
+    response = client.send("DELETE", f"/v2/deployments/{deployment_id}", params=params)
     if response.status_code == 202:
         typer.echo(f"stopped deployment {deployment_id}")
         return

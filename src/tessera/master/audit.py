@@ -434,6 +434,10 @@ class AuditMiddleware:
         denied = status in DENIALS
         if method in SAFE_METHODS and not denied:
             return
+        if status == 503:
+            # Nothing was done (no leader, or no store to do it with); recording it would
+            # wait on the very store that is down, and hold the answer.
+            return
         record = request_record(scope, status, headers, self.audit.clock.wall())
         if denied:
             key = record.uid or f"anonymous@{record.source}"
