@@ -334,7 +334,13 @@ class Authority:
             connection.state.audit_resource = needs[0].rid.tail
         if not permitted(principal, needs):
             connection.state.audit_decision = "deny"
-            raise ApiError(403, f"{principal.uid} is not allowed to do this")
+            missing = next(n for n in needs if not allowed(principal.grants, n.action, n.rid))
+            what = missing.rid.tail or missing.rid.family
+            raise ApiError(
+                403,
+                f"{principal.uid} may not {missing.action} {what} "
+                f"(needs {missing.rid} {missing.action})",
+            )
         connection.state.audit_decision = "allow"
 
     async def _needs(self, request: Request, rule: Rule) -> tuple[Need, ...]:
