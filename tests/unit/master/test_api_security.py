@@ -330,3 +330,41 @@ def test_mass_assignment_of_role_and_enforce_role(api: Api) -> None:
     job = {"id": "team-a.sneaky", "run": {"cmd": "true", "cpus": 0.1, "mem": 32, "role": "x"}}
     assert api.call("POST", "/v1/jobs", api.alice, json=job).status_code in (201, 422)
     assert api.call("PUT", "/v1/quotas/team-a", api.alice, json={"cpus": 100}).status_code == 403
+
+
+def test_service_accounts_log_in_with_their_key(api: Api) -> None:
+    from tessera.security.tokens import private_key_to_pem, public_key_to_pem
+
+    key = new_signing_key(2048)
+    public = public_key_to_pem(key.public_key()).decode()
+    created = api.call("PUT", "/acs/api/v1/users/ci-bot", api.admin, json={"public_key": public})
+    assert created.status_code == 201
+    now = int(time.time())
+    login_jwt = jwt.encode({"uid": "ci-bot", "exp": now + 120, "jti": "once"}, key, "RS256")
+    body = {"uid": "ci-bot", "token": login_jwt}
+    answer = api.call("POST", "/acs/api/v1/auth/login", None, json=body)
+    assert answer.status_code == 200
+    claims = jwt.decode(answer.json()["token"], options={"verify_signature": False})
+    assert claims["typ"] == "service" and claims["exp"] - claims["iat"] <= 3600 + 1
+    # A login token is single-use, and one signed by another key is refused.
+    assert api.call("POST", "/acs/api/v1/auth/login", None, json=body).status_code == 401
+    other = jwt.encode({"uid": "ci-bot", "exp": now + 120}, new_signing_key(2048), "RS256")
+    refused = api.call(
+        "POST", "/acs/api/v1/auth/login", None, json={"uid": "ci-bot", "token": other}
+    )
+    assert refused.status_code == 401
+    assert private_key_to_pem(key)  # the key stays with the service
+
+
+def test_marathon_post_events_name_the_acting_user(api: Api) -> None:
+    from tessera.master.api.marathon_v2 import services
+
+    controller = services(api.client)  # type: ignore[arg-type]
+    subscription = controller.events.subscribe(["api_post_event"])
+    try:
+        body = {"id": "/team-a/evented", "cmd": "sleep 1", "instances": 0}
+        assert api.call("POST", "/v2/apps", api.alice, json=body).status_code == 201
+        event = subscription.queue.get_nowait()
+        assert event["user"] == "alice"
+    finally:
+        controller.events.unsubscribe(subscription)

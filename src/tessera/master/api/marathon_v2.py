@@ -275,12 +275,15 @@ def post_event(
 ) -> None:
     client = request.client.host if request.client else None
     definition = app_to_json(app) if app is not None else {"id": app_id}
+    principal = getattr(request.state, "principal", None)
     controller.events.publish(
         "api_post_event",
         controller.master.clock.wall(),
         clientIp=client,
         uri=request.url.path,
         appDefinition=definition,
+        # Tessera's addition (clients ignore unknown event fields): who made the change.
+        user=getattr(principal, "uid", None),
     )
 
 
