@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tessera.local.paths import running_cluster_url
-from tessera.local.profiles import current_profile, token_for
+from tessera.local.profiles import current_profile, token_for, verify_for
 
 err = Console(stderr=True, highlight=False)
 
@@ -72,7 +72,11 @@ class MasterClient:
         self.url = self.urls[0]
         token = token_for(self.url)
         self.headers = {"Authorization": f"token={token}"} if token else {}
-        self._http = httpx.Client(timeout=timeout, follow_redirects=True, headers=self.headers)
+        # The cluster's own CA (TESSERA_CA, the profile's `ca`, a local cluster's ca.pem).
+        self.verify = verify_for(self.url)
+        self._http = httpx.Client(
+            timeout=timeout, follow_redirects=True, headers=self.headers, verify=self.verify
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         unavailable: httpx.Response | None = None
