@@ -65,7 +65,7 @@ def test_quorum_loss_refuses_writes_keeps_tasks_and_loses_nothing(tmp_path: Path
             refusals: dict[int, str] = {}
             accepted_during_outage: list[str] = []
             started = time.monotonic()
-            with httpx.Client(timeout=5, headers=group.headers) as client:
+            with httpx.Client(timeout=5, headers=group.headers, verify=group.ssl_context) as client:
                 n = 0
                 while time.monotonic() - started < OUTAGE:
                     _supervise(group)

@@ -94,11 +94,15 @@ class Daemon:
 class Cluster:
     """A master plus agents, each a real `tessera` process; everything is stopped at the end."""
 
-    def __init__(self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3) -> None:
+    def __init__(
+        self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3, insecure: bool = False
+    ) -> None:
+        """`insecure`: a master with --insecure-no-auth (plain HTTP on loopback, no auth)."""
         self.root = root
         self.port = free_port()
         self.agent_port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
+        self.insecure = insecure
+        self.url = f"{'http' if insecure else 'https'}://127.0.0.1:{self.port}"
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
         self.master: Daemon | None = None
@@ -154,12 +158,14 @@ class Cluster:
                 str(reregistration_timeout),
                 "--agent-port",
                 str(self.agent_port),
+                *(["--insecure-no-auth"] if self.insecure else []),
                 *(extra or []),
             ],
             self.root / "master.log",
         ).start()
-        wait_for(self.ca_file.exists, 20, "the cluster CA")
-        self.ssl_context.load_verify_locations(cafile=self.ca_file)
+        if not self.insecure:
+            wait_for(self.ca_file.exists, 20, "the cluster CA")
+            self.ssl_context.load_verify_locations(cafile=self.ca_file)
         wait_for(self._pings, 20, "master /ping")
         # The master leaves its superuser's token in its work dir when it starts leading.
         token_file = self.root / "master" / ADMIN_TOKEN_FILE
