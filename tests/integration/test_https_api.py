@@ -161,3 +161,19 @@ def test_insecure_no_auth_stays_plain_http_on_loopback(tmp_path: Path) -> None:
         assert not cluster.ca_file.exists()
     finally:
         cluster.stop()
+
+
+def test_a_master_whose_cluster_key_does_not_open_the_keys_exits_before_serving(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(tmp_path)
+    try:
+        master = cluster.start_master()
+        master.stop()
+        (tmp_path / "master" / "cluster-key").write_text("ab" * 32 + "\n")
+        assert master.process is not None
+        master.start()
+        assert master.process.wait(30) == 2
+        assert "does not open the cluster's keys" in master.log()
+    finally:
+        cluster.stop()
