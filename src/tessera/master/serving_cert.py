@@ -11,10 +11,14 @@ cluster that start together agree on one CA), and only then serves. The files, i
   `--advertise-url`, `--bind`, the host's name and its addresses, and `localhost`; issued again
   at start when those names change, the CA changed, or it is past 2/3 of its life;
 - `ca.crt` (0644): the cluster CA's certificate, what clients trust (`TESSERA_CA`).
+
+A master restarted while its store cannot be reached serves with the files of its last start
+(and answers 503 until the store is back); one that has none waits for the store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -39,13 +43,14 @@ from tessera.security.ca import (
     serving_names,
     verify_chain,
 )
-from tessera.store import StateStore
+from tessera.store import StateStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 TLS_DIR = "tls"
 SERVING_NAME = "api"  # api.crt, api.key
 CA_FILE = "ca.crt"
+STORE_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,32 @@ async def ensure_serving_cert(
 ) -> ServingFiles:
     """The serving certificate's files, (re-)issued when needed. Raises ClusterKeyError when
     this master's cluster key does not open the cluster's keys."""
-    keys = await load_or_create(store, cluster_key(config), clock)
-    assert keys.ca is not None  # load_or_create always returns a bundle with a CA
     directory = tls_dir(config)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = ServingFiles(
+        directory / f"{SERVING_NAME}.crt", directory / f"{SERVING_NAME}.key", directory / CA_FILE
+    )
+    key = cluster_key(config)
+    while True:
+        try:
+            keys = await load_or_create(store, key, clock)
+            break
+        except StoreUnavailable as error:
+            # A master restarted while its store is down still serves (a follower answers
+            # 503 until the store is back) with the certificate of its last start.
+            if all(path.exists() for path in (files.cert, files.key, files.ca)):
+                log.warning("store unreachable (%s): serving with the last certificate", error)
+                return files
+            log.warning("store unreachable (%s): waiting for it to issue a certificate", error)
+            await asyncio.sleep(STORE_RETRY_SECONDS)
+    assert keys.ca is not None  # load_or_create always returns a bundle with a CA
     names = api_names(config)
     if not _still_good(directory, keys.ca, names, clock):
         save_key_pair(master_serving_cert(keys.ca, names, clock), directory, SERVING_NAME)
         log.info("issued the API's serving certificate for %s", ", ".join(names))
     _write_public(directory / CA_FILE, keys.ca.cert_pem())
     log.info("cluster CA pin %s", keys.ca.pin)
-    return ServingFiles(
-        directory / f"{SERVING_NAME}.crt", directory / f"{SERVING_NAME}.key", directory / CA_FILE
-    )
+    return files
 
 
 def _still_good(directory: Path, ca: ClusterCA, names: list[str], clock: Clock) -> bool:
