@@ -72,7 +72,7 @@ def run_master(config: MasterConfig, log_level: str = "info") -> int:
         ssl_keyfile=tls.key if tls else None,
         ssl_context_factory=(lambda *_: server_context(tls.cert, tls.key)) if tls else None,
     )
-    server = _MasterServer(server_config)
+    server = MasterServer(server_config)
 
     def term_ended(reason: str) -> None:
         log.error("exiting with code %d: %s", EXIT_LEADERSHIP_LOST, reason)
@@ -90,7 +90,7 @@ def run_master(config: MasterConfig, log_level: str = "info") -> int:
     return 0 if master.lost_reason is None else EXIT_LEADERSHIP_LOST
 
 
-class _MasterServer(uvicorn.Server):
+class MasterServer(uvicorn.Server):
     """uvicorn, with idle TLS connections cut at once when it stops.
 
     Closing a TLS connection waits for the client's close_notify, which a client idle in a
