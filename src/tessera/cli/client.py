@@ -23,6 +23,11 @@ START_HINT = (
 )
 
 
+CA_HINT = (
+    "set TESSERA_CA to the cluster CA's file, or log in with `tessera login URL --ca-pin "
+    "sha256:...` (the pin is in the master's log)"
+)
+
 LOGIN_HINT = "log in with `tessera login URL`, or set TESSERA_TOKEN (a token from `tessera token`)"
 
 
@@ -80,10 +85,13 @@ class MasterClient:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         unavailable: httpx.Response | None = None
+        untrusted: str | None = None
         for url in [self.url, *(u for u in self.urls if u != self.url)]:
             try:
                 response = self._http.request(method, url + path, **kwargs)
-            except httpx.ConnectError:
+            except httpx.ConnectError as error:
+                if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                    untrusted = url
                 continue
             if _try_next(method, response):
                 unavailable = response
@@ -92,6 +100,8 @@ class MasterClient:
             return response
         if unavailable is not None:
             return unavailable
+        if untrusted is not None:
+            fail(f"the certificate of {untrusted} is not from a CA this client trusts; {CA_HINT}")
         where = ", ".join(self.urls)
         fail(f"cannot reach the master at {where}: connection refused; {START_HINT}")
 
