@@ -65,7 +65,16 @@ def _source(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.get("/ca/dcos-ca.crt")
+@router.get(
+    "/ca/dcos-ca.crt",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The cluster CA's certificate (PEM); clients check it against the pin",
+            "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def ca_certificate(request: Request) -> Response:
     ca = await joins(request).ca()
     # Agents learn each master's agent channel here (before they have credentials).
