@@ -272,7 +272,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     group.restart(old)
     assert group.wait_leader() == new
     assert pids(running) == before, "a task running before the pause was restarted"
-    writers = Writer([], "", {})
+    writers = Writer([], "", {}, group.ssl_context)
     writers.answers = [*direct.answers, *spread.answers, *late]
     assert_acknowledged_present(group, writers)
     # What the old leader refused was not half-applied either.
