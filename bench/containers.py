@@ -251,7 +251,11 @@ class Bench:
         async def post_all() -> list[tuple[float, str]]:
             limits = httpx.Limits(max_connections=count)
             async with httpx.AsyncClient(
-                base_url=self.cluster.url, timeout=60, limits=limits, headers=self.cluster.headers
+                base_url=self.cluster.url,
+                timeout=60,
+                limits=limits,
+                headers=self.cluster.headers,
+                verify=self.cluster.ssl_context,
             ) as http:
 
                 async def post() -> tuple[float, str]:

@@ -147,8 +147,11 @@ async def agents_part(agent_count: int, instances: int) -> list[dict[str, float]
         cluster.start_master()
         try:
             token, _pin = cluster.join_token()
-            agents = fleet(agent_count, [cluster.url], token, RESOURCES, zones=4)
-            http = httpx.Client(base_url=cluster.url, timeout=30, headers=cluster.headers)
+            trust = cluster.ssl_context
+            agents = fleet(agent_count, [cluster.url], token, RESOURCES, zones=4, verify=trust)
+            http = httpx.Client(
+                base_url=cluster.url, timeout=30, headers=cluster.headers, verify=trust
+            )
             total = await start_and_deploy(agents, http, instances, timeout=120)
             print(f"{agent_count} simulated agents, {total} instances running")
             rounds: list[dict[str, float]] = []
@@ -230,8 +233,11 @@ async def leader_part(agent_count: int, instances: int, lease: int) -> dict[str,
         try:
             group.start()
             old = group.wait_leader()
-            agents = fleet(agent_count, group.urls, group.token, RESOURCES, zones=4)
-            http = httpx.Client(base_url=group.urls[old], timeout=30, headers=group.headers)
+            trust = group.ssl_context
+            agents = fleet(agent_count, group.urls, group.token, RESOURCES, zones=4, verify=trust)
+            http = httpx.Client(
+                base_url=group.urls[old], timeout=30, headers=group.headers, verify=trust
+            )
             total = await start_and_deploy(agents, http, instances, timeout=180)
             before = set(running_by_agent(http)[1])
             http.close()
@@ -247,7 +253,9 @@ async def leader_part(agent_count: int, instances: int, lease: int) -> dict[str,
             result = await _after_leader_death(group, survivors, started)
             # Nothing restarted: the same instances run, no new one was launched.
             leader_url = group.urls[int(result["new_leader"])]
-            with httpx.Client(base_url=leader_url, timeout=30, headers=group.headers) as after:
+            with httpx.Client(
+                base_url=leader_url, timeout=30, headers=group.headers, verify=trust
+            ) as after:
                 await wait_async(
                     lambda: sum(running_by_agent(after)[0].values()) >= total,
                     60,
@@ -274,7 +282,9 @@ async def _after_leader_death(
     accepted: tuple[str, str, float] | None = None
     placed_at: float | None = None
     attempt = 0
-    async with httpx.AsyncClient(timeout=2, headers=group.headers) as client:
+    async with httpx.AsyncClient(
+        timeout=2, headers=group.headers, verify=group.ssl_context
+    ) as client:
         while placed_at is None and time.monotonic() - started < 120:
             now = time.monotonic() - started
             if elected is None:

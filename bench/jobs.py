@@ -65,7 +65,11 @@ async def _create(cluster: Cluster, bodies: list[dict[str, Any]]) -> float:
             response.raise_for_status()
 
     async with httpx.AsyncClient(
-        base_url=cluster.url, timeout=120, limits=limits, headers=cluster.headers
+        base_url=cluster.url,
+        timeout=120,
+        limits=limits,
+        headers=cluster.headers,
+        verify=cluster.ssl_context,
     ) as http:
         await asyncio.gather(*(worker(http) for _ in range(CLIENTS)))
     return time.monotonic() - started

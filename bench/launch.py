@@ -70,7 +70,11 @@ async def burst(cluster: Cluster, count: int, clients: int = 16) -> dict[str, fl
     # one httpx pool measures the client's queueing, not the master.
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(
-        base_url=cluster.url, timeout=60, limits=limits, headers=cluster.headers
+        base_url=cluster.url,
+        timeout=60,
+        limits=limits,
+        headers=cluster.headers,
+        verify=cluster.ssl_context,
     ) as http:
         shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
         started = time.time()
@@ -91,7 +95,9 @@ async def burst(cluster: Cluster, count: int, clients: int = 16) -> dict[str, fl
 
 
 async def paced(cluster: Cluster, count: int, rate: float) -> dict[str, float]:
-    async with httpx.AsyncClient(base_url=cluster.url, timeout=60, headers=cluster.headers) as http:
+    async with httpx.AsyncClient(
+        base_url=cluster.url, timeout=60, headers=cluster.headers, verify=cluster.ssl_context
+    ) as http:
         start = time.monotonic()
         pending = []
         for index in range(count):

@@ -51,7 +51,11 @@ async def deploy(cluster: Cluster, apps: int, instances: int, clients: int = 16)
     """POST every app (a fixed pool of clients); returns how long the POSTs took."""
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(
-        base_url=cluster.url, timeout=60, limits=limits, headers=cluster.headers
+        base_url=cluster.url,
+        timeout=60,
+        limits=limits,
+        headers=cluster.headers,
+        verify=cluster.ssl_context,
     ) as http:
 
         async def post_share(indexes: list[int]) -> None:
@@ -71,7 +75,9 @@ def healthy(cluster: Cluster) -> int:
 
 def get_latencies(cluster: Cluster, calls: int = 100) -> list[float]:
     latencies = []
-    with httpx.Client(base_url=cluster.url, timeout=30, headers=cluster.headers) as http:
+    with httpx.Client(
+        base_url=cluster.url, timeout=30, headers=cluster.headers, verify=cluster.ssl_context
+    ) as http:
         for _ in range(calls):
             started = time.perf_counter()
             response = http.get("/v2/apps", params={"embed": "apps.tasks"})

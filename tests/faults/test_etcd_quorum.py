@@ -65,7 +65,7 @@ def test_quorum_loss_refuses_writes_keeps_tasks_and_loses_nothing(tmp_path: Path
             refusals: dict[int, str] = {}
             accepted_during_outage: list[str] = []
             started = time.monotonic()
-            with httpx.Client(timeout=5, headers=group.headers) as client:
+            with httpx.Client(timeout=5, headers=group.headers, verify=group.ssl_context) as client:
                 n = 0
                 while time.monotonic() - started < OUTAGE:
                     _supervise(group)
@@ -81,7 +81,7 @@ def test_quorum_loss_refuses_writes_keeps_tasks_and_loses_nothing(tmp_path: Path
                         if response.status_code == 201:
                             accepted_during_outage.append(response.json()["id"])
                         else:
-                            refusals[response.status_code] = response.json()["message"]
+                            refusals[response.status_code] = _message(response)
                     time.sleep(0.2)
             # Every write was refused, and each refusal says why.
             assert accepted_during_outage == [], "a write was acknowledged without a quorum"
@@ -113,3 +113,10 @@ def test_quorum_loss_refuses_writes_keeps_tasks_and_loses_nothing(tmp_path: Path
             raise
         finally:
             group.stop()
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["message"])
+    except ValueError:
+        return f"not JSON: {response.text[:200]!r}"

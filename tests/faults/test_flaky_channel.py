@@ -14,7 +14,9 @@ TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED"}
 
 
 def test_lossy_duplicating_channel_records_each_end_once(cluster: Cluster) -> None:
-    proxy = FlakyProxy(cluster.url, drop=0.3, duplicate=0.3).start()
+    proxy = FlakyProxy(
+        cluster.url, drop=0.3, duplicate=0.3, ssl_context=cluster.ssl_context
+    ).start()
     try:
         cluster.start_agent(
             resources="cpus:4;mem:4096;disk:100;ports:[31000-31099]", master=proxy.url

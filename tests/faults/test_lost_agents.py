@@ -49,12 +49,15 @@ class Counter:
     def __init__(self, cluster: Cluster) -> None:
         self.url = cluster.url
         self.headers = cluster.headers
+        self.verify = cluster.ssl_context
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5, headers=self.headers) as http:
+        with httpx.Client(
+            base_url=self.url, timeout=5, headers=self.headers, verify=self.verify
+        ) as http:
             while not self._stop.is_set():
                 try:
                     tasks = http.get("/v1/tasks", params={"state": "TASK_RUNNING"}).json()
@@ -156,7 +159,7 @@ def test_partition_never_runs_more_than_instances(tmp_path: Path, partitionable:
             "agent-1",
             host=host.address,
             resources="cpus:2;mem:2048;ports:[31000-31099]",
-            master=f"http://{host.host_address}:{cluster.port}",
+            master=f"https://{host.host_address}:{cluster.port}",
             wrapper=host.command([]),
         )
         cluster.http.post("/v2/apps", json=sleeper(instances)).raise_for_status()
@@ -213,7 +216,9 @@ def test_mass_outage_throttles_replacement(tmp_path: Path) -> None:
         params = {"event_type": "unreachable_throttle_event"}
         with (
             contextlib.suppress(httpx.HTTPError),  # the master stops at the end
-            httpx.Client(timeout=120, headers=cluster.headers) as client,
+            httpx.Client(
+                timeout=120, headers=cluster.headers, verify=cluster.ssl_context
+            ) as client,
             client.stream("GET", f"{cluster.url}/v2/events", params=params) as stream,
         ):
             listening.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -64,8 +65,11 @@ class Writer(threading.Thread):
     """Posts one-off tasks and apps as fast as the masters answer, rotating over `urls`
     (as a client with several master URLs would), and records every answer."""
 
-    def __init__(self, urls: list[str], prefix: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, urls: list[str], prefix: str, headers: dict[str, str], verify: ssl.SSLContext
+    ) -> None:
         super().__init__(daemon=True)
+        self.verify = verify
         self.urls = urls
         self.headers = headers
         self.prefix = prefix
@@ -73,7 +77,7 @@ class Writer(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=5, headers=self.headers) as client:
+        with httpx.Client(timeout=5, headers=self.headers, verify=self.verify) as client:
             for n in itertools.count(1):
                 if self.stopping.is_set():
                     return
@@ -158,7 +162,7 @@ def assert_acknowledged_present(group: MasterGroup, writer: Writer) -> None:
 
 def test_kill9_of_the_leader_under_writes(group: MasterGroup) -> None:
     """Pass: a new leader within 10 s, no task restarted, every acknowledged write kept."""
-    writer = Writer(group.urls, "w", group.headers)
+    writer = Writer(group.urls, "w", group.headers, group.ssl_context)
     writer.start()
     try:
         wait_for(lambda: len(writer.acknowledged("task")) >= 20, 30, "20 acknowledged tasks")
@@ -206,8 +210,8 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     # Writes to the leader alone, and through the other masters (forwarded to whoever
     # leads), from before the pause to after it.
     others = [i for i in range(len(group.urls)) if i != old]
-    direct = Writer([old_url], "direct", group.headers)
-    spread = Writer([group.urls[i] for i in others], "spread", group.headers)
+    direct = Writer([old_url], "direct", group.headers, group.ssl_context)
+    spread = Writer([group.urls[i] for i in others], "spread", group.headers, group.ssl_context)
     direct.start()
     spread.start()
     late: list[Answer] = []
@@ -222,7 +226,9 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
 
         # Writes sent to the paused leader now wait in its socket until it wakes up.
         def late_write(n: int) -> None:
-            with httpx.Client(timeout=20, headers=group.headers) as client:
+            with httpx.Client(
+                timeout=20, headers=group.headers, verify=group.ssl_context
+            ) as client:
                 late.append(write(client, old_url, "late", n))
 
         for n in range(1, 9):
@@ -266,7 +272,7 @@ def test_paused_leader_accepts_no_write_after_its_term(group: MasterGroup) -> No
     group.restart(old)
     assert group.wait_leader() == new
     assert pids(running) == before, "a task running before the pause was restarted"
-    writers = Writer([], "", {})
+    writers = Writer([], "", {}, group.ssl_context)
     writers.answers = [*direct.answers, *spread.answers, *late]
     assert_acknowledged_present(group, writers)
     # What the old leader refused was not half-applied either.

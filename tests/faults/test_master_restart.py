@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -30,8 +31,9 @@ class Writer(threading.Thread):
     """Posts one-off tasks and apps as fast as the master answers; remembers what it was
     told was accepted. Errors and refusals are expected while the master is down."""
 
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
+    def __init__(self, url: str, headers: dict[str, str], verify: ssl.SSLContext) -> None:
         super().__init__(daemon=True)
+        self.verify = verify
         self.url = url
         self.headers = headers
         self.tasks: list[str] = []
@@ -40,7 +42,9 @@ class Writer(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=5, headers=self.headers) as client:
+        with httpx.Client(
+            base_url=self.url, timeout=5, headers=self.headers, verify=self.verify
+        ) as client:
             n = 0
             while not self.stopping.is_set():
                 n += 1
@@ -67,7 +71,7 @@ class Writer(threading.Thread):
 
 def test_master_kill9_under_writes_loses_nothing_acknowledged(cluster: Cluster) -> None:
     cluster.start_agent(resources="cpus:8;mem:8192;disk:100;ports:[31000-31999]")
-    writer = Writer(cluster.url, cluster.headers)
+    writer = Writer(cluster.url, cluster.headers, cluster.ssl_context)
     writer.start()
     try:
         wait_for(lambda: len(writer.tasks) >= 30, 30, "30 acknowledged task writes")

@@ -102,7 +102,7 @@ def _channel(cluster: Cluster) -> str:
 
 
 def _ca(cluster: Cluster) -> bytes:
-    return httpx.get(cluster.url + "/ca/dcos-ca.crt").content
+    return cluster.http.get("/ca/dcos-ca.crt").content
 
 
 def _joined_context(cluster: Cluster, agent_id: str) -> ssl.SSLContext:
@@ -111,7 +111,7 @@ def _joined_context(cluster: Cluster, agent_id: str) -> ssl.SSLContext:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tessera agent")])
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     body = {"token": token, "csr": csr_pem(csr).decode(), "hostname": "h", "agent_id": agent_id}
-    answer = httpx.post(cluster.url + "/v1/join", json=body).json()
+    answer = httpx.post(cluster.url + "/v1/join", json=body, verify=cluster.ssl_context).json()
     return agent_client_context(answer["ca"].encode(), answer["certificate"].encode(), key_pem(key))
 
 

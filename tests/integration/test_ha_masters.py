@@ -36,7 +36,7 @@ def group(tmp_path: Path) -> Iterator[MasterGroup]:
 def test_one_leads_the_others_forward_and_the_agent_follows(group: MasterGroup) -> None:
     leader = group.wait_leader()
     followers = [i for i in range(3) if i != leader]
-    leader_address = group.urls[leader].removeprefix("http://")
+    leader_address = group.urls[leader].removeprefix("https://")
     for index in range(3):
         view = group.leader_seen_by(index)
         assert view is not None

@@ -4,6 +4,7 @@ scheduled time (these two drive the jobs controller's clock, not the wall clock)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -14,9 +15,14 @@ from typing import Any
 import pytest
 import uvicorn
 
+from tessera.cli.daemons import MasterServer
+from tessera.clock import SystemClock
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.jobs import JobsController
+from tessera.master.serving_cert import ServingFiles, ensure_serving_cert
+from tessera.store import open_store
+from tessera.testing.auth import ADMIN_TOKEN_FILE, auth_headers
 from tessera.testing.clock import FakeClock
 from tessera.testing.cluster import Cluster, wait_for
 
@@ -134,10 +140,18 @@ def test_master_killed_mid_run_neither_loses_nor_duplicates(cluster: Cluster) ->
 # ---- a master in this process whose jobs controller runs on a fake clock ---------------------
 
 
-class _ThreadServer(uvicorn.Server):
+class _ThreadServer(MasterServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+async def _serving_files(config: MasterConfig) -> ServingFiles:
+    store = open_store(config.store, config.work_dir)
+    try:
+        return await ensure_serving_cert(config, store, SystemClock())
+    finally:
+        await store.close()
 
 
 class InProcessMaster:
@@ -149,15 +163,24 @@ class InProcessMaster:
         config = MasterConfig(
             work_dir=cluster.root / "master",
             port=cluster.port,
-            heartbeat_interval=0.5,
             agent_port=cluster.agent_port,
+            heartbeat_interval=0.5,
         )
+        # HTTPS like `tessera master`: the certificate first (it creates the cluster's keys).
+        tls = asyncio.run(_serving_files(config))
+        cluster.ssl_context.load_verify_locations(cafile=tls.ca)
         self.app = create_app(config)
         self.jobs: JobsController = self.app.state.jobs
         self.jobs.clock = clock
         self.clock = clock
         server_config = uvicorn.Config(
-            self.app, port=cluster.port, log_level="warning", ws_ping_interval=None
+            self.app,
+            port=cluster.port,
+            log_level="warning",
+            ws_ping_interval=None,
+            ssl_certfile=tls.cert,
+            ssl_keyfile=tls.key,
+            timeout_graceful_shutdown=3,
         )
         self.server = _ThreadServer(server_config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -165,9 +188,9 @@ class InProcessMaster:
     def __enter__(self) -> InProcessMaster:
         self.thread.start()
         wait_for(self.cluster._pings, 20, "the in-process master")
-        token = self.cluster.root / "master" / "admin-token"
-        wait_for(token.exists, 20, "the master's admin token")
-        self.cluster.http.headers.update(self.cluster.headers)
+        work_dir = self.cluster.root / "master"
+        wait_for((work_dir / ADMIN_TOKEN_FILE).exists, 20, "the superuser's token")
+        self.cluster.http.headers.update(auth_headers(work_dir))
         return self
 
     def __exit__(self, *_: object) -> None:

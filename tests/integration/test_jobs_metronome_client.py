@@ -26,7 +26,7 @@ from google.protobuf.json_format import MessageToDict, Parse
 from metronome import MetronomeClient
 from metronome.models import JobSpec
 
-client = MetronomeClient(sys.argv[1], auth_token=sys.argv[2])
+client = MetronomeClient(sys.argv[1], auth_token=sys.argv[2], verify=sys.argv[3])
 spec = Parse(json.dumps({
     "id": "client.hello",
     "description": "made by dcos-metronome",
@@ -59,7 +59,14 @@ def test_dcos_metronome_client_creates_runs_and_reads_history(cluster: Cluster) 
     cluster.start_agent()
     env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
     result = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, f"{cluster.url}/service/metronome", cluster.token],
+        [
+            sys.executable,
+            "-c",
+            CLIENT_SCRIPT,
+            f"{cluster.url}/service/metronome",
+            cluster.token,
+            str(cluster.ca_file),  # requests' verify=: the cluster CA's file
+        ],
         capture_output=True,
         text=True,
         timeout=60,

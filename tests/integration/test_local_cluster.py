@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from tessera.local.demo import DEMO_CONTAINER_PAGE
+from tessera.security.ca import cli_client_context
 from tessera.testing.cluster import free_port, task_processes, tessera_command, wait_for
 from tessera.testing.containers import agent_leftovers, container_support
 
 
-def _check_container_demo(master: str, headers: dict[str, str]) -> None:
+def _check_container_demo(master: str, headers: dict[str, str], trust: ssl.SSLContext) -> None:
     """The demo's busybox image was built, pushed, pulled and runs bridged and healthy."""
 
     def healthy() -> dict[str, Any] | None:
-        answer = httpx.get(f"{master}/v2/apps/demo/container-web", headers=headers)
+        answer = httpx.get(f"{master}/v2/apps/demo/container-web", headers=headers, verify=trust)
         app = answer.json()["app"]
         return app if app["tasksHealthy"] == app["instances"] else None
 
@@ -57,16 +60,20 @@ def test_up_detach_then_down_leaves_nothing(tmp_path: Path) -> None:
     for name in ("admin-token", "admin-password"):
         assert (work_dir / name).stat().st_mode & 0o777 == 0o600, name
     headers = {"Authorization": f"token={(work_dir / 'admin-token').read_text().strip()}"}
-    assert httpx.get(f"{state['master_url']}/v2/apps").status_code == 401
-    assert httpx.get(f"{state['master_url']}/v2/apps", headers=headers).status_code == 200
+    # The API is HTTPS with the cluster CA, which `tessera up` leaves in D/ca.pem.
+    assert state["master_url"].startswith("https://")
+    trust = cli_client_context(work_dir / "ca.pem")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{state['master_url']}/v2/apps")  # the system's trust store does not do
+    apps = f"{state['master_url']}/v2/apps"
+    assert httpx.get(apps, verify=trust).status_code == 401
+    assert httpx.get(apps, headers=headers, verify=trust).status_code == 200
     # `tessera token` logs in again as admin and prints a fresh token.
     fresh = _tessera(tmp_path, "token").stdout.strip()
-    answer = httpx.get(
-        f"{state['master_url']}/v2/apps", headers={"Authorization": f"Bearer {fresh}"}
-    )
+    answer = httpx.get(apps, headers={"Authorization": f"Bearer {fresh}"}, verify=trust)
     assert answer.status_code == 200
     if containers:
-        _check_container_demo(state["master_url"], headers)
+        _check_container_demo(state["master_url"], headers, trust)
 
     # The CLI finds the running local cluster without --master.
     agents = json.loads(_tessera(tmp_path, "agent", "list", "--json").stdout)

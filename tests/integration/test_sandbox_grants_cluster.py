@@ -186,6 +186,7 @@ def _any(client: httpx.Client) -> Any:
 def _cli_as(cluster: Cluster, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TESSERA_MASTER": cluster.url, "TESSERA_HOME": str(cluster.root)}
     env["TESSERA_TOKEN"] = token
+    env["TESSERA_CA"] = str(cluster.ca_file)
     return subprocess.run(
         tessera_command(*args), capture_output=True, text=True, timeout=60, env=env
     )

@@ -52,7 +52,9 @@ class EventTap:
     def __init__(self, cluster: Cluster) -> None:
         self.text: list[str] = []
         self._stop = threading.Event()
-        self._client = httpx.Client(base_url=cluster.url, headers=dict(cluster.http.headers))
+        self._client = httpx.Client(
+            base_url=cluster.url, headers=dict(cluster.http.headers), verify=cluster.ssl_context
+        )
         self._thread = threading.Thread(target=self._read, daemon=True)
 
     def _read(self) -> None:

@@ -106,7 +106,7 @@ def test_rolling_restart_loses_no_request(cluster: Cluster) -> None:
     stop = threading.Event()
 
     def poll() -> None:
-        with httpx.Client(timeout=2, headers=cluster.headers) as client:
+        with httpx.Client(timeout=2, headers=cluster.headers, verify=cluster.ssl_context) as client:
             turn = 0
             while not stop.is_set():
                 web = client.get(f"{cluster.url}/v2/apps/web").json()["app"]
@@ -192,7 +192,7 @@ def test_event_stream_delivers_marathon_events(cluster: Cluster) -> None:
 
     def listen() -> None:
         with (
-            httpx.Client(timeout=30, headers=cluster.headers) as client,
+            httpx.Client(timeout=30, headers=cluster.headers, verify=cluster.ssl_context) as client,
             client.stream("GET", f"{cluster.url}/v2/events") as stream,
         ):
             for line in stream.iter_lines():
@@ -233,7 +233,7 @@ def test_stalled_deployment_fails_and_rolls_back(cluster: Cluster) -> None:
 
     def listen() -> None:
         with (
-            httpx.Client(timeout=60, headers=cluster.headers) as client,
+            httpx.Client(timeout=60, headers=cluster.headers, verify=cluster.ssl_context) as client,
             client.stream(
                 "GET", f"{cluster.url}/v2/events", params={"event_type": "deployment_failed"}
             ) as stream,

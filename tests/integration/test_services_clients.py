@@ -24,8 +24,10 @@ def test_marathon_client_library(cluster: Cluster) -> None:
     cluster.start_agent()
     # DC/OS's token auth (`Authorization: token=...`) for the REST calls; the library's event
     # stream sends only HTTP Basic, so it carries the token as the Basic password.
-    client = MarathonClient(cluster.url, auth_token=cluster.token)
-    streamer = MarathonClient(cluster.url, username="token", password=cluster.token)
+    # requests' verify=: the cluster CA's file (the API is HTTPS).
+    ca = str(cluster.ca_file)
+    client = MarathonClient(cluster.url, auth_token=cluster.token, verify=ca)
+    streamer = MarathonClient(cluster.url, username="token", password=cluster.token, verify=ca)
     assert client.ping().strip() == b"pong"
     assert client.get_info().name == "marathon"
     assert client.get_leader()["leader"]

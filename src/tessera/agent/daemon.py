@@ -47,7 +47,7 @@ from tessera.model.protocol import (
     StatusUpdate,
 )
 from tessera.model.task import TaskSpec, TaskState
-from tessera.security.ca import CertificateRefused, agent_id_of, load_cert
+from tessera.security.ca import CertificateRefused, agent_id_of, cli_client_context, load_cert
 from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,9 @@ class AgentDaemon:
             url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
             url += AGENT_STREAM_PATH
             headers = {"Authorization": f"Bearer {self.config.join_token}"}
-            context = None
+            # An https master is checked against --ca-file (else the system's store).
+            ca_file = self.config.ca_file
+            context = cli_client_context(ca_file) if ca_file and url.startswith("wss") else None
         else:
             url = await asyncio.to_thread(discover_channel, master, creds.ca_path)
             headers = {}

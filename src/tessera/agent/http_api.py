@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 import tessera
 from tessera.agent.grant_keys import MasterKeys
 from tessera.http_errors import ApiError, install_error_handlers
+from tessera.security.ca import cli_client_context
 from tessera.security.credentials import PresentedToken, parse_authorization
 from tessera.security.grants import GrantError, SandboxGrant, grant_key_id, verify_grant
 
@@ -165,11 +167,12 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
     return app
 
 
-def _master_ca(daemon: AgentDaemon) -> str | bool:
-    """An https master is checked against the cluster CA the agent got when it joined."""
+def _master_ca(daemon: AgentDaemon) -> ssl.SSLContext | bool:
+    """The masters' API is HTTPS, checked against the cluster CA the agent got when it joined
+    (or its --ca-file)."""
     joined = getattr(daemon, "credentials", None)
-    ca_path = getattr(joined, "ca_path", None)
-    return str(ca_path) if ca_path is not None and Path(ca_path).exists() else True
+    ca_path = getattr(joined, "ca_path", None) or daemon.config.ca_file
+    return cli_client_context(Path(ca_path)) if ca_path and Path(ca_path).exists() else True
 
 
 async def _verified(request: Request, keys: MasterKeys, daemon: AgentDaemon) -> SandboxGrant:

@@ -30,6 +30,7 @@ from tessera.security.ca import (
     CertificateRefused,
     agent_client_context,
     check_ca_pin,
+    cli_client_context,
     csr_pem,
     key_pem,
     load_cert,
@@ -114,7 +115,9 @@ def fetch_ca(master: str, pin: str | None, ca_file: Path | None) -> tuple[bytes,
             "joining needs the cluster CA's pin (--ca-pin sha256:..., printed by "
             "`tessera join-token create` and in the master's log) or the CA file (--ca-file)"
         )
-    response = httpx.get(master.rstrip("/") + "/ca/dcos-ca.crt", timeout=TIMEOUT)
+    # Not verified yet (the agent has nothing to verify with): the pin or the file is the
+    # check, and the join itself is then made over TLS verified with the CA it vouched for.
+    response = httpx.get(master.rstrip("/") + "/ca/dcos-ca.crt", timeout=TIMEOUT, verify=False)
     response.raise_for_status()
     presented = response.content
     try:
@@ -139,7 +142,11 @@ def channel_url(master: str, announced: str) -> str:
 
 def discover_channel(master: str, ca_path: Path) -> str:
     """For a joined agent: the master's agent channel URL (its CA must be the agent's)."""
-    response = httpx.get(master.rstrip("/") + "/ca/dcos-ca.crt", timeout=TIMEOUT)
+    response = httpx.get(
+        master.rstrip("/") + "/ca/dcos-ca.crt",
+        timeout=TIMEOUT,
+        verify=cli_client_context(ca_path),
+    )
     response.raise_for_status()
     if load_cert(response.content) != load_cert(ca_path.read_bytes()):
         raise CertificateRefused(f"{master} serves another cluster's CA")
@@ -192,7 +199,12 @@ def _join_once(
             body = {"token": token, "csr": _request(key), "hostname": hostname}
             if agent_id:
                 body["agent_id"] = agent_id
-            response = httpx.post(master.rstrip("/") + "/v1/join", json=body, timeout=TIMEOUT)
+            response = httpx.post(
+                master.rstrip("/") + "/v1/join",
+                json=body,
+                timeout=TIMEOUT,
+                verify=cli_client_context(ca),
+            )
         except httpx.HTTPError as error:
             errors.append(f"{master}: {error}")
             continue

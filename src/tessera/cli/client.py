@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tessera.local.paths import running_cluster_url
-from tessera.local.profiles import current_profile, token_for
+from tessera.local.profiles import current_profile, token_for, verify_for
 
 err = Console(stderr=True, highlight=False)
 
@@ -22,6 +22,11 @@ START_HINT = (
     "--master URL or TESSERA_MASTER"
 )
 
+
+CA_HINT = (
+    "set TESSERA_CA to the cluster CA's file, or log in with `tessera login URL --ca-pin "
+    "sha256:...` (the pin is in the master's log)"
+)
 
 LOGIN_HINT = "log in with `tessera login URL`, or set TESSERA_TOKEN (a token from `tessera token`)"
 
@@ -72,14 +77,21 @@ class MasterClient:
         self.url = self.urls[0]
         token = token_for(self.url)
         self.headers = {"Authorization": f"token={token}"} if token else {}
-        self._http = httpx.Client(timeout=timeout, follow_redirects=True, headers=self.headers)
+        # The cluster's own CA (TESSERA_CA, the profile's `ca`, a local cluster's ca.pem).
+        self.verify = verify_for(self.url)
+        self._http = httpx.Client(
+            timeout=timeout, follow_redirects=True, headers=self.headers, verify=self.verify
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         unavailable: httpx.Response | None = None
+        untrusted: str | None = None
         for url in [self.url, *(u for u in self.urls if u != self.url)]:
             try:
                 response = self._http.request(method, url + path, **kwargs)
-            except httpx.ConnectError:
+            except httpx.ConnectError as error:
+                if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                    untrusted = url
                 continue
             if _try_next(method, response):
                 unavailable = response
@@ -88,6 +100,8 @@ class MasterClient:
             return response
         if unavailable is not None:
             return unavailable
+        if untrusted is not None:
+            fail(f"the certificate of {untrusted} is not from a CA this client trusts; {CA_HINT}")
         where = ", ".join(self.urls)
         fail(f"cannot reach the master at {where}: connection refused; {START_HINT}")
 

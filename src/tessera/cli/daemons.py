@@ -15,9 +15,14 @@ from tessera.agent.config import AgentConfig
 from tessera.agent.daemon import AgentDaemon, AgentRefused
 from tessera.agent.http_api import create_agent_app
 from tessera.agent.join import JoinFailed
+from tessera.clock import SystemClock
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
+from tessera.master.keys import ClusterKeyError
+from tessera.master.serving_cert import ServingFiles, ensure_serving_cert
+from tessera.security.ca import server_context
+from tessera.store import MemoryStore, StateStore, open_store
 
 log = logging.getLogger("tessera")
 
@@ -39,7 +44,17 @@ EXIT_LEADERSHIP_LOST = 75
 def run_master(config: MasterConfig, log_level: str = "info") -> int:
     """Serve until SIGTERM or SIGINT (exit code 0; uvicorn drains requests and runs the
     shutdown hooks) or until this master's leadership ends (EXIT_LEADERSHIP_LOST)."""
-    app = create_app(config)
+    # A memory store lives only in this process: the keys made for the certificate must be
+    # the ones the master then serves with.
+    store = MemoryStore() if config.store == "memory" else None
+    tls: ServingFiles | None = None
+    if not config.insecure_no_auth:
+        try:
+            tls = asyncio.run(_serving_files(config, store))
+        except ClusterKeyError as error:
+            log.error("%s", error)
+            return 2
+    app = create_app(config, store=store)
     master: Master = app.state.master
     server_config = uvicorn.Config(
         app,
@@ -52,8 +67,12 @@ def run_master(config: MasterConfig, log_level: str = "info") -> int:
         # "on", not "auto": a master that fails to start must say why and exit, not serve
         # without its controllers.
         lifespan="on",
+        # HTTPS with the cluster CA's certificate, TLS 1.2 or newer (security/ca.py).
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
+        ssl_context_factory=(lambda *_: server_context(tls.cert, tls.key)) if tls else None,
     )
-    server = uvicorn.Server(server_config)
+    server = MasterServer(server_config)
 
     def term_ended(reason: str) -> None:
         log.error("exiting with code %d: %s", EXIT_LEADERSHIP_LOST, reason)
@@ -61,10 +80,46 @@ def run_master(config: MasterConfig, log_level: str = "info") -> int:
 
     master.on_term_end = term_ended
     log.info(
-        "master listening on http://%s:%d (work dir %s)", config.bind, config.port, config.work_dir
+        "master listening on %s://%s:%d (work dir %s)",
+        config.scheme,
+        config.bind,
+        config.port,
+        config.work_dir,
     )
     server.run()
     return 0 if master.lost_reason is None else EXIT_LEADERSHIP_LOST
+
+
+class MasterServer(uvicorn.Server):
+    """uvicorn, with idle TLS connections cut at once when it stops.
+
+    Closing a TLS connection waits for the client's close_notify, which a client idle in a
+    connection pool never sends: every idle keep-alive connection would hold the graceful
+    stop (and so the handover of the leadership, which comes after it) until its timeout.
+    Requests in progress still drain as before."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", _NOT_HTTP)  # HTTP protocols only
+            transport = getattr(connection, "transport", None)
+            idle = cycle is None or getattr(cycle, "response_complete", False)
+            if cycle is not _NOT_HTTP and idle and transport is not None:
+                transport.abort()
+        await super().shutdown(sockets)
+
+
+_NOT_HTTP = object()
+
+
+async def _serving_files(config: MasterConfig, store: StateStore | None) -> ServingFiles:
+    """Before uvicorn starts: the cluster's keys from the store (created on a new cluster) and
+    the API's certificate signed by its CA (master/serving_cert.py)."""
+    opened = store or open_store(config.store, config.work_dir)
+    try:
+        return await ensure_serving_cert(config, opened, SystemClock())
+    finally:
+        if store is None:
+            await opened.close()
 
 
 class _EmbeddedServer(uvicorn.Server):

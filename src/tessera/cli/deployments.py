@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from typing import Annotated, Any
@@ -67,9 +68,12 @@ def deployment_list(master: MasterOption = None, json_output: JsonOption = False
 class _Outcomes:
     """Listens to the event stream for how deployments end (success, or failure and why)."""
 
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, headers: dict[str, str], verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.url = url
         self.headers = headers
+        self.verify = verify
         self.ended: dict[str, str] = {}
         self.ready = threading.Event()
         threading.Thread(target=self._listen, daemon=True).start()
@@ -78,7 +82,9 @@ class _Outcomes:
         params = {"event_type": ["deployment_success", "deployment_failed"]}
         try:
             with (
-                httpx.Client(timeout=httpx.Timeout(10.0, read=None), headers=self.headers) as http,
+                httpx.Client(
+                    timeout=httpx.Timeout(10.0, read=None), headers=self.headers, verify=self.verify
+                ) as http,
                 http.stream("GET", f"{self.url}/v2/events", params=params) as stream,
             ):
                 self.ready.set()
@@ -104,7 +110,7 @@ def deployment_watch(
     if deployment_id is None and not client.get("/v2/deployments"):
         typer.echo("no deployment in progress")
         return
-    outcomes = _Outcomes(client.url, client.headers)
+    outcomes = _Outcomes(client.url, client.headers, client.verify)
     outcomes.ready.wait(5)
     watched: set[str] = set()
     failed = False

@@ -75,6 +75,7 @@ def up(
             token_file=str(directory / ADMIN_TOKEN),
             uid="admin",
             password_file=str(directory / ADMIN_PASSWORD),
+            ca=str(directory / "ca.pem"),
         )
     )
     if demo:
@@ -212,7 +213,8 @@ def _print_where_to_look(cluster: LocalCluster, detach: bool) -> None:
         f"{work_dir / ADMIN_PASSWORD}, a token in {work_dir / ADMIN_TOKEN}"
     )
     out.print(
-        f'  curl         curl -H "Authorization: token=$(tessera token)" {url}/v2/apps',
+        f"  curl         curl --cacert {work_dir / 'ca.pem'} "
+        f'-H "Authorization: token=$(tessera token)" {url}/v2/apps',
         soft_wrap=True,
     )
     out.print("  run a task   tessera run --wait -- echo hello")

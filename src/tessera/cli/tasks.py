@@ -8,6 +8,7 @@ task on that agent) and shows it to the agent.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ class Sandbox:
     task_id: str
     agent_url: str
     headers: dict[str, str]
+    # Agents' certificates come from the cluster CA too.
+    verify: ssl.SSLContext | bool = True
 
 
 class NoSandbox(Exception):
@@ -120,7 +123,8 @@ def sandbox_grant(client: MasterClient, task_id: str) -> Sandbox:
     if response.status_code >= 400:
         raise NoSandbox(describe_error(response))
     body = response.json()
-    return Sandbox(task_id, body["agentUrl"], {"Authorization": f"Bearer {body['grant']}"})
+    headers = {"Authorization": f"Bearer {body['grant']}"}
+    return Sandbox(task_id, body["agentUrl"], headers, client.verify)
 
 
 def _sandbox_or_fail(client: MasterClient, task_id: str) -> Sandbox:
@@ -170,7 +174,7 @@ async def _follow(sandbox: Sandbox, path: str, sink: Any, offset: int = 0) -> st
     url = f"{sandbox.agent_url}/v1/sandboxes/{sandbox.task_id}/files/follow"
     params: dict[str, str | int] = {"path": path, "offset": offset}
     async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None)) as http,
+        httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), verify=sandbox.verify) as http,
         http.stream("GET", url, params=params, headers=sandbox.headers) as response,
     ):
         if response.status_code >= 400:
@@ -256,7 +260,7 @@ def task_logs(
         return
     offset = 0
     url = f"{sandbox.agent_url}/v1/sandboxes/{task_id}/files/read"
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=10, verify=sandbox.verify) as http:
         while True:
             try:
                 response = http.get(

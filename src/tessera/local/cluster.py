@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from tessera.local.paths import STATE_FILE, current_pointer, read_cluster_state
 from tessera.local.registry import RegistryUnavailable, start_registry
 from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.model.resources import DEFAULT_PORT_RANGE, PortRange, Resources
+from tessera.security.ca import cli_client_context
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -123,7 +126,7 @@ def start_cluster(
         )
     work_dir.mkdir(parents=True, exist_ok=True)
     master_dir = work_dir / "master"
-    master_url = f"http://127.0.0.1:{port}"
+    master_url = f"https://127.0.0.1:{port}"
     cluster = LocalCluster(work_dir, master_url)
     master = _spawn(
         [
@@ -145,11 +148,15 @@ def start_cluster(
     cluster.save()
     try:
         _wait_until(
-            lambda: _pings(master_url) or master.poll() is not None, START_TIMEOUT, "the master"
+            lambda: _pings(master_url, master_dir) or master.poll() is not None,
+            START_TIMEOUT,
+            "the master",
         )
         if master.poll() is not None:
             raise ClusterError(f"the master exited at start; see {work_dir / 'master.log'}")
         link_credentials(work_dir, master_dir)
+        # The contract for scripts and clients: the CA to trust is `<work dir>/ca.pem`.
+        shutil.copyfile(master_ca(master_dir), work_dir / "ca.pem")
         insecure: list[str] = []
         if registry_port is not None:
             try:
@@ -228,10 +235,21 @@ def _flag(resources: Resources) -> str:
     )
 
 
-def _pings(url: str) -> bool:
+def master_ca(master_dir: Path) -> Path:
+    """The cluster CA's certificate, written by the master before it serves HTTPS."""
+    return master_dir / "tls" / "ca.crt"
+
+
+def _trust(master_dir: Path) -> ssl.SSLContext:
+    return cli_client_context(master_ca(master_dir))
+
+
+def _pings(url: str, master_dir: Path) -> bool:
+    if not master_ca(master_dir).exists():
+        return False
     try:
-        return httpx.get(url + "/ping", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        return httpx.get(url + "/ping", timeout=1, verify=_trust(master_dir)).status_code == 200
+    except (httpx.HTTPError, OSError, ssl.SSLError):
         return False
 
 
@@ -242,9 +260,12 @@ def mint_join_token(url: str, master_dir: Path, work_dir: Path) -> tuple[str, st
     headers = {"Authorization": f"token={token}"}
     body = {"ttl": 600, "uses": 1, "description": "tessera up"}
     try:
-        created = httpx.post(url + "/v1/join-tokens", json=body, headers=headers, timeout=10)
+        trust = _trust(master_dir)
+        created = httpx.post(
+            url + "/v1/join-tokens", json=body, headers=headers, timeout=10, verify=trust
+        )
         created.raise_for_status()
-        ca = httpx.get(url + "/ca/dcos-ca.crt", timeout=10)
+        ca = httpx.get(url + "/ca/dcos-ca.crt", timeout=10, verify=trust)
         ca.raise_for_status()
     except httpx.HTTPError as error:
         raise ClusterError(f"cannot mint a join token for the local agents: {error}") from None
@@ -262,8 +283,10 @@ def _active_agents(url: str, master_dir: Path) -> int:
     try:
         token = (master_dir / ADMIN_TOKEN).read_text().strip()
         headers = {"Authorization": f"token={token}"}
-        agents = httpx.get(url + "/v1/agents", timeout=2, headers=headers).json()["agents"]
-    except (httpx.HTTPError, KeyError, ValueError, OSError):
+        trust = _trust(master_dir)
+        answer = httpx.get(url + "/v1/agents", timeout=2, headers=headers, verify=trust)
+        agents = answer.json()["agents"]
+    except (httpx.HTTPError, KeyError, ValueError, OSError, ssl.SSLError):
         return 0
     return sum(1 for agent in agents if agent["state"] == "ACTIVE")
 

@@ -1,10 +1,11 @@
 """CLI profiles: which cluster the `tessera` command talks to and with which credentials.
 
 A profile is `$TESSERA_HOME/profiles/<name>.json` (0600): the master's URL, the CA file to
-trust (once the API is HTTPS), and how to get a token — a token file kept fresh by someone
-else (`tessera up` keeps `<work dir>/admin-token` current), a token saved by `tessera login`,
-or a uid with a password file to log in again (`tessera token`). `current-profile` names the
-profile in use. `TESSERA_TOKEN` and `TESSERA_CA` override whatever a profile says.
+trust (the API is HTTPS with the cluster's own CA), and how to get a token — a token file kept
+fresh by someone else (`tessera up` keeps `<work dir>/admin-token` current), a token saved by
+`tessera login`, or a uid with a password file to log in again (`tessera token`).
+`current-profile` names the profile in use. `TESSERA_TOKEN` and `TESSERA_CA` override whatever
+a profile says.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tessera.local.paths import current_pointer, read_cluster_state, tessera_home
+from tessera.security.ca import cli_client_context
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,36 @@ def local_cluster_token(url: str) -> str | None:
             with contextlib.suppress(OSError):
                 return (work_dir / "admin-token").read_text().strip() or None
     return None
+
+
+def local_cluster_ca(url: str) -> str | None:
+    """The CA file (`<work dir>/ca.pem`) of a local cluster (`tessera up`) serving `url`."""
+    candidates = [tessera_home() / "local"]
+    with contextlib.suppress(OSError):
+        candidates.insert(0, Path(current_pointer().read_text().strip()))
+    for work_dir in candidates:
+        state = read_cluster_state(work_dir)
+        if state and str(state.get("master_url", "")).rstrip("/") == url.rstrip("/"):
+            path = work_dir / "ca.pem"
+            return str(path) if path.exists() else None
+    return None
+
+
+def ca_for(url: str) -> str | None:
+    """The CA certificate file to trust for `url`: TESSERA_CA, else the profile's `ca`, else a
+    local cluster's; None: the system's trust store (a master behind a public certificate)."""
+    if from_environment := os.environ.get("TESSERA_CA", "").strip():
+        return from_environment
+    profile = profile_for(url)
+    if profile is not None and profile.ca:
+        return profile.ca
+    return local_cluster_ca(url)
+
+
+def verify_for(url: str) -> ssl.SSLContext | bool:
+    """What httpx checks the master's certificate with (`verify=`): the cluster CA only."""
+    ca = ca_for(url)
+    return cli_client_context(Path(ca)) if ca else True
 
 
 def token_for(url: str) -> str | None:

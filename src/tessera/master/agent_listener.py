@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from fastapi import WebSocketDisconnect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tessera.http_errors import ApiError
 from tessera.master.agent_channel import PeerIdentity
+from tessera.master.serving_cert import api_names
 from tessera.model.protocol import (
     AGENT_STREAM_PATH,
     CLOSE_NOT_LEADER,
@@ -36,7 +34,6 @@ from tessera.security.ca import (
     CertificateRefused,
     ClusterCA,
     agent_id_of_peercert,
-    master_names,
     master_serving_cert,
     mutual_server_context,
     serial_of_peercert,
@@ -131,8 +128,7 @@ class AgentListener:
 
     def _context(self, ca: ClusterCA) -> ssl.SSLContext:
         config = self.master.config
-        names = master_names(config.url, socket.gethostname(), _addresses(config.bind))
-        pair = master_serving_cert(ca, [*names, "localhost"], self.master.clock)
+        pair = master_serving_cert(ca, api_names(config), self.master.clock)
         return mutual_server_context(pair.cert_pem(), pair.key_pem(), ca.cert_pem())
 
     async def _handle(self, connection: ServerConnection) -> None:
@@ -180,22 +176,6 @@ class AgentListener:
             log.warning("agent stream closed: store unavailable: %s", error)
             with contextlib.suppress(Exception):
                 await link.close(CLOSE_TRY_AGAIN_LATER, "store unavailable")
-
-
-def _addresses(bind: str) -> list[str]:
-    """The addresses agents may dial this master at: the bound one, or every local one."""
-    try:
-        bound = ipaddress.ip_address(bind)
-    except ValueError:
-        return ["127.0.0.1"]
-    if not bound.is_unspecified:
-        return [str(bound), "127.0.0.1"]
-    found = ["127.0.0.1"]
-    for entries in psutil.net_if_addrs().values():
-        for entry in entries:
-            if entry.family in (socket.AF_INET, socket.AF_INET6) and "%" not in entry.address:
-                found.append(entry.address)
-    return found
 
 
 async def audit_impersonation(master: Master, agent_id: str, summary: str) -> None:

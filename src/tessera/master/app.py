@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,7 +33,9 @@ from tessera.master.body_limit import BodyLimit
 from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
+from tessera.master.serving_cert import ca_file
 from tessera.model.protocol import AGENT_STREAM_PATH, CLOSE_NOT_LEADER
+from tessera.security.ca import cli_client_context
 from tessera.store import NotLeader, StateStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ def create_app(
     # Only masters that can follow get the proxy: a lone master's requests take no detour.
     forwarder = None
     if master.leadership is not None:
-        forwarder = httpx.AsyncClient(timeout=FORWARD_TIMEOUT)
+        forwarder = httpx.AsyncClient(timeout=FORWARD_TIMEOUT, verify=_cluster_trust(config))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -132,6 +135,13 @@ def create_app(
     # Last: the request bodies of every route above, in /openapi.json.
     publish_request_schemas(app)
     return app
+
+
+def _cluster_trust(config: MasterConfig) -> ssl.SSLContext | bool:
+    """The leader proxy reaches the other masters over HTTPS, trusting the cluster CA only
+    (written by `tessera master` before it serves; absent in in-process tests)."""
+    path = ca_file(config)
+    return cli_client_context(path) if path.exists() else True
 
 
 def install_store_error_handlers(app: FastAPI) -> None:

@@ -29,7 +29,8 @@ class MasterConfig:
     # failover takes (see docs/etcd.md, "The election and its timeouts").
     leader_lease: int = 5
     # The URL other masters forward requests to and agents are pointed at; empty means
-    # http://<bind>:<port> (the host's name when bound to every interface).
+    # https://<bind>:<port> (the host's name when bound to every interface; http:// only
+    # with --insecure-no-auth, which serves plain HTTP on loopback).
     advertise_url: str = ""
     # Debugging only: every caller is a superuser. Refused unless bound to loopback.
     insecure_no_auth: bool = False
@@ -51,4 +52,9 @@ class MasterConfig:
         if self.advertise_url:
             return self.advertise_url.rstrip("/")
         host = socket.getfqdn() if self.bind in ("", "0.0.0.0", "::") else self.bind
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        """The API is HTTPS with the cluster CA; the loopback-only debugging mode stays plain."""
+        return "http" if self.insecure_no_auth else "https"

@@ -29,11 +29,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tessera.clock import Clock, SystemClock
 from tessera.security.ca import ClusterCA, new_ca
 from tessera.security.tokens import new_signing_key, private_key_from_pem, private_key_to_pem
-from tessera.store import Put, StateStore
+from tessera.store import Put, StaleRevision, StateStore
 
 KIND = "cluster"
 KEY = "keys"
 CLUSTER_KEY_BYTES = 32
+# A busy store moves on between the read and the write; creating tries again this often.
+COMMIT_ATTEMPTS = 50
 # Bound to the record so a sealed blob cannot be replayed as another kind of record.
 _ASSOCIATED = b"tessera cluster keys v1"
 
@@ -127,18 +129,26 @@ def read_cluster_key(path: Path, create: bool) -> bytes:
 async def load_or_create(
     store: StateStore, cluster_key: bytes, clock: Clock | None = None
 ) -> ClusterKeys:
-    """The cluster's keys; the first leader of a new cluster creates them, and a leader that
-    finds a bundle without a CA (sealed by an older version) adds one."""
-    record = await store.get(KIND, KEY)
-    if record is not None:
-        keys = ClusterKeys.open(record, cluster_key)
-        if keys.ca is not None:
-            return keys
-        keys = replace(keys, ca=new_ca(keys.cluster_id, clock or SystemClock()))
-    else:
-        keys = ClusterKeys.new(clock)
-    await store.commit([Put(KIND, KEY, keys.seal(cluster_key))])
-    return keys
+    """The cluster's keys; the first master of a new cluster creates them, and one that finds a
+    bundle without a CA (sealed by an older version) adds one. Creating is a compare-and-set on
+    the store's revision, so masters starting together (each needs the CA for its HTTPS
+    certificate before it serves) agree on one bundle: the losers read the winner's."""
+    for _ in range(COMMIT_ATTEMPTS):
+        revision = await store.revision()
+        record = await store.get(KIND, KEY)
+        if record is not None:
+            keys = ClusterKeys.open(record, cluster_key)
+            if keys.ca is not None:
+                return keys
+            keys = replace(keys, ca=new_ca(keys.cluster_id, clock or SystemClock()))
+        else:
+            keys = ClusterKeys.new(clock)
+        try:
+            await store.commit([Put(KIND, KEY, keys.seal(cluster_key))], expect_revision=revision)
+        except StaleRevision:
+            continue  # someone wrote meanwhile (perhaps these very keys): read again
+        return keys
+    raise ClusterKeyError("the store was too busy to create the cluster's keys; start again")
 
 
 async def load_existing(store: StateStore, cluster_key: bytes) -> ClusterKeys | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -93,18 +94,30 @@ class Daemon:
 class Cluster:
     """A master plus agents, each a real `tessera` process; everything is stopped at the end."""
 
-    def __init__(self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3) -> None:
+    def __init__(
+        self, root: Path, heartbeat_interval: float = 0.5, misses: int = 3, insecure: bool = False
+    ) -> None:
+        """`insecure`: a master with --insecure-no-auth (plain HTTP on loopback, no auth)."""
         self.root = root
         self.port = free_port()
         self.agent_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.insecure = insecure
+        self.url = f"{'http' if insecure else 'https'}://127.0.0.1:{self.port}"
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
         self.master: Daemon | None = None
         self.agents: list[Daemon] = []
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+        # Trusts the cluster CA only, once the master has made it (start_master loads it):
+        # give it to your own clients (`httpx.Client(verify=cluster.ssl_context)`).
+        self.ssl_context = trusting_nothing_yet()
+        self.http = httpx.Client(base_url=self.url, timeout=10, verify=self.ssl_context)
         # One multi-use join token per cluster (and the CA pin), minted through the API.
         self._join: tuple[str, str] | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA's certificate (the master writes it before it serves HTTPS)."""
+        return self.root / "master" / "tls" / "ca.crt"
 
     @property
     def token_file(self) -> Path:
@@ -145,10 +158,14 @@ class Cluster:
                 str(reregistration_timeout),
                 "--agent-port",
                 str(self.agent_port),
+                *(["--insecure-no-auth"] if self.insecure else []),
                 *(extra or []),
             ],
             self.root / "master.log",
         ).start()
+        if not self.insecure:
+            wait_for(self.ca_file.exists, 20, "the cluster CA")
+            self.ssl_context.load_verify_locations(cafile=self.ca_file)
         wait_for(self._pings, 20, "master /ping")
         # The master leaves its superuser's token in its work dir when it starts leading.
         token_file = self.root / "master" / ADMIN_TOKEN_FILE
@@ -178,7 +195,12 @@ class Cluster:
         than the master's (`master`: a WebSocket proxy that cannot carry mutual TLS) it
         uses the deprecated shared secret on the API port."""
         if master is not None and master != self.url and not master.endswith(f":{self.port}"):
-            credentials = ["--join-token-file", str(self.token_file)]
+            credentials = [
+                "--join-token-file",
+                str(self.token_file),
+                "--ca-file",
+                str(self.ca_file),
+            ]
         else:
             credentials = self.join_args()
         return [
@@ -256,6 +278,7 @@ class Cluster:
                 "TESSERA_MASTER": self.url,
                 "TESSERA_HOME": str(self.root),
                 "TESSERA_TOKEN": self.token,
+                "TESSERA_CA": str(self.ca_file),
             },
         )
 
@@ -265,6 +288,14 @@ class Cluster:
         if self.master is not None:
             self.master.stop()
         self.http.close()
+
+
+def trusting_nothing_yet() -> ssl.SSLContext:
+    """A client context that checks host names and trusts no CA until one is loaded into it
+    (`load_verify_locations`): clients made before the cluster's CA exists use it after."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def task_processes(task_id: str) -> list[psutil.Process]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import random
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -25,9 +26,17 @@ class FlakyProxy:
     """Runs in its own thread with its own event loop; `url` is what the agent dials."""
 
     def __init__(
-        self, master_url: str, drop: float = 0.3, duplicate: float = 0.3, seed: int = 7
+        self,
+        master_url: str,
+        drop: float = 0.3,
+        duplicate: float = 0.3,
+        seed: int = 7,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.master_ws = master_url.replace("http://", "ws://") + AGENT_STREAM_PATH
+        """`ssl_context` trusts the master's CA (its API is HTTPS: the proxy dials wss)."""
+        ws = master_url.replace("http://", "ws://").replace("https://", "wss://")
+        self.master_ws = ws + AGENT_STREAM_PATH
+        self.ssl_context = ssl_context
         self.drop = drop
         self.duplicate = duplicate
         self.random = random.Random(seed)
@@ -65,7 +74,8 @@ class FlakyProxy:
     async def _relay(self, agent: ServerConnection) -> None:
         assert agent.request is not None
         headers = {"Authorization": agent.request.headers.get("Authorization", "")}
-        async with connect(self.master_ws, additional_headers=headers) as master:
+        context = self.ssl_context if self.master_ws.startswith("wss://") else None
+        async with connect(self.master_ws, additional_headers=headers, ssl=context) as master:
             upstream = asyncio.create_task(self._pump(agent.recv, master.send))
             downstream = asyncio.create_task(self._pump(master.recv, agent.send))
             await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)

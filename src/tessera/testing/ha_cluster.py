@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tessera.testing.auth import auth_headers
-from tessera.testing.cluster import Daemon, free_port, wait_for
+from tessera.testing.cluster import Daemon, free_port, trusting_nothing_yet, wait_for
 
 
 class MasterGroup:
@@ -35,10 +35,13 @@ class MasterGroup:
         self.misses = misses
         self.ports = [free_port() for _ in range(size)]
         self.agent_ports = [free_port() for _ in range(size)]
-        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
+        self.urls = [f"https://127.0.0.1:{port}" for port in self.ports]
         self.masters: list[Daemon | None] = [None] * size
         self.agents: list[Daemon] = []
-        self.http = httpx.Client(timeout=5)
+        # Trusts the cluster CA (one for every master) once the first master has written it.
+        self.ssl_context = trusting_nothing_yet()
+        self._trusted = False
+        self.http = httpx.Client(timeout=5, verify=self.ssl_context)
         root.mkdir(parents=True, exist_ok=True)
         # Join tokens and the CA are in etcd: any leader accepts the agents. One token.
         self._join: tuple[str, str] | None = None
@@ -80,8 +83,22 @@ class MasterGroup:
         ]
         daemon = Daemon(f"master-{index}", args, self.root / f"master-{index}.log").start()
         self.masters[index] = daemon
+        ca_file = work_dir / "tls" / "ca.crt"
+        wait_for(ca_file.exists, 30, f"master-{index}'s CA certificate")
+        if not self._trusted:
+            self.ssl_context.load_verify_locations(cafile=ca_file)
+            self._trusted = True
         wait_for(lambda: self._pings(index), 20, f"master-{index} /ping")
         return daemon
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA's certificate (every master writes the same one)."""
+        for index in range(len(self.urls)):
+            path = self.root / f"master-{index}" / "tls" / "ca.crt"
+            if path.exists():
+                return path
+        raise FileNotFoundError("no master has written the cluster CA yet")
 
     def restart(self, index: int) -> Daemon:
         daemon = self.masters[index]

@@ -52,6 +52,8 @@ class SimAgent:
     pending: dict[str, StatusUpdate] = field(default_factory=dict)
     registered: asyncio.Event = field(default_factory=asyncio.Event)
     dead: bool = False
+    # Trusts the cluster CA (`Cluster.ssl_context`) for the masters' HTTPS API.
+    verify: ssl.SSLContext | bool = True
     _connection: ClientConnection | None = None
     _runner: asyncio.Task[None] | None = None
     _tls: ssl.SSLContext | None = None
@@ -107,7 +109,7 @@ class SimAgent:
             "hostname": self.hostname,
             "agent_id": self.agent_id,
         }
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, verify=self.verify) as http:
             response = await http.post(master.rstrip("/") + "/v1/join", json=body)
         if response.status_code != 200:
             raise OSError(f"join refused: {response.status_code} {response.text[:200]}")
@@ -119,11 +121,13 @@ class SimAgent:
 
     async def _channel(self, master: str) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
         if not self.join_token.startswith(JOIN_TOKEN_PREFIX + "."):
-            url = master.rstrip("/").replace("http://", "ws://") + AGENT_STREAM_PATH
-            return url, {"Authorization": f"Bearer {self.join_token}"}, None
+            url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+            context = self.verify if isinstance(self.verify, ssl.SSLContext) else None
+            url += AGENT_STREAM_PATH
+            return url, {"Authorization": f"Bearer {self.join_token}"}, context
         if self._tls is None:
             self._tls = await self._join(master)
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, verify=self.verify) as http:
             response = await http.get(master.rstrip("/") + "/ca/dcos-ca.crt")
         return channel_url(master, response.headers.get(AGENT_URL_HEADER, "")), {}, self._tls
 
@@ -215,6 +219,7 @@ def fleet(
     join_token: str,
     resources: dict[str, Any],
     zones: int = 1,
+    verify: ssl.SSLContext | bool = True,
 ) -> list[SimAgent]:
     """`count` simulated agents named sim-000 ..., spread over `zones` zones."""
     return [
@@ -225,6 +230,7 @@ def fleet(
             join_token=join_token,
             resources=resources,
             attributes={"zone": f"zone-{index % zones}"},
+            verify=verify,
         )
         for index in range(count)
     ]

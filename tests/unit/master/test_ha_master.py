@@ -4,8 +4,8 @@ cannot write; a leader whose term ended under it steps down on its first refused
 from __future__ import annotations
 
 import asyncio
-import secrets
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 

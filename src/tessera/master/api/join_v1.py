@@ -70,8 +70,8 @@ def _source(request: Request) -> str | None:
     response_class=Response,
     responses={
         200: {
+            "description": "The cluster CA's certificate (PEM); clients check it against the pin",
             "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
-            "description": "The cluster CA's certificate (PEM).",
         }
     },
 )
