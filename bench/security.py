@@ -189,9 +189,7 @@ def main() -> None:
         f"GET /v2/apps with {args.apps} apps ({args.rounds} rounds of {args.gets} interleaved "
         "calls: medians over rounds; 8 clients for req/s):"
     )
-    p99s = {
-        name: statistics.median(percentile(r[name], 0.99) for r in rounds) for name in readers
-    }
+    p99s = {name: statistics.median(percentile(r[name], 0.99) for r in rounds) for name in readers}
     for name in readers:
         p50 = statistics.median(statistics.median(r[name]) for r in rounds)
         ratio = p99s[name] / p99s["no-auth"]
