@@ -72,7 +72,13 @@ def test_bad_checks_are_refused(cluster: Cluster) -> None:
 
 def test_health_survives_a_master_restart(cluster: Cluster, tmp_path: Path) -> None:
     start_agent(cluster)
-    check = {**FAST, "protocol": "COMMAND", "command": {"value": "test -f ok"}}
+    # Never killed for failing (0, as in Marathon): the restart takes longer than 3 failures.
+    check = {
+        **FAST,
+        "protocol": "COMMAND",
+        "command": {"value": "test -f ok"},
+        "maxConsecutiveFailures": 0,
+    }
     task = cluster.launch(name="steady", cmd="touch ok; exec sleep 300", healthChecks=[check])
     wait_for(lambda: healthy_is(cluster, task["id"], True), 15, "the task to be healthy")
     assert cluster.master is not None
@@ -88,7 +94,13 @@ def test_health_survives_a_master_restart(cluster: Cluster, tmp_path: Path) -> N
 
 def test_checks_resume_after_an_agent_restart(cluster: Cluster) -> None:
     resources = start_agent(cluster)
-    check = {**FAST, "protocol": "COMMAND", "command": {"value": "test -f ok"}}
+    # Never killed for failing (0, as in Marathon): the restart takes longer than 3 failures.
+    check = {
+        **FAST,
+        "protocol": "COMMAND",
+        "command": {"value": "test -f ok"},
+        "maxConsecutiveFailures": 0,
+    }
     task = cluster.launch(name="steady", cmd="touch ok; exec sleep 300", healthChecks=[check])
     wait_for(lambda: healthy_is(cluster, task["id"], True), 15, "the task to be healthy")
     cluster.agents[0].kill9()
