@@ -34,7 +34,7 @@ from fastapi import Request
 from starlette.requests import HTTPConnection
 
 from tessera.clock import Clock
-from tessera.http_errors import ApiError
+from tessera.http_errors import ApiError, invalid
 from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.master.config import MasterConfig
 from tessera.master.iam import SUPERUSERS, Acl, Group, Iam, User
@@ -324,11 +324,7 @@ class Authority:
         try:
             needs = await self._needs(connection, rule)
         except PathRefused as error:
-            raise ApiError(
-                422,
-                "Object is not valid",
-                details=[{"path": "/id", "errors": [f"{error.path}: {error.reason}"]}],
-            ) from None
+            raise invalid("/id", f"{error.path}: {error.reason}") from None
         connection.state.audit_permission = "; ".join(f"{n.rid} {n.action}" for n in needs)
         if needs and needs[0].rid.tail is not None:
             connection.state.audit_resource = needs[0].rid.tail

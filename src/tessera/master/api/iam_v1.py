@@ -10,13 +10,15 @@ needs every permission it passes on (superusers hold them all).
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tessera.http_errors import ApiError
+from tessera.http_errors import ApiError, invalid
 from tessera.master.auth import CHALLENGE, Authority, principal_of
 from tessera.master.core import Master
 from tessera.master.iam import Acl, Group, IamConflict, IamNotFound, User
@@ -94,9 +96,7 @@ def _rid_param(raw: str) -> str:
     try:
         parse_rid(rid)
     except (InvalidRid, ValueError) as error:
-        raise ApiError(
-            422, "Object is not valid", details=[{"path": "/rid", "errors": [str(error)]}]
-        ) from None
+        raise invalid("/rid", str(error)) from None
     return rid
 
 
@@ -104,22 +104,12 @@ def _action_param(raw: str) -> Action:
     try:
         return Action(raw)
     except ValueError:
-        raise ApiError(
-            422,
-            "Object is not valid",
-            details=[{"path": "/action", "errors": [f"actions are {', '.join(Action)}"]}],
-        ) from None
+        raise invalid("/action", f"actions are {', '.join(Action)}") from None
 
 
 def _check_uid(uid: str, where: str = "/uid") -> None:
-    import re
-
     if not re.fullmatch(_UID, uid):
-        raise ApiError(
-            422,
-            "Object is not valid",
-            details=[{"path": where, "errors": ["lowercase letters, digits, _ . @ -"]}],
-        )
+        raise invalid(where, "lowercase letters, digits, _ . @ -")
 
 
 # ---- login ---------------------------------------------------------------------------------
@@ -217,20 +207,12 @@ async def create_user(uid: str, body: UserIn, request: Request) -> Response:
     _check_uid(uid)
     auth = authority(request)
     if (body.password is None) == (body.public_key is None):
-        raise ApiError(
-            422,
-            "Object is not valid",
-            details=[{"path": "/", "errors": ["give a password (user) or a public_key (service)"]}],
-        )
+        raise invalid("/", "give a password (user) or a public_key (service)")
     if body.public_key is not None:
         try:
             public_key_from_pem(body.public_key)
         except ValueError as error:
-            raise ApiError(
-                422,
-                "Object is not valid",
-                details=[{"path": "/public_key", "errors": [str(error)]}],
-            ) from None
+            raise invalid("/public_key", str(error)) from None
         user = User(uid, "service", body.description, public_key=body.public_key)
     else:
         if uid in auth.iam.users:
@@ -250,16 +232,10 @@ async def update_user(uid: str, body: UserPatch, request: Request) -> Response:
     user = auth.iam.users.get(uid)
     if user is None:
         raise ApiError(404, f"user {uid} not found", code="ERR_UNKNOWN_USER_ID")
-    from dataclasses import replace
-
     changed = replace(user, description=body.description or user.description)
     if body.password is not None:
         if user.type != "user":
-            raise ApiError(
-                422,
-                "Object is not valid",
-                details=[{"path": "/password", "errors": ["service accounts have no password"]}],
-            )
+            raise invalid("/password", "service accounts have no password")
         changed = replace(changed, password_hash=await auth.hash_password(body.password))
     await auth.iam.put_user(changed, create=False)
     if body.password is not None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from tessera.http_errors import ApiError
+from tessera.http_errors import invalid as invalid_field
 from tessera.master.api.marathon_v2 import (
     app_json,
     conflict,
@@ -82,7 +83,7 @@ def with_roles(
         old = controller.state.apps.get(app_id)
         why = role_error(app_id, app.role, after, old.role if old is not None else None)
         if why is not None:
-            raise ApiError(422, "Object is not valid", details=[{"path": "/role", "errors": [why]}])
+            raise invalid_field("/role", why)
         settled[app_id] = app.with_changes(role=effective_role(app_id, after, app.role))
     return settled
 

@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tessera.http_errors import ApiError, validation_details
+from tessera.http_errors import ApiError, invalid, validation_details
 from tessera.model.constraints import ConstraintError, parse_constraints
 from tessera.model.container import image_reference_error
 from tessera.model.container_input import ParameterIn
@@ -276,10 +276,6 @@ def metronome_path(location: Sequence[Any]) -> str:
         else:
             path += f"/{part}"
     return path or "/"
-
-
-def invalid(path: str, message: str) -> ApiError:
-    return ApiError(422, "Object is not valid", details=[{"path": path, "errors": [message]}])
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

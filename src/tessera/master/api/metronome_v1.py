@@ -11,8 +11,8 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from tessera.clock import Clock
-from tessera.http_errors import ApiError
-from tessera.master.api.metronome_models import JobIn, ScheduleIn, invalid, parse_body
+from tessera.http_errors import ApiError, invalid
+from tessera.master.api.metronome_models import JobIn, ScheduleIn, parse_body
 from tessera.master.api.metronome_views import (
     EMBEDS,
     job_view,
@@ -69,11 +69,7 @@ def _team_role(request: Request, spec: JobSpec) -> JobSpec:
     groups = request.app.state.services.state.groups
     role = job_role(spec.id, groups, spec.run.role)
     if spec.run.role not in ("*", role):
-        raise ApiError(
-            422,
-            "Object is not valid",
-            details=[{"path": "/run/role", "errors": [f"must be * or {role} for job {spec.id}"]}],
-        )
+        raise invalid("/run/role", f"must be * or {role} for job {spec.id}")
     return dataclasses.replace(spec, run=dataclasses.replace(spec.run, role=role))
 
 
