@@ -10,9 +10,7 @@ step tolerates what exists already, so running it again repairs a half-made team
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import typer
 from rich.table import Table
 
@@ -29,7 +27,7 @@ from tessera.cli.quotas import (
     quota_path,
 )
 from tessera.cli.render import out
-from tessera.model.permissions import Grant, PathRefused, team_groups
+from tessera.model.permissions import Grant, PathRefused, escaped_rid, team_groups
 
 team_app = typer.Typer(
     help="Teams: a top-level group, its role and quota, and admin/developer/viewer groups.",
@@ -40,21 +38,13 @@ _ROLES = {"admins": "administrators", "developers": "developers", "viewers": "re
 
 
 def acl_path(rid: str) -> str:
-    """DC/OS writes a rid in a URL escaped twice: `/` becomes `%252F`."""
-    return "/acs/api/v1/acls/" + quote(quote(rid, safe=":"), safe=":")
-
-
-def _send(client: MasterClient, method: str, path: str, body: Any = None) -> httpx.Response:
-    try:
-        # The client's own request() fails on any 4xx; here a 409 (exists) is fine.
-        return client._send(method, path, json=body)
-    except httpx.HTTPError as error:
-        fail(f"cannot talk to the master at {client.url}: {error}")
+    return "/acs/api/v1/acls/" + escaped_rid(rid)
 
 
 def ensure(client: MasterClient, method: str, path: str, body: Any = None) -> bool:
-    """Send a create; True if it created, False if it existed already (409)."""
-    response = _send(client, method, path, body)
+    """Send a create; True if it created, False if it existed already (409). The client's
+    own request() fails on any 4xx: here a 409 is fine, so the raw answer is read."""
+    response = client.send(method, path, json=body)
     if response.status_code == 409:
         return False
     if response.status_code >= 400:
@@ -80,7 +70,7 @@ def _ensure_quota(client: MasterClient, team: str, limits: dict[str, float]) -> 
         client.request("PUT", quota_path(team), json=limits)
         shown = ", ".join(f"{name} {value:g}" for name, value in limits.items())
         return f"set the quota of role {team}: {shown}"
-    response = _send(client, "GET", quota_path(team))
+    response = client.send("GET", quota_path(team))
     if response.status_code == 404:
         client.request("PUT", quota_path(team), json={})
         return f"created an unlimited quota for role {team} (set limits with `tessera quota set`)"

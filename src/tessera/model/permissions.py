@@ -53,6 +53,7 @@ from enum import Enum, StrEnum
 from functools import lru_cache
 from itertools import chain
 from typing import NamedTuple, TypeAlias
+from urllib.parse import quote
 
 
 class Action(StrEnum):
@@ -284,6 +285,11 @@ def parse_actions(text: str) -> frozenset[Action]:
 def grant(rid: str | Rid, *actions: Action | str) -> Grant:
     parsed = rid if isinstance(rid, Rid) else parse_rid(rid)
     return Grant(parsed, parse_actions(",".join(actions)))
+
+
+def escaped_rid(rid: str | Rid) -> str:
+    """A rid as DC/OS writes it in a URL: escaped twice, so `/` becomes `%252F`."""
+    return quote(quote(str(rid), safe=":"), safe=":")
 
 
 def parse_grant(text: str) -> Grant:

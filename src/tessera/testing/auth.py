@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+
+from tessera.model.permissions import escaped_rid
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -29,11 +30,6 @@ def auth_headers(work_dir: Path) -> dict[str, str]:
 
 def token_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"token={token}"}
-
-
-def escaped_rid(rid: str) -> str:
-    """DC/OS's rid in a URL: `/` becomes `%252F` (escaped twice)."""
-    return quote(quote(rid, safe=":"), safe=":")
 
 
 def grant(client: HttpClient, uid: str, permission: str, admin: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from tessera.model.permissions import (
     InvalidRid,
     Principal,
     allowed,
+    escaped_rid,
     may_grant,
     parse_rid,
 )
@@ -362,9 +363,7 @@ async def remove_member(gid: str, uid: str, request: Request) -> Response:
 
 
 def _acl_view(acl: Acl) -> dict[str, Any]:
-    from urllib.parse import quote
-
-    escaped = quote(quote(acl.rid, safe=":"), safe=":")
+    escaped = escaped_rid(acl.rid)
     return {"rid": acl.rid, "url": f"/acs/api/v1/acls/{escaped}", "description": acl.description}
 
 
