@@ -18,11 +18,12 @@ import uvicorn
 from tessera.cli.daemons import MasterServer
 from tessera.clock import SystemClock
 from tessera.master.app import create_app
+from tessera.master.auth_files import ADMIN_TOKEN
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.jobs import JobsController
 from tessera.master.serving_cert import ServingFiles, ensure_serving_cert
 from tessera.store import open_store
-from tessera.testing.auth import ADMIN_TOKEN_FILE, auth_headers
+from tessera.testing.auth import auth_headers
 from tessera.testing.clock import FakeClock
 from tessera.testing.cluster import Cluster, wait_for
 
@@ -189,7 +190,7 @@ class InProcessMaster:
         self.thread.start()
         wait_for(self.cluster._pings, 20, "the in-process master")
         work_dir = self.cluster.root / "master"
-        wait_for((work_dir / ADMIN_TOKEN_FILE).exists, 20, "the superuser's token")
+        wait_for((work_dir / ADMIN_TOKEN).exists, 20, "the superuser's token")
         self.cluster.http.headers.update(auth_headers(work_dir))
         return self
 

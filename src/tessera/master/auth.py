@@ -84,8 +84,6 @@ ADMIN = "admin"
 ANONYMOUS = Principal(
     "anonymous", PrincipalKind.USER, grants=Grants.of([grant(SUPERUSER, Action.FULL)])
 )
-ADMIN_TOKEN_FILE = ADMIN_TOKEN
-ADMIN_PASSWORD_FILE = ADMIN_PASSWORD
 # How often the leader rewrites its admin-token file (tokens last 8 h).
 ADMIN_TOKEN_REFRESH_SECONDS = 3600.0
 # DC/OS's challenge; clients that see it know to log in.
@@ -213,11 +211,11 @@ class Authority:
         hashed = await self.hash_password(password)
         await self.iam.put_user(User(ADMIN, "user", "Bootstrap superuser", hashed), create=True)
         await self.iam.set_member(SUPERUSERS, ADMIN, True)
-        write_private(self.config.work_dir / ADMIN_PASSWORD_FILE, password + "\n")
+        write_private(self.config.work_dir / ADMIN_PASSWORD, password + "\n")
         log.warning(
             "created the superuser %r; its password is in %s",
             ADMIN,
-            self.config.work_dir / ADMIN_PASSWORD_FILE,
+            self.config.work_dir / ADMIN_PASSWORD,
         )
 
     async def keep_admin_token_fresh(self) -> None:
@@ -228,7 +226,7 @@ class Authority:
 
     def _write_admin_token(self) -> None:
         issued = self.issue(ADMIN, "user")
-        write_private(self.config.work_dir / ADMIN_TOKEN_FILE, issued.token + "\n")
+        write_private(self.config.work_dir / ADMIN_TOKEN, issued.token + "\n")
 
     # ---- tokens and passwords ---------------------------------------------------------------
 

@@ -138,8 +138,6 @@ class Iam:
         self.groups: dict[str, Group] = {}
         self.acls: dict[str, Acl] = {}
         self._principals: dict[str, Principal] = {}
-        # Bumped by every change: followers and caches compare it.
-        self.generation = 0
 
     async def load(self) -> None:
         self.users = {k: User.from_json(v) for k, v in (await self._store.load(USERS)).items()}
@@ -149,7 +147,6 @@ class Iam:
 
     def _changed(self) -> None:
         self._principals.clear()
-        self.generation += 1
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -206,16 +203,12 @@ class Iam:
 
     # ---- changing -------------------------------------------------------------------------
 
-    async def _commit(self, operations: list[Put | Delete]) -> None:
-        await self._store.commit(operations)
-        self._changed()
-
     async def put_user(self, user: User, create: bool) -> None:
         if create and user.uid in self.users:
             raise IamConflict(f"user {user.uid} already exists")
         if not create and user.uid not in self.users:
             raise IamNotFound(f"user {user.uid} not found")
-        await self._commit([Put(USERS, user.uid, user.to_json())])
+        await self._store.commit([Put(USERS, user.uid, user.to_json())])
         self.users[user.uid] = user
         self._changed()
 
@@ -231,7 +224,7 @@ class Iam:
         }
         operations += [Put(GROUPS, gid, g.to_json()) for gid, g in groups.items()]
         operations += [Put(ACLS, rid, a.to_json()) for rid, a in acls.items()]
-        await self._commit(operations)
+        await self._store.commit(operations)
         del self.users[uid]
         self.groups.update(groups)
         self.acls.update(acls)
@@ -245,7 +238,7 @@ class Iam:
             raise IamConflict(f"group {group.gid} already exists")
         if not create and group.gid not in self.groups:
             raise IamNotFound(f"group {group.gid} not found")
-        await self._commit([Put(GROUPS, group.gid, group.to_json())])
+        await self._store.commit([Put(GROUPS, group.gid, group.to_json())])
         self.groups[group.gid] = group
         self._changed()
 
@@ -257,7 +250,7 @@ class Iam:
             for a in self.acls.values()
             if gid in a.groups
         }
-        await self._commit(
+        await self._store.commit(
             [Delete(GROUPS, gid), *(Put(ACLS, rid, a.to_json()) for rid, a in acls.items())]
         )
         del self.groups[gid]
@@ -282,14 +275,14 @@ class Iam:
             raise IamConflict(f"ACL for {acl.rid} already exists")
         if not create and acl.rid not in self.acls:
             raise IamNotFound(f"ACL for {acl.rid} not found")
-        await self._commit([Put(ACLS, acl.rid, acl.to_json())])
+        await self._store.commit([Put(ACLS, acl.rid, acl.to_json())])
         self.acls[acl.rid] = acl
         self._changed()
 
     async def delete_acl(self, rid: str) -> None:
         if rid not in self.acls:
             raise IamNotFound(f"ACL for {rid} not found")
-        await self._commit([Delete(ACLS, rid)])
+        await self._store.commit([Delete(ACLS, rid)])
         del self.acls[rid]
         self._changed()
 

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from tessera.master.auth_files import ADMIN_TOKEN
 from tessera.model.permissions import escaped_rid
-
-ADMIN_TOKEN_FILE = "admin-token"
 
 
 class HttpClient(Protocol):
@@ -21,7 +20,7 @@ class HttpClient(Protocol):
 
 def admin_token(work_dir: Path) -> str:
     """The superuser token the master wrote when it started leading."""
-    return (work_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    return (work_dir / ADMIN_TOKEN).read_text().strip()
 
 
 def auth_headers(work_dir: Path) -> dict[str, str]:

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import psutil
 
-from tessera.testing.auth import ADMIN_TOKEN_FILE, admin_token, auth_headers
+from tessera.master.auth_files import ADMIN_TOKEN
+from tessera.testing.auth import admin_token, auth_headers
 
 
 def free_port() -> int:
@@ -168,7 +169,7 @@ class Cluster:
             self.ssl_context.load_verify_locations(cafile=self.ca_file)
         wait_for(self._pings, 20, "master /ping")
         # The master leaves its superuser's token in its work dir when it starts leading.
-        token_file = self.root / "master" / ADMIN_TOKEN_FILE
+        token_file = self.root / "master" / ADMIN_TOKEN
         wait_for(token_file.exists, 20, "the master's admin token")
         self.http.headers.update(auth_headers(self.root / "master"))
         return self.master
