@@ -31,12 +31,28 @@ def read_cluster_state(work_dir: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def running_cluster_url() -> str | None:
+def local_clusters() -> list[tuple[Path, str]]:
+    """(work dir, master URL) of the local clusters to look at: the one started last (the
+    `current-cluster` pointer), then the default work dir."""
     candidates = [default_work_dir()]
     with contextlib.suppress(OSError):
         candidates.insert(0, Path(current_pointer().read_text().strip()))
+    found = []
     for work_dir in candidates:
         state = read_cluster_state(work_dir)
         if state and isinstance(state.get("master_url"), str):
-            return str(state["master_url"])
+            found.append((work_dir, str(state["master_url"])))
+    return found
+
+
+def running_cluster_url() -> str | None:
+    clusters = local_clusters()
+    return clusters[0][1] if clusters else None
+
+
+def local_cluster_dir(url: str) -> Path | None:
+    """The work dir of the local cluster (`tessera up`) serving `url`, if one does."""
+    for work_dir, master_url in local_clusters():
+        if master_url.rstrip("/") == url.rstrip("/"):
+            return work_dir
     return None

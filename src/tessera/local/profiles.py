@@ -17,7 +17,8 @@ import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tessera.local.paths import current_pointer, read_cluster_state, tessera_home
+from tessera.local.paths import local_cluster_dir, tessera_home
+from tessera.master.auth_files import ADMIN_TOKEN
 from tessera.security.ca import cli_client_context
 
 
@@ -99,28 +100,18 @@ def profile_for(url: str) -> Profile | None:
 
 def local_cluster_token(url: str) -> str | None:
     """The superuser token of a local cluster (`tessera up`) serving `url`."""
-    candidates = [tessera_home() / "local"]
-    with contextlib.suppress(OSError):
-        candidates.insert(0, Path(current_pointer().read_text().strip()))
-    for work_dir in candidates:
-        state = read_cluster_state(work_dir)
-        if state and str(state.get("master_url", "")).rstrip("/") == url.rstrip("/"):
-            with contextlib.suppress(OSError):
-                return (work_dir / "admin-token").read_text().strip() or None
+    work_dir = local_cluster_dir(url)
+    if work_dir is not None:
+        with contextlib.suppress(OSError):
+            return (work_dir / ADMIN_TOKEN).read_text().strip() or None
     return None
 
 
 def local_cluster_ca(url: str) -> str | None:
     """The CA file (`<work dir>/ca.pem`) of a local cluster (`tessera up`) serving `url`."""
-    candidates = [tessera_home() / "local"]
-    with contextlib.suppress(OSError):
-        candidates.insert(0, Path(current_pointer().read_text().strip()))
-    for work_dir in candidates:
-        state = read_cluster_state(work_dir)
-        if state and str(state.get("master_url", "")).rstrip("/") == url.rstrip("/"):
-            path = work_dir / "ca.pem"
-            return str(path) if path.exists() else None
-    return None
+    work_dir = local_cluster_dir(url)
+    path = work_dir / "ca.pem" if work_dir is not None else None
+    return str(path) if path is not None and path.exists() else None
 
 
 def ca_for(url: str) -> str | None:
