@@ -28,10 +28,11 @@ from tessera.local.demo import (
     demo_container_service,
 )
 from tessera.local.paths import default_work_dir
-from tessera.local.profiles import Profile, save_profile, write_private
+from tessera.local.profiles import Profile, save_profile
 from tessera.local.registry import DEFAULT_REGISTRY_PORT
 from tessera.master.auth_files import ADMIN_PASSWORD, ADMIN_TOKEN
 from tessera.model.resources import ResourceFormatError, parse_resources
+from tessera.security.ca import write_private
 
 
 def up(

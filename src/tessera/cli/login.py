@@ -22,9 +22,8 @@ from tessera.local.profiles import (
     save_profile,
     token_for,
     verify_for,
-    write_private,
 )
-from tessera.security.ca import CertificateRefused, check_ca_pin, cli_client_context
+from tessera.security.ca import CertificateRefused, check_ca_pin, cli_client_context, write_private
 
 MasterOption = Annotated[
     str | None, typer.Option("--master", help="Master URL (else TESSERA_MASTER, else profile).")
@@ -118,6 +117,7 @@ def login(
     if ca is not None:
         # Next to the profile, so the profile keeps working wherever the file came from.
         ca_path = profiles_dir() / f"{name}.ca.pem"
+        ca_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(ca_path, ca.decode())
     # The password is never stored: only the token (people's tokens last 8 hours).
     path = save_profile(

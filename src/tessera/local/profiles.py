@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tessera.local.paths import local_cluster_dir, tessera_home
 from tessera.master.auth_files import ADMIN_TOKEN
-from tessera.security.ca import cli_client_context
+from tessera.security.ca import cli_client_context, write_private
 
 
 @dataclass(frozen=True)
@@ -47,18 +47,9 @@ def current_profile_file() -> Path:
     return tessera_home() / "current-profile"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Replace `path` atomically with a file only its owner can read (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(partial, path)
-
-
 def save_profile(profile: Profile, make_current: bool = True) -> Path:
     path = profiles_dir() / f"{profile.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fields = {k: v for k, v in asdict(profile).items() if v is not None}
     write_private(path, json.dumps(fields, indent=2) + "\n")
     if make_current:

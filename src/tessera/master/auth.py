@@ -21,12 +21,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -62,6 +60,7 @@ from tessera.model.permissions import (
     task_user_rid,
     unaliased,
 )
+from tessera.security.ca import write_private
 from tessera.security.credentials import PresentedToken, parse_authorization
 from tessera.security.passwords import Passwords
 from tessera.security.ratelimit import LoginLimiter
@@ -483,16 +482,3 @@ def _group_ids(body: Any, base: str, found: list[str]) -> None:
             found.append(_absolute(app["id"], here))
     for child in body.get("groups") or []:
         _group_ids(child, here, found)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically (a reader never sees half a token)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(partial, 0o600)
-    os.replace(partial, path)

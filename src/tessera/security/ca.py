@@ -376,8 +376,8 @@ def save_key_pair(pair: CertifiedKey, directory: Path, name: str) -> None:
     """`<name>.key` and `<name>.crt` (both 0600) in `directory` (made 0700 if new), each replaced
     atomically so a crash never leaves half a key."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(directory / f"{name}.key", pair.key_pem())
-    _write_private(directory / f"{name}.crt", pair.cert_pem())
+    write_private(directory / f"{name}.key", pair.key_pem())
+    write_private(directory / f"{name}.crt", pair.cert_pem())
 
 
 def load_key_pair(directory: Path, name: str) -> CertifiedKey:
@@ -386,7 +386,11 @@ def load_key_pair(directory: Path, name: str) -> CertifiedKey:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes | str) -> None:
+    """Replace `path` atomically and durably with a file only its owner can read (0600):
+    a reader never sees half a key or token."""
+    if isinstance(data, str):
+        data = data.encode()
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
