@@ -32,8 +32,11 @@ def test_agent_kill9_ten_times_keeps_every_task(cluster: Cluster) -> None:
         cluster.wait_state(task_id, "TASK_RUNNING")
 
     def all_started() -> dict[str, frozenset[int]] | None:
+        # A task's tree grows for a moment after TASK_RUNNING (the wrapper starts the
+        # command): take the snapshot once two looks half a second apart agree.
         pids = _pids(ids)
-        return pids if all(pids.values()) else None
+        time.sleep(0.5)
+        return pids if all(pids.values()) and _pids(ids) == pids else None
 
     before = wait_for(all_started, 20, "task pids")
 
