@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from tessera.testing.cluster import Cluster, task_processes, wait_for
-from tessera.testing.sandbox import sandbox_access
 
 TASKS = 20
 KILLS = 10
@@ -48,8 +47,7 @@ def test_agent_kill9_ten_times_keeps_every_task(cluster: Cluster) -> None:
         url = wait_for(lambda old=url: _new_url(cluster, old), 20, "the agent to re-register")
         # The agent's info lists the task a grant names: each one, with its own grant.
         adopted = {
-            task_id: sandbox_access(cluster.http, task_id).get("/v1/info").json()["tasks"]
-            for task_id in ids
+            task_id: cluster.sandbox(task_id).get("/v1/info").json()["tasks"] for task_id in ids
         }
         assert adopted == {task_id: {task_id: "TASK_RUNNING"} for task_id in ids}
         assert agent.process is not None and agent.process.poll() is None

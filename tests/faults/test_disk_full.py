@@ -25,7 +25,6 @@ from tessera.agent.journal import NotDurable, StatusJournal
 from tessera.model.protocol import StatusUpdate
 from tessera.model.task import TaskState
 from tessera.testing.cluster import Cluster, task_processes, wait_for
-from tessera.testing.sandbox import sandbox_access
 
 RESOURCES = "cpus:4;mem:4096;disk:100;ports:[31000-31099]"
 FETCHED = "/etc/services"  # readable by the task user, and more than a full disk can take
@@ -153,7 +152,7 @@ def test_full_disk_fails_new_tasks_keeps_running_ones_and_recovers(tmp_path: Pat
             agent.start()
             url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
             adopted = {
-                task_id: sandbox_access(cluster.http, task_id).get("/v1/info").json()["tasks"]
+                task_id: cluster.sandbox(task_id).get("/v1/info").json()["tasks"]
                 for task_id in running
             }
             assert adopted == {task_id: {task_id: "TASK_RUNNING"} for task_id in running}
@@ -239,7 +238,7 @@ def test_updates_the_full_disk_cannot_journal_are_sent_logged_and_journaled_late
             agent.kill9()
             agent.start()
             url = wait_for(lambda: agent_url(cluster, url), 20, "the agent to re-register")
-            info = sandbox_access(cluster.http, task).get("/v1/info").json()
+            info = cluster.sandbox(task).get("/v1/info").json()
             assert info["tasks"] == {task: "TASK_RUNNING"}
             assert pids([task]) == pid
             assert (journal_dir / "status-updates.jsonl").read_bytes() == before

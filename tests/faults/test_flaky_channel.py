@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tessera.testing.cluster import Cluster
+from tessera.testing.cluster import Cluster, wait_for
 from tessera.testing.flaky_proxy import FlakyProxy
 
 TASKS = 24
@@ -14,13 +14,14 @@ TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED"}
 
 
 def test_lossy_duplicating_channel_records_each_end_once(cluster: Cluster) -> None:
-    proxy = FlakyProxy(
-        cluster.url, drop=0.3, duplicate=0.3, ssl_context=cluster.ssl_context
-    ).start()
+    resources = "cpus:4;mem:4096;disk:100;ports:[31000-31099]"
+    # The proxy relays with the agent's own certificates: the agent joins directly first.
+    cluster.start_agent(resources=resources).stop()
+    wait_for(lambda: not cluster.agent_registered("agent-1"), 20, "the agent to be gone")
+    proxy = FlakyProxy(cluster.channel_url, cluster.root / "agent-1", drop=0.3, duplicate=0.3)
+    proxy.start()
     try:
-        cluster.start_agent(
-            resources="cpus:4;mem:4096;disk:100;ports:[31000-31099]", master=proxy.url
-        )
+        cluster.start_agent(resources=resources, master=proxy.url)
 
         expected: dict[str, tuple[str, int]] = {}
         for index in range(TASKS):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -70,10 +72,16 @@ def test_join_restart_without_token_renew_and_revoke(cluster: Cluster) -> None:
     # Certificates last 6 s here: the agent renews at 4 s and stays connected past expiry.
     task = cluster.launch(cmd="sleep 60")
     cluster.wait_state(task["id"], "TASK_RUNNING")
-    wait_for(lambda: "certificate renewed" in second.log(), 20, "a renewal")
+    sandbox_url = cluster.get("/v1/agents")["agents"][0]["url"]
+    assert sandbox_url.startswith("https://")
+    first_serial = _serving_serial(sandbox_url, cluster.ssl_context)
+    wait_for(lambda: "certificates renewed" in second.log(), 20, "a renewal")
     time.sleep(4)
     assert second.process is not None and second.process.poll() is None, second.log()
     assert cluster.agent_registered("agent-1")
+    # The sandbox API's first certificate has expired by now: a verified handshake works
+    # only because the renewed one was loaded into the listener.
+    assert _serving_serial(sandbox_url, cluster.ssl_context) != first_serial
     # Revoked: disconnected, and refused when it comes back.
     revoked = cluster.cli("agent", "revoke", agent_id)
     assert revoked.returncode == 0, revoked.stderr
@@ -82,6 +90,20 @@ def test_join_restart_without_token_renew_and_revoke(cluster: Cluster) -> None:
     cluster.agents.append(third)
     assert third.process is not None and third.process.wait(20) == 2
     assert "revoked" in third.log()
+
+
+def _serving_serial(url: str, context: ssl.SSLContext) -> int:
+    """The serial of the certificate an agent's HTTPS API presents (verified: chain to the
+    cluster CA, host name, expiry)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    with (
+        socket.create_connection((parts.hostname, parts.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=parts.hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 def test_a_wrong_pin_refuses_to_join(cluster: Cluster) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from tessera.testing.cluster import Cluster, task_processes, wait_for
-from tessera.testing.sandbox import sandbox_access
 
 
 def _cgroup_dirs(pid: int) -> dict[str, Path]:
@@ -72,7 +71,7 @@ def test_usage_is_served_from_the_cgroup(cluster: Cluster) -> None:
     _require_cgroups(cluster)
     task = cluster.launch(cmd="sleep 60", mem=64)
     cluster.wait_state(task["id"], "TASK_RUNNING")
-    sandbox = sandbox_access(cluster.http, task["id"])
+    sandbox = cluster.sandbox(task["id"])
     usage = sandbox.get(f"/v1/tasks/{task['id']}/usage").json()
     assert usage["source"] == "cgroup"
     assert usage["mem_limit_bytes"] == 64 * 1024 * 1024

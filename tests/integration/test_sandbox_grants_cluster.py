@@ -22,7 +22,6 @@ from tessera.store.sqlite import SqliteStore
 from tessera.testing.auth import create_user
 from tessera.testing.clock import FakeClock
 from tessera.testing.cluster import Cluster, tessera_command, wait_for
-from tessera.testing.sandbox import sandbox_access
 
 ROUTES = (
     "/v1/info",
@@ -77,9 +76,9 @@ def running_task(cluster: Cluster, name: str, cmd: str) -> str:
 def test_the_agent_api_opens_only_to_the_right_grant(cluster: Cluster) -> None:
     task_a = running_task(cluster, "a", "echo hello-a; sleep 60")
     task_b = running_task(cluster, "b", "echo hello-b; sleep 60")
-    access = sandbox_access(cluster.http, task_a)
+    access = cluster.sandbox(task_a)
     agent_url = access.agent_url
-    http = httpx.Client(base_url=agent_url, timeout=10)
+    http = access.client()
 
     # No grant, or the master's own token: 401 on every route.
     for route in ROUTES:
@@ -118,8 +117,11 @@ def test_the_agent_api_opens_only_to_the_right_grant(cluster: Cluster) -> None:
         20,
         "agent-2's URL",
     )
-    assert httpx.get(f"{agent_2}/v1/info", headers=access.headers).status_code == 401
-    other = httpx.get(f"{agent_2}/v1/sandboxes/{task_a}/files", headers=access.headers)
+    verify = cluster.ssl_context
+    assert httpx.get(f"{agent_2}/v1/info", headers=access.headers, verify=verify).status_code == 401
+    other = httpx.get(
+        f"{agent_2}/v1/sandboxes/{task_a}/files", headers=access.headers, verify=verify
+    )
     assert other.status_code == 401
 
     # Expired (signed with the cluster's own key, six minutes ago): 401.

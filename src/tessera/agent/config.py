@@ -14,7 +14,7 @@ from tessera.model.resources import Resources
 class AgentConfig:
     masters: tuple[str, ...]
     work_dir: Path
-    join_token: str  # a tsr1 join token ("" once joined); else the deprecated shared secret
+    join_token: str  # a tsr1 join token; "" once joined
     resources: Resources
     attributes: Mapping[str, str] = field(default_factory=dict)
     hostname: str = "localhost"

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
@@ -37,7 +38,6 @@ from tessera.agent.task_users import UidRange
 from tessera.clock import Clock, SystemClock
 from tessera.model.health import fetch_of
 from tessera.model.protocol import (
-    AGENT_STREAM_PATH,
     CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
     CLOSE_NOT_LEADER,
@@ -47,8 +47,7 @@ from tessera.model.protocol import (
     StatusUpdate,
 )
 from tessera.model.task import TaskSpec, TaskState
-from tessera.security.ca import CertificateRefused, agent_id_of, cli_client_context, load_cert
-from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
+from tessera.security.ca import CertificateRefused, agent_id_of, load_cert
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +96,6 @@ def _failure(error: Exception) -> str:
     return str(error)
 
 
-def uses_shared_secret(config: AgentConfig) -> bool:
-    """DEPRECATED: a token that is not a join token is the old shared `join-token` file."""
-    joined = credentials(config.work_dir).exists()
-    token = config.join_token.strip()
-    return not joined and bool(token) and not token.startswith(JOIN_TOKEN_PREFIX + ".")
-
-
 def joined_agent_id(config: AgentConfig) -> str:
     """The agent's id from its certificate, joining the cluster first if it has none."""
     creds = credentials(config.work_dir)
@@ -125,17 +117,6 @@ def joined_agent_id(config: AgentConfig) -> str:
     return agent_id
 
 
-def load_agent_id(work_dir: Path, hostname: str) -> str:
-    """The agent's ID is made once and kept in its work dir, so a restart keeps it."""
-    path = work_dir / "agent-id"
-    if path.exists():
-        return path.read_text().strip()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    agent_id = f"{hostname}-{uuid.uuid4().hex[:8]}"
-    write_atomic(path, agent_id + "\n", 0o644)  # a full disk must not leave an empty ID
-    return agent_id
-
-
 class AgentDaemon:
     def __init__(
         self, config: AgentConfig, executor: Executor | None = None, clock: Clock | None = None
@@ -143,17 +124,11 @@ class AgentDaemon:
         self.config = config
         self.clock = clock or SystemClock()
         config.work_dir.mkdir(parents=True, exist_ok=True)
-        self.legacy = uses_shared_secret(config)
-        self.credentials: Credentials | None = None
-        if self.legacy:
-            log.warning(
-                "!!! DEPRECATED: joining with the shared join-token file; it goes in the next "
-                "release. Use `tessera join-token create` and --join-token (docs/agents-join.md)"
-            )
-            self.agent_id = load_agent_id(config.work_dir, config.hostname)
-        else:
-            self.agent_id = joined_agent_id(config)
-            self.credentials = credentials(config.work_dir)
+        self.agent_id = joined_agent_id(config)
+        self.credentials: Credentials = credentials(config.work_dir)
+        # The sandbox API's HTTPS context (cli/daemons.py serves with it); a renewed serving
+        # certificate is loaded into it.
+        self.serving_context = self.credentials.serving_context()
         self.executor = executor or Executor(
             config.work_dir,
             cgroup_prefix=f"tessera/{self.agent_id}",
@@ -270,21 +245,10 @@ class AgentDaemon:
 
     async def _session(self, master: str) -> None:
         creds = self.credentials
-        if creds is None:  # the deprecated shared secret, on the API port
-            url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-            url += AGENT_STREAM_PATH
-            headers = {"Authorization": f"Bearer {self.config.join_token}"}
-            # An https master is checked against --ca-file (else the system's store).
-            ca_file = self.config.ca_file
-            context = cli_client_context(ca_file) if ca_file and url.startswith("wss") else None
-        else:
-            url = await asyncio.to_thread(discover_channel, master, creds.ca_path)
-            headers = {}
-            context = creds.client_context()
+        url = await asyncio.to_thread(discover_channel, master, creds.ca_path)
         async with connect(
             url,
-            ssl=context,
-            additional_headers=headers,
+            ssl=creds.client_context(),
             open_timeout=5,
             max_size=2**24,
             ping_interval=self.heartbeat_interval,
@@ -364,10 +328,8 @@ class AgentDaemon:
         }
 
     async def _renewals(self, connection: ClientConnection) -> None:
-        """Ask for a new client certificate at 2/3 of the current one's life (same key)."""
+        """Ask for new certificates at 2/3 of the client certificate's life (same key)."""
         creds = self.credentials
-        if creds is None:
-            return
         while True:
             await asyncio.sleep(max(0.5, creds.renew_in()))
             csr = creds.renewal_request()
@@ -376,14 +338,15 @@ class AgentDaemon:
 
     def _on_certificate(self, message: dict[str, Any]) -> None:
         creds = self.credentials
-        if creds is None:
-            return
         try:
             creds.store_certificate(str(message["certificate"]))
-        except (KeyError, ValueError, OSError) as error:
+            if message.get("serving_certificate"):
+                creds.store_serving(str(message["serving_certificate"]))
+                creds.reload_serving(self.serving_context)
+        except (KeyError, ValueError, OSError, ssl.SSLError) as error:
             log.warning("could not keep the renewed certificate: %s", error)
             return
-        log.info("client certificate renewed (next renewal in %.0f s)", creds.renew_in())
+        log.info("certificates renewed (next renewal in %.0f s)", creds.renew_in())
 
     async def _heartbeats(self, connection: ClientConnection) -> None:
         while True:

@@ -35,7 +35,9 @@ from tessera.security.ca import (
     key_pem,
     load_cert,
     new_key,
+    server_context,
 )
+from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class Credentials:
     def ca_path(self) -> Path:
         return self.directory / CA_FILE
 
+    @property
+    def serving_path(self) -> Path:
+        return self.directory / SERVING_FILE
+
     def exists(self) -> bool:
         return all(p.exists() for p in (self.key_path, self.cert_path, self.ca_path))
 
@@ -85,6 +91,18 @@ class Credentials:
     def store_certificate(self, pem: str) -> None:
         load_cert(pem.encode())  # never replace a good certificate with garbage
         write_atomic(self.cert_path, pem, 0o600)
+
+    def store_serving(self, pem: str) -> None:
+        load_cert(pem.encode())
+        write_atomic(self.serving_path, pem, 0o644)
+
+    def serving_context(self) -> ssl.SSLContext:
+        """The sandbox API's HTTPS context; `reload_serving` puts a renewed certificate in."""
+        return server_context(self.serving_path, self.key_path)
+
+    def reload_serving(self, context: ssl.SSLContext) -> None:
+        """New handshakes use the renewed certificate; open connections keep theirs."""
+        context.load_cert_chain(self.serving_path, self.key_path)
 
     def renew_in(self, now: float | None = None) -> float:
         """Seconds until the client certificate is 2/3 through its life (0: renew now)."""
@@ -168,6 +186,11 @@ def join(
             "this agent has not joined yet: give it a join token "
             "(`tessera join-token create` prints one) with --join-token or --join-token-file"
         )
+    if not token.startswith(JOIN_TOKEN_PREFIX + "."):
+        raise JoinFailed(
+            "the join token is not one (tsr1.<id>.<secret>): the old shared join-token file "
+            "is gone; make a token with `tessera join-token create`"
+        )
     deadline = time.monotonic() + JOIN_PATIENCE
     while True:
         try:
@@ -219,7 +242,7 @@ def _join_once(
         creds = credentials(work_dir)
         creds.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(creds.key_path, key_pem(key), 0o600)
-        write_atomic(creds.directory / SERVING_FILE, answer["serving_certificate"], 0o644)
+        write_atomic(creds.serving_path, answer["serving_certificate"], 0o644)
         write_atomic(creds.ca_path, answer["ca"], 0o644)
         # Last: the certificate's presence means "joined" (a crash before it joins again).
         creds.store_certificate(answer["certificate"])

@@ -157,9 +157,16 @@ async def serve_agent(config: AgentConfig) -> int:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((config.http_bind, config.http_port))
     host, port = listener.getsockname()[:2]
-    daemon.http_url = f"http://{host}:{port}"
+    daemon.http_url = f"https://{host}:{port}"
     server = _EmbeddedServer(
-        uvicorn.Config(create_agent_app(daemon), log_level="warning", lifespan="off")
+        uvicorn.Config(
+            create_agent_app(daemon),
+            log_level="warning",
+            lifespan="off",
+            # HTTPS with the serving certificate the cluster CA signed at join (renewed over
+            # the agent channel and loaded into the same context).
+            ssl_context_factory=lambda *_: daemon.serving_context,
+        )
     )
     http = asyncio.create_task(server.serve(sockets=[listener]))
     connection = asyncio.create_task(daemon.run())

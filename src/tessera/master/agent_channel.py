@@ -2,9 +2,7 @@
 
 Agents reach it over the mutual-TLS listener (master/agent_listener.py), which hands over the
 agent id read from the verified client certificate: an agent registering under any other id
-is closed (1008) and audited, and it may report status only for tasks placed on it. The old
-shared-secret path (the master's `join-token` file, on the API port) stays for one release,
-deprecated and logged loudly at every use.
+is closed (1008) and audited, and it may report status only for tasks placed on it.
 """
 
 from __future__ import annotations
@@ -18,16 +16,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from fastapi import WebSocket, WebSocketDisconnect
+from fastapi import WebSocketDisconnect
 
 from tessera.clock import Clock
 from tessera.master.config import MasterConfig
-from tessera.master.join_token import token_matches
 from tessera.master.state import ClusterState
 from tessera.model.agent import Agent, AgentState, registered_containers
 from tessera.model.health import apply_reported_health
 from tessera.model.protocol import (
-    CLOSE_BAD_TOKEN,
     CLOSE_DUPLICATE_AGENT,
     CLOSE_POLICY,
     CLOSE_PROTOCOL_ERROR,
@@ -52,8 +48,9 @@ REASON_TASK_INVALID = "REASON_TASK_INVALID"
 SecretResolver: TypeAlias = Callable[[Task], Awaitable[list[dict[str, str]]]]
 # A message built when its turn comes (a launch whose secrets are read from the store).
 Deferred: TypeAlias = Callable[[], Awaitable[dict[str, Any] | None]]
-# Signs a renewed client certificate: (agent id, PEM request) -> PEM certificate.
-Renewer: TypeAlias = Callable[[str, str], Awaitable[bytes]]
+# Signs renewed certificates: (agent id, PEM request, the channel's source address) ->
+# (client, serving) PEM certificates.
+Renewer: TypeAlias = Callable[[str, str, str | None], Awaitable[tuple[bytes, bytes]]]
 # Records an agent-channel security event: (agent id, summary).
 Auditor: TypeAlias = Callable[[str, str], Awaitable[None]]
 
@@ -115,13 +112,11 @@ class AgentChannel:
         state: ClusterState,
         config: MasterConfig,
         clock: Clock,
-        join_token: str,
         on_change: Callable[[], None],
     ) -> None:
         self.state = state
         self.config = config
         self.clock = clock
-        self.join_token = join_token
         self.on_change = on_change
         self.sessions: dict[str, AgentSession] = {}
         # When each agent whose connection ended was last heard from: a dropped connection
@@ -226,22 +221,9 @@ class AgentChannel:
 
     # ---- serving -------------------------------------------------------------------
 
-    async def serve_legacy(self, websocket: WebSocket) -> None:
-        """DEPRECATED: the shared `join-token` file on the API port (one release more)."""
-        await websocket.accept()
-        presented = _bearer(websocket.headers.get("authorization"))
-        if not token_matches(self.join_token, presented):
-            await websocket.close(CLOSE_BAD_TOKEN, "invalid or missing cluster join token")
-            return
-        log.warning(
-            "DEPRECATED: an agent connected with the shared join-token file; join agents with "
-            "`tessera join-token create` and --join-token (docs/agents-join.md)"
-        )
-        await self.serve(websocket, None)
-
     async def serve(self, websocket: Link, peer: PeerIdentity | None) -> None:
-        """One agent's session; `peer` is its verified certificate's identity (None only on
-        the deprecated shared-token path)."""
+        """One agent's session; `peer` is its verified certificate's identity (None only for
+        in-process tests of the channel)."""
         try:
             raw = await asyncio.wait_for(websocket.receive_text(), REGISTER_TIMEOUT)
             message = json.loads(raw)
@@ -385,14 +367,20 @@ class AgentChannel:
             session.send({"type": "renewal-refused", "message": "no certificate to renew"})
             return
         try:
-            cert = await self.renew(peer.agent_id, csr)
+            cert, serving = await self.renew(peer.agent_id, csr, peer.source)
         except ValueError as error:  # CsrRefused among them
             session.send({"type": "renewal-refused", "message": str(error)[:200]})
             return
         # The session lives as long as the newest certificate the agent holds.
         not_after = load_cert(cert).not_valid_after_utc.timestamp()
         session.peer = PeerIdentity(peer.agent_id, peer.serial, not_after, peer.source)
-        session.send({"type": "certificate", "certificate": cert.decode()})
+        session.send(
+            {
+                "type": "certificate",
+                "certificate": cert.decode(),
+                "serving_certificate": serving.decode(),
+            }
+        )
         log.info("agent %s renewed its certificate", peer.agent_id)
 
     async def _on_status(self, session: AgentSession, update: StatusUpdate) -> None:
@@ -416,9 +404,3 @@ def _ended(state: str) -> bool:
 
 def launch_payload(task: Task) -> dict[str, Any]:
     return {"id": task.id, "spec": task.spec.to_json(), "ports": list(task.ports)}
-
-
-def _bearer(header: str | None) -> str | None:
-    if header and header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return None

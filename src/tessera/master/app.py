@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
@@ -34,7 +33,6 @@ from tessera.master.config import MasterConfig
 from tessera.master.core import Master
 from tessera.master.leader_proxy import FORWARD_TIMEOUT, LeaderProxy
 from tessera.master.serving_cert import ca_file
-from tessera.model.protocol import AGENT_STREAM_PATH, CLOSE_NOT_LEADER
 from tessera.security.ca import cli_client_context
 from tessera.store import NotLeader, StateStore, StoreUnavailable
 
@@ -113,24 +111,6 @@ def create_app(
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
-
-    @app.websocket(AGENT_STREAM_PATH)
-    async def agent_stream(websocket: WebSocket) -> None:
-        if not master.leading:
-            # The agent dials the master named in the reason, or its next one.
-            await websocket.accept()
-            await websocket.close(CLOSE_NOT_LEADER, (master.leader_url() or "")[:120])
-            return
-        try:
-            await master.channel.serve_legacy(websocket)
-        except NotLeader:
-            # The term ended under this session (the master is stepping down).
-            with contextlib.suppress(Exception):
-                await websocket.close(CLOSE_NOT_LEADER, "")
-        except StoreUnavailable as error:
-            log.warning("agent stream closed: store unavailable: %s", error)
-            with contextlib.suppress(Exception):
-                await websocket.close(CLOSE_TRY_AGAIN_LATER, "store unavailable")
 
     # Last: the request bodies of every route above, in /openapi.json.
     publish_request_schemas(app)

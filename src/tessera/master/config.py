@@ -44,10 +44,6 @@ class MasterConfig:
     agent_cert_lifetime: float = 30 * 86400.0
 
     @property
-    def join_token_path(self) -> Path:
-        return self.work_dir / "join-token"
-
-    @property
     def url(self) -> str:
         if self.advertise_url:
             return self.advertise_url.rstrip("/")

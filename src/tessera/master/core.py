@@ -20,7 +20,6 @@ from tessera.master.audit import AuditLog
 from tessera.master.auth import Authority
 from tessera.master.config import MasterConfig
 from tessera.master.controllers.liveness import LivenessController
-from tessera.master.join_token import ensure_join_token
 from tessera.master.planner import Planner
 from tessera.master.state import ClusterState
 from tessera.model.permissions import Rid, service_rid
@@ -98,16 +97,14 @@ class Master:
         self._stepping_down: asyncio.Task[None] | None = None
         self._stopping = False
         self._abdicating: asyncio.Task[None] | None = None
-        self.join_token = ensure_join_token(config.join_token_path)
+        config.work_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authority(config, self.store, self.clock)
         self.audit = AuditLog(self.store, config.work_dir / "audit.log", self.clock)
         self.auth.follower = lambda: self.leadership is not None and not self.leading
         self.auth.task_owners.append(self._task_owner)
         # etcd refuses transactions above its --max-txn-ops (one is the revision counter's).
         self.state = ClusterState(self.store, etcd.max_txn_ops - 1 if etcd else None)
-        self.channel = AgentChannel(
-            self.state, config, self.clock, self.join_token, on_change=self._wake_planner
-        )
+        self.channel = AgentChannel(self.state, config, self.clock, on_change=self._wake_planner)
         self.planner = Planner(
             self.state, self.channel, self.clock, config.placement_retry_interval
         )

@@ -196,15 +196,19 @@ class JoinService:
         value = {"agent_id": agent_id, "hostname": hostname, "serials": serials}
         await self.store.commit([Put(CERTS_KIND, agent_id, value)])
 
-    async def renew(self, agent_id: str, csr_pem: str) -> bytes:
-        """A new client certificate for a connected agent (its identity is the verified one
-        of its channel; the request may carry a new key)."""
+    async def renew(self, agent_id: str, csr_pem: str, address: str | None) -> tuple[bytes, bytes]:
+        """New client and serving certificates for a connected agent: its identity is the
+        verified one of its channel (the request may carry a new key); the serving names are
+        its host name and the address its channel comes from."""
         csr = load_csr(csr_pem.encode())
         ca = await self.ca()
-        cert = sign_agent_client(csr, agent_id, ca, self.clock, self.lifetime)
         record = await self.store.get(CERTS_KIND, agent_id) or {}
-        await self._record_certs(agent_id, str(record.get("hostname", "")), [cert])
-        return cert_pem(cert)
+        hostname = str(record.get("hostname", ""))
+        names = [name for name in (hostname, address) if name]
+        client = sign_agent_client(csr, agent_id, ca, self.clock, self.lifetime)
+        serving = sign_agent_serving(csr, agent_id, names, ca, self.clock, self.lifetime)
+        await self._record_certs(agent_id, hostname, [client, serving])
+        return cert_pem(client), cert_pem(serving)
 
     # ---- revocation -----------------------------------------------------------------------
 

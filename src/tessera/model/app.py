@@ -219,6 +219,9 @@ class AppSpec:
     version: str = ""
     last_scaling_at: str = ""
     last_config_change_at: str = ""
+    # Who made those changes (the principal's uid; "" when unknown, e.g. before auth).
+    last_scaling_by: str = ""
+    last_config_change_by: str = ""
 
     def with_changes(self, **changes: Any) -> AppSpec:
         return replace(self, **changes)
@@ -246,7 +249,13 @@ class AppSpec:
 
         def neutral(app: AppSpec) -> AppSpec:
             return replace(
-                app, instances=0, version="", last_scaling_at="", last_config_change_at=""
+                app,
+                instances=0,
+                version="",
+                last_scaling_at="",
+                last_config_change_at="",
+                last_scaling_by="",
+                last_config_change_by="",
             )
 
         return neutral(self) == neutral(other)
@@ -335,8 +344,13 @@ def _whole(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
 
-def app_to_json(app: AppSpec) -> dict[str, Any]:
-    """Marathon's app JSON with every default, as GET returns it (without live counts)."""
+def app_to_json(app: AppSpec, users: bool = False) -> dict[str, Any]:
+    """Marathon's app JSON with every default, as GET returns it (without live counts).
+
+    `users`: versionInfo also says who made the last scaling and config change
+    (`lastScalingBy`, `lastConfigChangeBy`): always in the store, in answers only when asked
+    for (`embed=app.versionInfo.user`), because Marathon clients refuse keys they do not
+    know there."""
     data: dict[str, Any] = {"id": app.id}
     if app.cmd is not None:
         data["cmd"] = app.cmd
@@ -375,10 +389,7 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
                 else None
             ),
             "version": app.version,
-            "versionInfo": {
-                "lastScalingAt": app.last_scaling_at or app.version,
-                "lastConfigChangeAt": app.last_config_change_at or app.version,
-            },
+            "versionInfo": version_info(app, users),
             "killSelection": app.kill_selection.value,
             "unreachableStrategy": (
                 app.unreachable_strategy.to_json()
@@ -401,6 +412,17 @@ def app_to_json(app: AppSpec) -> dict[str, Any]:
     return data
 
 
+def version_info(app: AppSpec, users: bool = False) -> dict[str, str]:
+    info = {
+        "lastScalingAt": app.last_scaling_at or app.version,
+        "lastConfigChangeAt": app.last_config_change_at or app.version,
+    }
+    if users:
+        info["lastScalingBy"] = app.last_scaling_by
+        info["lastConfigChangeBy"] = app.last_config_change_by
+    return info
+
+
 def app_from_json(data: Mapping[str, Any]) -> AppSpec:
     """Read an app that was validated before (from the store); keeps its versions."""
     app = parse_app(data)
@@ -409,6 +431,8 @@ def app_from_json(data: Mapping[str, Any]) -> AppSpec:
         version=str(data.get("version") or ""),
         last_scaling_at=str(info.get("lastScalingAt") or ""),
         last_config_change_at=str(info.get("lastConfigChangeAt") or ""),
+        last_scaling_by=str(info.get("lastScalingBy") or ""),
+        last_config_change_by=str(info.get("lastConfigChangeBy") or ""),
     )
 
 

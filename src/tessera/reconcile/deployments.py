@@ -85,8 +85,8 @@ class Deployment:
             "id": self.id,
             "version": self.version,
             "steps": [[a.to_json() for a in step] for step in self.steps],
-            "original": {k: app_to_json(v) if v else None for k, v in self.original.items()},
-            "target": {k: app_to_json(v) if v else None for k, v in self.target.items()},
+            "original": {k: _stored(v) for k, v in self.original.items()},
+            "target": {k: _stored(v) for k, v in self.target.items()},
             "created_at": self.created_at,
             "current_step": self.current_step,
             "rollback_of": self.rollback_of,
@@ -112,6 +112,10 @@ class Deployment:
             rollback_of=data.get("rollback_of"),
             group_id=str(data.get("group_id", "/")),
         )
+
+
+def _stored(app: AppSpec | None) -> dict[str, Any] | None:
+    return app_to_json(app, users=True) if app is not None else None
 
 
 def marathon_json(deployment: Deployment) -> dict[str, Any]:

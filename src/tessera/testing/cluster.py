@@ -18,7 +18,9 @@ import httpx
 import psutil
 
 from tessera.master.auth_files import ADMIN_TOKEN
+from tessera.model.protocol import AGENT_STREAM_PATH
 from tessera.testing.auth import admin_token, auth_headers
+from tessera.testing.sandbox import SandboxAccess, sandbox_access
 
 
 def free_port() -> int:
@@ -121,9 +123,9 @@ class Cluster:
         return self.root / "master" / "tls" / "ca.crt"
 
     @property
-    def token_file(self) -> Path:
-        """DEPRECATED shared secret: only agents behind a proxy (`master=`) still use it."""
-        return self.root / "master" / "join-token"
+    def channel_url(self) -> str:
+        """The master's agent channel (mutual TLS, `--agent-port`)."""
+        return f"wss://127.0.0.1:{self.agent_port}{AGENT_STREAM_PATH}"
 
     def join_token(self, uses: int = 1000, ttl: float = 86400.0) -> tuple[str, str]:
         """A join token and the CA pin to go with it (`tessera join-token create`)."""
@@ -192,25 +194,15 @@ class Cluster:
     def agent_args(
         self, name: str, resources: str, host: str = "127.0.0.1", master: str | None = None
     ) -> list[str]:
-        """An agent joining with the cluster's join token and CA pin. Dialling another URL
-        than the master's (`master`: a WebSocket proxy that cannot carry mutual TLS) it
-        uses the deprecated shared secret on the API port."""
-        if master is not None and master != self.url and not master.endswith(f":{self.port}"):
-            credentials = [
-                "--join-token-file",
-                str(self.token_file),
-                "--ca-file",
-                str(self.ca_file),
-            ]
-        else:
-            credentials = self.join_args()
+        """An agent joining with the cluster's join token and CA pin (`master`: another URL
+        to dial than the master's, e.g. testing.flaky_proxy for an agent that has joined)."""
         return [
             "agent",
             "--master",
             master or self.url,
             "--work-dir",
             str(self.root / name),
-            *credentials,
+            *self.join_args(),
             "--hostname",
             host,
             "--resources",
@@ -249,6 +241,10 @@ class Cluster:
         response = self.http.get(path, **kwargs)
         response.raise_for_status()
         return response.json()
+
+    def sandbox(self, task_id: str) -> SandboxAccess:
+        """The superuser's grant to the task's sandbox on its agent (HTTPS, CA trusted)."""
+        return sandbox_access(self.http, task_id, self.ssl_context)
 
     def launch(self, **body: Any) -> dict[str, Any]:
         response = self.http.post("/v1/tasks", json=body)

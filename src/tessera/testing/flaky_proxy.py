@@ -1,5 +1,12 @@
-"""A WebSocket proxy between an agent and the master that drops and duplicates status
-updates and acknowledgements: the injectable unreliable transport of the fault suite."""
+"""A proxy on the agent channel that drops and duplicates status updates and
+acknowledgements: the injectable unreliable transport of the fault suite.
+
+The channel is mutual TLS end to end, so the proxy stands in for both sides with a joined
+agent's own credentials: the agent dials the proxy as its master (`--master proxy.url`), the
+proxy answers its channel discovery (`GET /ca/dcos-ca.crt`, announcing itself as the channel)
+with the agent's serving certificate, and relays the channel to the master's listener with the
+agent's client certificate. The agent must have joined before (its `tls/` directory exists).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,21 @@ import asyncio
 import contextlib
 import json
 import random
-import ssl
 import threading
 from collections import Counter
 from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
+from tessera.agent.join import AGENT_URL_HEADER, credentials
 from tessera.model.protocol import AGENT_STREAM_PATH
+from tessera.security.ca import server_context
 
 FAULTY_TYPES = frozenset({"status", "ack"})
 
@@ -27,16 +38,15 @@ class FlakyProxy:
 
     def __init__(
         self,
-        master_url: str,
+        channel_url: str,
+        agent_work_dir: Path,
         drop: float = 0.3,
         duplicate: float = 0.3,
         seed: int = 7,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`ssl_context` trusts the master's CA (its API is HTTPS: the proxy dials wss)."""
-        ws = master_url.replace("http://", "ws://").replace("https://", "wss://")
-        self.master_ws = ws + AGENT_STREAM_PATH
-        self.ssl_context = ssl_context
+        """`channel_url`: the master's agent channel (wss://host:agent-port/v1/agent/stream)."""
+        self.channel_url = channel_url
+        self.credentials = credentials(agent_work_dir)
         self.drop = drop
         self.duplicate = duplicate
         self.random = random.Random(seed)
@@ -49,7 +59,7 @@ class FlakyProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def start(self) -> FlakyProxy:
         self._thread.start()
@@ -66,16 +76,36 @@ class FlakyProxy:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with serve(self._relay, "127.0.0.1", 0) as server:
+        # The agent's serving certificate names 127.0.0.1 and chains to the cluster CA the
+        # agent trusts.
+        context = server_context(self.credentials.serving_path, self.credentials.key_path)
+        async with serve(
+            self._relay, "127.0.0.1", 0, ssl=context, process_request=self._discovery
+        ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             self._ready.set()
             await self._stop.wait()
 
+    def _discovery(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP requests: the CA, naming this proxy as the channel; anything else 404.
+        WebSocket upgrades to the channel path go on to the relay."""
+        if (
+            request.path == AGENT_STREAM_PATH
+            and "upgrade" in request.headers.get("Connection", "").lower()
+        ):
+            return None
+        if request.path != "/ca/dcos-ca.crt":
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        response = connection.respond(
+            HTTPStatus.OK, self.credentials.ca_path.read_text(encoding="ascii")
+        )
+        response.headers[AGENT_URL_HEADER] = f"wss://127.0.0.1:{self.port}{AGENT_STREAM_PATH}"
+        return response
+
     async def _relay(self, agent: ServerConnection) -> None:
-        assert agent.request is not None
-        headers = {"Authorization": agent.request.headers.get("Authorization", "")}
-        context = self.ssl_context if self.master_ws.startswith("wss://") else None
-        async with connect(self.master_ws, additional_headers=headers, ssl=context) as master:
+        # Read afresh for each connection: the agent may have renewed its certificate.
+        context = self.credentials.client_context()
+        async with connect(self.channel_url, ssl=context) as master:
             upstream = asyncio.create_task(self._pump(agent.recv, master.send))
             downstream = asyncio.create_task(self._pump(master.recv, agent.send))
             await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)

@@ -5,8 +5,8 @@ is answered with TASK_RUNNING at once, a kill with TASK_KILLED.
 One asyncio loop carries hundreds of them, so a benchmark can put a master in front of a
 cluster far larger than this machine. Given a join token (`tsr1....`, one multi-use token for
 the fleet) each joins like a real agent: a key and a request made in memory, certificates from
-`POST /v1/join`, then the mutual-TLS agent channel. Any other token is the deprecated shared
-secret on the API port. `die()` makes one go silent the way a dead host does:
+`POST /v1/join`, then the mutual-TLS agent channel. `die()` makes one go silent the way a
+dead host does:
 no close frame, no more heartbeats, its tasks gone with it.
 """
 
@@ -30,10 +30,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tessera.agent.join import AGENT_URL_HEADER, channel_url
-from tessera.model.protocol import AGENT_STREAM_PATH, StatusUpdate
+from tessera.model.protocol import StatusUpdate
 from tessera.model.task import TaskState
 from tessera.security.ca import agent_client_context, csr_pem, key_pem, new_key
-from tessera.security.join_tokens import PREFIX as JOIN_TOKEN_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +119,6 @@ class SimAgent:
         )
 
     async def _channel(self, master: str) -> tuple[str, dict[str, str], ssl.SSLContext | None]:
-        if not self.join_token.startswith(JOIN_TOKEN_PREFIX + "."):
-            url = master.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-            context = self.verify if isinstance(self.verify, ssl.SSLContext) else None
-            url += AGENT_STREAM_PATH
-            return url, {"Authorization": f"Bearer {self.join_token}"}, context
         if self._tls is None:
             self._tls = await self._join(master)
         async with httpx.AsyncClient(timeout=10, verify=self.verify) as http:

@@ -47,7 +47,6 @@ def _channel(tmp_path: Path, audited: list[str]) -> AgentChannel:
         ClusterState(MemoryStore()),
         MasterConfig(work_dir=tmp_path),
         SystemClock(),
-        "x",
         lambda: None,
     )
 

@@ -368,3 +368,32 @@ def test_marathon_post_events_name_the_acting_user(api: Api) -> None:
         assert event["user"] == "alice"
     finally:
         controller.events.unsubscribe(subscription)
+
+
+def test_version_info_names_who_changed_the_app_when_asked(api: Api) -> None:
+    body = {"id": "/team-a/owned", "cmd": "sleep 1000", "instances": 0}
+    assert api.call("POST", "/v2/apps", api.alice, json=body).status_code == 201
+    scaled = api.call("PUT", "/v2/apps/team-a/owned?force=true", api.admin, json={"cpus": 0.5})
+    assert scaled.status_code == 200, scaled.text
+    scaled = api.call("PUT", "/v2/apps/team-a/owned?force=true", api.admin, json={"instances": 1})
+    assert scaled.status_code == 200, scaled.text
+    # Marathon clients refuse unknown keys in versionInfo: only with the embed.
+    plain = api.call("GET", "/v2/apps/team-a/owned", api.alice).json()["app"]["versionInfo"]
+    assert set(plain) == {"lastScalingAt", "lastConfigChangeAt"}
+    asked = api.call(
+        "GET", "/v2/apps/team-a/owned", api.alice, params={"embed": "app.versionInfo.user"}
+    ).json()["app"]["versionInfo"]
+    assert asked["lastScalingBy"] == asked["lastConfigChangeBy"] == "admin"
+    # A pure scale keeps who made the config it runs.
+    api.call("PUT", "/v2/apps/team-a/owned?force=true", api.alice, json={"instances": 0})
+    listed = api.call("GET", "/v2/apps", api.alice, params={"embed": "apps.versionInfo.user"})
+    info = next(a for a in listed.json()["apps"] if a["id"] == "/team-a/owned")["versionInfo"]
+    assert info["lastScalingBy"] == "alice" and info["lastConfigChangeBy"] == "admin"
+    versions = api.call("GET", "/v2/apps/team-a/owned/versions", api.alice).json()["versions"]
+    first = api.call(
+        "GET",
+        f"/v2/apps/team-a/owned/versions/{versions[-1]}",
+        api.alice,
+        params={"embed": "app.versionInfo.user"},
+    ).json()
+    assert first["versionInfo"]["lastConfigChangeBy"] == "alice"

@@ -35,12 +35,6 @@ def test_ping_and_openapi(client: TestClient) -> None:
     assert "/v1/tasks" in paths and "/v1/cluster/summary" in paths
 
 
-def test_join_token_written_private(tmp_path: Path, client: TestClient) -> None:
-    token = tmp_path / "join-token"
-    assert token.stat().st_mode & 0o777 == 0o600
-    assert len(token.read_text().strip()) >= 32
-
-
 @pytest.mark.parametrize(
     ("body", "path", "fragment"),
     [

@@ -53,7 +53,7 @@ def _task(*uses: SecretUse) -> Task:
 def _setup(tmp_path: Path) -> tuple[AgentChannel, FakeSession, SecretStore, ClusterState]:
     store = MemoryStore()
     state = ClusterState(store)
-    channel = AgentChannel(state, MasterConfig(work_dir=tmp_path), FakeClock(), "t", lambda: None)
+    channel = AgentChannel(state, MasterConfig(work_dir=tmp_path), FakeClock(), lambda: None)
     session = FakeSession()
     channel.sessions["a1"] = session  # type: ignore[assignment]
     secrets = SecretStore(store, lambda: KEK)

@@ -1,5 +1,5 @@
 """Container apps through the Marathon API in-process, with agents speaking the real agent
-protocol over the test client's WebSocket: 422s with field paths, a bridged app shown back
+protocol in-process (testing.channel_link): 422s with field paths, a bridged app shown back
 in Marathon's form, its launch (container spec and host ports), the container IP in task
 JSON, an image pull failure in the app's lastTaskFailure, /v2/queue and the events, and
 agents without a runtime counted as UnsupportedContainerRuntime."""
@@ -15,14 +15,13 @@ from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
-from starlette.testclient import WebSocketTestSession
 
 from tessera.master.app import create_app
 from tessera.master.config import MasterConfig
 from tessera.model.container import ContainerSpec
-from tessera.model.protocol import AGENT_STREAM_PATH
 from tessera.store import MemoryStore
 from tessera.testing.auth import auth_headers
+from tessera.testing.channel_link import AgentEnd, connect_agent
 
 T = TypeVar("T")
 
@@ -60,11 +59,8 @@ def _eventually(probe: Callable[[], T | None], what: str, timeout: float = 5.0) 
 @contextmanager
 def _agent(
     client: TestClient, agent_id: str, containers: dict[str, Any] | None
-) -> Iterator[WebSocketTestSession]:
-    token = client.app.state.master.join_token  # type: ignore[attr-defined]
-    with client.websocket_connect(
-        AGENT_STREAM_PATH, headers={"Authorization": f"Bearer {token}"}
-    ) as socket:
+) -> Iterator[AgentEnd]:
+    with connect_agent(client) as socket:
         registration: dict[str, Any] = {
             "type": "register",
             "agent_id": agent_id,
@@ -80,7 +76,7 @@ def _agent(
         yield socket
 
 
-def _status(socket: WebSocketTestSession, task_id: str, state: str, **fields: Any) -> None:
+def _status(socket: AgentEnd, task_id: str, state: str, **fields: Any) -> None:
     update = {
         "type": "status",
         "uuid": str(uuid.uuid4()),

@@ -20,7 +20,7 @@ from tessera.master.controllers.services import ServicesController
 from tessera.master.core import Master
 from tessera.master.events import EventBus, timestamp
 from tessera.model.agent import Agent
-from tessera.model.app import AppSpec, InvalidApp, app_to_json
+from tessera.model.app import AppSpec, InvalidApp, app_to_json, version_info
 from tessera.model.task import Task, TaskState, ip_addresses
 from tessera.reconcile.deployments import CyclicDependencies, Deployment
 
@@ -213,12 +213,18 @@ def visible_tasks(controller: ServicesController, app_id: str) -> list[Task]:
     return sorted(tasks, key=lambda t: (t.created_at, t.id))
 
 
+# Tessera's embed: who made the last scaling and config change, in versionInfo.
+VERSION_USERS = frozenset({"app.versionInfo.user", "apps.versionInfo.user"})
+
+
 def app_json(controller: ServicesController, app: AppSpec, embed: set[str]) -> dict[str, Any]:
     """Marathon's app with the live counts, its deployments, and what `embed` asks for."""
     data = dict(_APPS.get(app.id, (app,), lambda: app_to_json(app)))
     tasks = visible_tasks(controller, app.id)
     data.update(counts(app, tasks))
     data["deployments"] = [{"id": d.id} for d in controller.state.deployments_of(app.id)]
+    if embed & VERSION_USERS:
+        data["versionInfo"] = version_info(app, users=True)
     if "apps.tasks" in embed or "app.tasks" in embed:
         agents = controller.master.state.agents
         data["tasks"] = [task_json(t, app, agents) for t in tasks]

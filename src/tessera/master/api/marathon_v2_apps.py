@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from tessera.http_errors import ApiError
 from tessera.http_errors import invalid as invalid_field
 from tessera.master.api.marathon_v2 import (
+    VERSION_USERS,
     app_json,
     conflict,
     cyclic,
@@ -23,7 +24,7 @@ from tessera.master.api.marathon_v2 import (
     post_event,
     services,
 )
-from tessera.master.audit import note_deploy
+from tessera.master.audit import acting_user, note_deploy
 from tessera.master.auth import REQUEST_STATE, can_read_app
 from tessera.master.controllers.deployments import DeploymentConflict
 from tessera.master.controllers.services import ServicesController
@@ -58,6 +59,7 @@ async def deploy(
     state = REQUEST_STATE.get()
     if state is not None:
         note_deploy(state, controller.state.apps, changes, options.get("restart", ()))
+        options.setdefault("user", acting_user(state))
     try:
         return await controller.deployments.deploy(changes, force=force, **options)
     except DeploymentConflict as error:
@@ -228,7 +230,9 @@ async def patch_apps(request: Request, force: Force = False) -> JSONResponse:
 
 
 @router.get("/v2/apps/{app_id:path}/versions/{version}")
-async def app_version(app_id: str, version: str, request: Request) -> dict[str, Any]:
+async def app_version(
+    app_id: str, version: str, request: Request, embed: Embed = None
+) -> dict[str, Any]:
     controller = services(request)
     app_id = canonical_path(app_id)
     if app_id not in controller.state.apps:
@@ -236,7 +240,7 @@ async def app_version(app_id: str, version: str, request: Request) -> dict[str, 
     app = await controller.state.app_at(app_id, version)
     if app is None:
         raise ApiError(404, f"App '{app_id}' does not exist in version {version}")
-    return app_to_json(app)
+    return app_to_json(app, users=bool(embeds(embed) & VERSION_USERS))
 
 
 @router.get("/v2/apps/{app_id:path}/versions")

@@ -64,9 +64,11 @@ class DeploymentManager:
         group_id: str = "/",
         rollback_of: str | None = None,
         restart: frozenset[str] = frozenset(),
+        user: str | None = None,
     ) -> Deployment:
         """Commit new app definitions (None deletes) and the deployment that applies them;
-        apps in `restart` get new instances even if their definition did not change."""
+        apps in `restart` get new instances even if their definition did not change.
+        `user` (the acting principal's uid) goes into the apps' versionInfo."""
         state = self.state
         now = self.clock.wall()
         blocking = sorted(
@@ -78,7 +80,7 @@ class DeploymentManager:
         version = next_version(now, state.last_version)
         changes = self._with_service_ports(changes)
         stamped = {
-            app_id: self._stamp(app_id, app, version, app_id in restart)
+            app_id: self._stamp(app_id, app, version, app_id in restart, user or "")
             for app_id, app in changes.items()
         }
         group_changes = dict(groups or {})
@@ -120,6 +122,8 @@ class DeploymentManager:
             now,
             plan=self.plan_json(deployment),
             currentStep=self._step_json(deployment),
+            # Tessera's addition (clients ignore unknown event fields): who started it.
+            **({"user": user} if user else {}),
         )
         log.info("deployment %s: %d steps for %s", deployment.id, len(steps), sorted(stamped))
         for touched in (deployment, *canceled):
@@ -127,24 +131,34 @@ class DeploymentManager:
         return deployment
 
     def _stamp(
-        self, app_id: str, app: AppSpec | None, version: str, restart: bool
+        self, app_id: str, app: AppSpec | None, version: str, restart: bool, user: str
     ) -> AppSpec | None:
-        """The app at its new version; the config version moves only when the config
-        changed (or a restart was asked for), so a pure scale restarts nothing."""
+        """The app at its new version; the config version (and who made it) moves only when
+        the config changed (or a restart was asked for), so a pure scale restarts nothing."""
         if app is None:
             return None
         old = self.state.apps.get(app_id)
         fresh = app.with_changes(
-            version=version, last_scaling_at=version, last_config_change_at=version
+            version=version,
+            last_scaling_at=version,
+            last_config_change_at=version,
+            last_scaling_by=user,
+            last_config_change_by=user,
         )
         if restart:
             return fresh
         if old is not None and old.same_config(fresh):
-            return fresh.with_changes(last_config_change_at=old.config_version)
+            return fresh.with_changes(
+                last_config_change_at=old.config_version,
+                last_config_change_by=old.last_config_change_by,
+            )
         if app.last_config_change_at:
             # A stored definition coming back (a rollback): the tasks still running it
             # from before are current, the others get replaced.
-            return fresh.with_changes(last_config_change_at=app.last_config_change_at)
+            return fresh.with_changes(
+                last_config_change_at=app.last_config_change_at,
+                last_config_change_by=app.last_config_change_by,
+            )
         return fresh
 
     def _with_service_ports(

@@ -152,7 +152,7 @@ class ServiceState:
                 ops.append(Delete(APPS, app_id))
                 ops.append(Put(APP_VERSIONS, version_key(app_id, version), {"deleted": True}))
             else:
-                data = app_to_json(app)
+                data = app_to_json(app, users=True)
                 ops.append(Put(APPS, app_id, data))
                 ops.append(Put(APP_VERSIONS, version_key(app_id, version), data))
             ops.extend(self._trim_versions(app_id))
