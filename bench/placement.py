@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.placement --parts packing --seeds 10
 
 Parts: `packing` (agents used versus the lower bound, with and without UNIQUE),
+`master` (the same workloads as Marathon apps through a running master with simulated
+agents, against `tessera simulate`: bench/placement_live.py; not in the default parts),
 `spread` (how evenly the spread policies load the same agents),
 `c1m` (the Nomad C1M shape) and `k8s` (Kubernetes scheduler_perf SchedulingBasic).
 Throughput parts run in a fresh process each repetition so that peak memory is theirs.
@@ -26,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from bench import packing_model
+from bench import packing_model, placement_live
 from bench import reference_policies as ref
 from bench.packing_workload import PackingWorkload, generate, lower_bound
 from tessera.model.constraints import Constraint, Operator
@@ -509,13 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="packing seeds (default 10, quick 2)")
     parser.add_argument("--repeat", type=int, help="throughput repetitions (default 3)")
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
+    parser.add_argument("--apps", type=int, help="apps per workload (default 900, quick 40)")
     parser.add_argument("--worker", choices=sorted(SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.worker:
         print(json.dumps(asdict(SHAPES[args.worker](sizes))))
         return 0
-    overrides = {"seeds": args.seeds, "repeat": args.repeat}
+    overrides = {"seeds": args.seeds, "repeat": args.repeat, "apps": args.apps}
     sizes = Sizes(**{**asdict(sizes), **{k: v for k, v in overrides.items() if v}})
     parts = args.parts.split(",")
     if "packing" in parts:
@@ -524,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "spread" in parts:
         for fraction in (0.0, UNIQUE_FRACTION):
             print(format_spread(run_spread(sizes, fraction)), end="\n\n", flush=True)
+    if "master" in parts:
+        rows = placement_live.run_live(sizes.seeds, sizes.apps)
+        print(placement_live.format_live(rows), end="\n\n", flush=True)
     for shape in SHAPES:
         if shape.split("-")[0] in parts:
             results = run_shape(shape, sizes, args.quick, args.in_process)

@@ -27,6 +27,10 @@ AppsOption = Annotated[
     int | None, typer.Option("--apps", min=0, help="Most apps and jobs with tasks at once.")
 ]
 LIMITS = ("cpus", "mem", "disk", "gpus", "instances", "apps")
+WeightOption = Annotated[
+    float | None,
+    typer.Option("--weight", min=0.001, help="Weight in fair sharing when roles compete (1)."),
+]
 
 
 def limits_body(
@@ -36,10 +40,11 @@ def limits_body(
     gpus: int | None,
     instances: int | None,
     apps: int | None,
+    weight: float | None = None,
 ) -> dict[str, float]:
     """The body of `PUT /v1/quotas/{role}`: the limits given (the others are unlimited)."""
     given = {"cpus": cpus, "mem": mem, "disk": disk, "gpus": gpus}
-    given |= {"instances": instances, "apps": apps}
+    given |= {"instances": instances, "apps": apps, "weight": weight}
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -54,11 +59,11 @@ def _amount(value: float | None) -> str:
 
 
 def quotas_table(quotas: list[dict[str, Any]]) -> None:
-    table = Table("ROLE", *(name.upper() for name in LIMITS))
+    table = Table("ROLE", *(name.upper() for name in LIMITS), "WEIGHT")
     for quota in quotas:
         limits, consumed = quota.get("limits", {}), quota.get("consumed", {})
         cells = [f"{_amount(consumed.get(name))} / {_amount(limits.get(name))}" for name in LIMITS]
-        table.add_row(quota["role"], *cells)
+        table.add_row(quota["role"], *cells, _amount(quota.get("weight", 1.0)))
     out.print(table)
     out.print("consumed / limit; - is unlimited")
 
@@ -72,11 +77,12 @@ def quota_set(
     gpus: GpusOption = None,
     instances: InstancesOption = None,
     apps: AppsOption = None,
+    weight: WeightOption = None,
     master: MasterOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Set a role's quota; limits not given are unlimited (it replaces the old quota)."""
-    body = limits_body(cpus, mem, disk, gpus, instances, apps)
+    body = limits_body(cpus, mem, disk, gpus, instances, apps, weight)
     quota = MasterClient(master).request("PUT", quota_path(role), json=body)
     if json_output:
         print_json(quota)

@@ -259,12 +259,20 @@ def simulate(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write the plan as JSON here.")
     ] = None,
+    spread_replicas: Annotated[
+        bool,
+        typer.Option(
+            "--spread-replicas/--no-spread-replicas",
+            help="Instances of one app prefer distinct agents and zones (where it costs "
+            "at most 1% more agents).",
+        ),
+    ] = True,
 ) -> None:
     """Place a workload on a cluster offline and show what fits, where, and why not."""
     snapshot = build_cluster(_load(cluster, ClusterFile), cluster)
     requests = build_requests(_load(workload, WorkloadFile), workload)
     started = time.perf_counter()
-    plan = place(snapshot, requests, Policy(strategy=policy))
+    plan = place(snapshot, requests, Policy(strategy=policy, spread_replicas=spread_replicas))
     seconds = time.perf_counter() - started
     summary = summarise(snapshot, plan, seconds)
     if output is not None:

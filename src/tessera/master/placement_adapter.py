@@ -1,31 +1,41 @@
 """Turns the master's records into a placement-engine call and the plan back into assignments.
 
-Every task carries its role (TaskSpec.role) into the engine, and the roles' quotas become
-the engine's policy: the engine enforces resource limits, and instances beyond a role's
-`instances` or `apps` limit are held back here before the engine sees them. Whatever a
-quota keeps queued says `QuotaExceeded` among its reasons. Without any quota the engine is
-called exactly as before (the same policy object, the same requests).
+Queued tasks of one shape (the same app, resources, ports, constraints, role and priority:
+the instances of one app version, typically one deployment step) become one request of
+that many instances, and everything queued when a pass runs is placed in one call, so the
+engine's look-ahead packs the batch as `tessera simulate` does. Every task carries its role
+and priority (TaskSpec) into the engine; running tasks carry theirs, so that a higher
+priority may evict lower ones (tasks already being killed are never chosen again). The
+roles' quotas and weights become the engine's policy: the engine enforces resource limits
+and weighted fair order, and instances beyond a role's `instances` or `apps` limit are held
+back here before the engine sees them. Whatever a quota keeps queued says `QuotaExceeded`
+among its reasons.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tessera.master.quotas import Quota, Usage
 from tessera.model.agent import Agent, container_needs
 from tessera.model.constraints import parse_constraints
 from tessera.model.resources import Resources
-from tessera.model.task import Task, TaskSpec
+from tessera.model.task import Task, TaskSpec, TaskState
 from tessera.placement import AgentDescription, Policy, Request, RunningTask, Snapshot, place
 from tessera.placement.fairness import quota_copies
 from tessera.placement.types import Reason
 
-# The master places on every wake-up, often a few tasks at a time and at most a backlog:
-# a small look-ahead budget keeps each pass to milliseconds (see Policy.lookahead_budget).
-MASTER_POLICY = Policy(lookahead_budget=20_000)
+# The look-ahead's cost grows with requests x max(requests, agents) (Policy.lookahead_budget):
+# grouped by shape, a burst of a few hundred apps on a few hundred agents stays within it
+# (a pass of ~0.1-0.3 s here); larger levels are served largest first.
+MASTER_POLICY = Policy(lookahead_budget=250_000)
 QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED.value
+# A task whose placement needs running tasks stopped first waits for them with this reason.
+WAITING_FOR_PREEMPTION = "WaitingForPreemption"
+# Tasks already being killed are not counted as victims again.
+_NOT_EVICTABLE = 1 << 30
 
 
 class QuotaSource(Protocol):
@@ -44,10 +54,20 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True)
+class Preemption:
+    """`task_id` goes to `agent_id` once `victims` (running tasks there) have stopped."""
+
+    task_id: str
+    agent_id: str
+    victims: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PlacementResult:
     assignments: list[Assignment] = field(default_factory=list)
     # task ID -> reason name -> number of agents that rejected it
     unplaced: dict[str, dict[str, int]] = field(default_factory=dict)
+    preemptions: list[Preemption] = field(default_factory=list)
 
 
 def _resources(spec: TaskSpec) -> Resources:
@@ -58,34 +78,65 @@ def _app_of(task: Task) -> str:
     return task.spec.app_id or task.id
 
 
+def running_task(task: Task) -> RunningTask:
+    priority = _NOT_EVICTABLE if task.state is TaskState.TASK_KILLING else task.spec.priority
+    return RunningTask(
+        task.id, _app_of(task), _resources(task.spec), task.ports, task.spec.role, priority
+    )
+
+
+def record_placed(snapshot: Snapshot, placed: Sequence[Task]) -> None:
+    """Make tasks this pass placed (already charged to the snapshot by the plan) candidates
+    for eviction in later passes that reuse the snapshot."""
+    for task in placed:
+        row = snapshot.index.get(task.agent_id or "")
+        if row is not None:
+            snapshot.tasks.add(row, running_task(task))
+
+
 def describe(agent: Agent, running: Sequence[Task]) -> AgentDescription:
     return AgentDescription(
         id=agent.id,
         hostname=agent.hostname,
         resources=agent.resources,
         attributes=agent.attributes,
-        tasks=tuple(
-            RunningTask(task.id, _app_of(task), _resources(task.spec), task.ports, task.spec.role)
-            for task in running
-        ),
+        tasks=tuple(running_task(task) for task in running),
         state=agent.state,
         capabilities=agent.capabilities(),
     )
 
 
-def request_for(task: Task) -> Request:
+def request_for(task: Task, count: int = 1) -> Request:
+    """The engine's request for `count` tasks shaped like `task` (keyed by its id)."""
     spec = task.spec
     return Request(
         key=task.id,
         app_id=_app_of(task),
-        count=1,
+        count=count,
         resources=_resources(spec),
         ports=tuple(p.port for p in spec.port_definitions),
         require_ports=spec.require_ports,
         constraints=tuple(parse_constraints([list(c) for c in spec.constraints])),
         role=spec.role,
+        priority=spec.priority,
         needs=container_needs(spec.container),
     )
+
+
+def group_requests(queued: Sequence[Task]) -> tuple[list[Request], dict[str, list[Task]]]:
+    """One request per shape of queued task, keyed by its first task's id; the tasks of
+    each request in queue order (instance i of the plan is the i-th of them)."""
+    shapes: dict[Request, list[Task]] = {}
+    for task in queued:
+        shape = replace(request_for(task), key="")
+        shapes.setdefault(shape, []).append(task)
+    requests = []
+    members: dict[str, list[Task]] = {}
+    for shape, tasks in shapes.items():
+        request = replace(shape, key=tasks[0].id, count=len(tasks))
+        requests.append(request)
+        members[request.key] = tasks
+    return requests, members
 
 
 def build_snapshot(agents: Sequence[Agent], running: Mapping[str, Sequence[Task]]) -> Snapshot:
@@ -93,11 +144,12 @@ def build_snapshot(agents: Sequence[Agent], running: Mapping[str, Sequence[Task]
 
 
 def policy_for(limits: Mapping[str, Quota]) -> Policy:
-    """The master's policy with the roles' resource limits."""
+    """The master's policy with the roles' resource limits and weights."""
     role_quotas = {role: q.resource_limits() for role, q in limits.items() if q.resource_limits()}
-    if not role_quotas:
+    weights = {role: q.weight for role, q in limits.items() if q.weight is not None}
+    if not role_quotas and not weights:
         return MASTER_POLICY
-    return Policy(lookahead_budget=MASTER_POLICY.lookahead_budget, role_quotas=role_quotas)
+    return replace(MASTER_POLICY, role_quotas=role_quotas, role_weights=weights)
 
 
 def within_counts(
@@ -138,8 +190,8 @@ def within_counts(
 def place_tasks(
     snapshot: Snapshot, queued: Sequence[Task], quotas: QuotaSource | None = None
 ) -> PlacementResult:
-    """Place each queued task (a group of one) around what already runs, within the roles'
-    quotas; the snapshot is updated in place with the placements."""
+    """Place the queued tasks around what already runs, in one engine call, within the
+    roles' quotas; the snapshot is updated in place with the plan (evictions included)."""
     limits = quotas.limits() if quotas is not None else {}
     held: list[Task] = []
     if quotas is not None and any(q.counts_limited() for q in limits.values()):
@@ -147,19 +199,27 @@ def place_tasks(
         usage = {role: quotas.usage(role) for role in counted}
         queued, held = within_counts(queued, limits, usage)
     policy = policy_for(limits)
-    requests = [request_for(task) for task in queued]
+    requests, members = group_requests(queued)
     plan = place(snapshot, requests, policy)
     result = PlacementResult()
+    placed: set[str] = set()
     for placement in plan.placements:
-        result.assignments.append(
-            Assignment(placement.key, placement.agent_id, tuple(placement.ports))
-        )
-    by_key = {request.key: request for request in requests} if plan.unplaced else {}
+        task = members[placement.key][placement.instance]
+        placed.add(task.id)
+        if placement.evicts:
+            result.preemptions.append(Preemption(task.id, placement.agent_id, placement.evicts))
+        else:
+            result.assignments.append(
+                Assignment(task.id, placement.agent_id, tuple(placement.ports))
+            )
+    by_key = {request.key: request for request in requests}
     for unplaced in plan.unplaced:
         reasons = dict(unplaced.reasons)
         if QUOTA_EXCEEDED not in reasons and _over_quota(snapshot, policy, by_key[unplaced.key]):
             reasons[QUOTA_EXCEEDED] = snapshot.n_agents
-        result.unplaced[unplaced.key] = reasons
+        for task in members[unplaced.key]:
+            if task.id not in placed:
+                result.unplaced[task.id] = reasons
     for task in held:
         result.unplaced[task.id] = {QUOTA_EXCEEDED: snapshot.n_agents}
     return result

@@ -1,4 +1,10 @@
-"""The single writer of plans: places queued tasks, commits the plan, sends the launches."""
+"""The single writer of plans: places queued tasks, commits the plan, sends the launches.
+
+Preemption: when the engine makes room for a higher-priority task by evicting running ones,
+the victims are killed (TASK_KILLED with REASON_CONTAINER_PREEMPTED; their app or job puts a
+replacement in the queue as for any other end) and the preemptor waits in the queue, out of
+the passes, until they have stopped; the next pass then places it in the room they left.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,14 @@ import logging
 
 from tessera.clock import Clock
 from tessera.master.agent_channel import AgentChannel
-from tessera.master.placement_adapter import QuotaSource, build_snapshot, place_tasks
+from tessera.master.placement_adapter import (
+    WAITING_FOR_PREEMPTION,
+    Preemption,
+    QuotaSource,
+    build_snapshot,
+    place_tasks,
+    record_placed,
+)
 from tessera.master.state import ClusterState
 from tessera.model.task import Task, TaskState
 from tessera.placement import Snapshot
@@ -18,6 +31,8 @@ log = logging.getLogger(__name__)
 # How long a wake-up waits for more work before placing: small against launch latency,
 # long enough that a burst of API calls is placed in a few passes, not one pass each.
 BATCH_WINDOW = 0.005
+# Mesos's reason for a task stopped to make room for another.
+REASON_PREEMPTED = "REASON_CONTAINER_PREEMPTED"
 
 
 class Planner:
@@ -35,6 +50,8 @@ class Planner:
         # the cluster (see ClusterState.generation): rebuilding it costs O(running tasks).
         self._snapshot: Snapshot | None = None
         self._snapshot_generation = -1
+        # Preemptors waiting for their victims to stop: task id -> victims' ids.
+        self._preempting: dict[str, frozenset[str]] = {}
 
     def wake(self) -> None:
         """Something changed that may let queued tasks fit; the next pass runs at once."""
@@ -58,15 +75,22 @@ class Planner:
 
     async def place_queued(self) -> int:
         """One pass; returns how many tasks it placed."""
-        queued = self.state.queued_tasks()
+        queued = [t for t in self.state.queued_tasks() if not self._waiting(t)]
         if not queued:
             return 0
         # Placement is synchronous, so nothing changes between reading the state and
         # applying the plan: the plan can never be built on stale state in this process.
-        result = place_tasks(self._current_snapshot(), queued, self.quotas)
+        snapshot = self._current_snapshot()
+        result = place_tasks(snapshot, queued, self.quotas)
         now = self.clock.wall()
         changed: list[Task] = []
         placed: list[Task] = []
+        killing = self._preempt(result.preemptions, now)
+        changed.extend(killing)
+        for preemption in result.preemptions:
+            waiting = {WAITING_FOR_PREEMPTION: len(preemption.victims)}
+            task = self.state.tasks[preemption.task_id]
+            changed.append(task.with_changes(queued_reasons=waiting, updated_at=now))
         for assignment in result.assignments:
             task = self.state.tasks[assignment.task_id]
             agent = self.state.agents[assignment.agent_id]
@@ -84,10 +108,55 @@ class Planner:
             task = self.state.tasks[task_id]
             if dict(task.queued_reasons) != reasons:
                 changed.append(task.with_changes(queued_reasons=reasons, updated_at=now))
+        record_placed(snapshot, placed)
         await self.state.save(tasks=changed)
+        for task in killing:
+            self.channel.send_kill(task)
         for task in placed:
             self.channel.send_launch(task)
         return len(placed)
+
+    def _waiting(self, task: Task) -> bool:
+        """The task waits for victims that have not stopped yet (then it is left out)."""
+        victims = self._preempting.get(task.id)
+        if victims is None:
+            return False
+        if any((v := self.state.tasks.get(victim)) and not v.state.terminal for victim in victims):
+            return True
+        del self._preempting[task.id]
+        return False
+
+    def _preempt(self, preemptions: list[Preemption], now: float) -> list[Task]:
+        """Kill the victims of this pass's preemptions; their preemptors wait in the queue."""
+        killing: list[Task] = []
+        for preemption in preemptions:
+            preemptor = self.state.tasks[preemption.task_id]
+            self._preempting[preemptor.id] = frozenset(preemption.victims)
+            for victim_id in preemption.victims:
+                victim = self.state.tasks.get(victim_id)
+                if victim is None or not victim.state.active:
+                    continue
+                killing.append(
+                    victim.with_changes(
+                        state=TaskState.TASK_KILLING,
+                        reason=REASON_PREEMPTED,
+                        message=(
+                            f"preempted for {preemptor.spec.app_id or preemptor.id} "
+                            f"(priority {preemptor.spec.priority} > {victim.spec.priority})"
+                        ),
+                        updated_at=now,
+                    )
+                )
+            log.info(
+                "preempting %s on %s for %s",
+                ", ".join(preemption.victims),
+                preemption.agent_id,
+                preemptor.id,
+            )
+        if preemptions:
+            # The snapshot holds the plan's evictions and the waiting preemptors: rebuild.
+            self._snapshot = None
+        return killing
 
     def _current_snapshot(self) -> Snapshot:
         if self._snapshot is None or self._snapshot_generation != self.state.generation:

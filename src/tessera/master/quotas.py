@@ -3,7 +3,8 @@
 A quota limits a role (a team: `tessera team create team-a` makes the role `team-a`) in
 resources (`cpus`, `mem`, `disk`, `gpus`: the sum over its tasks that hold resources on an
 agent) and in counts (`instances`: such tasks; `apps`: distinct apps or jobs with such
-tasks). A limit left out is unlimited. The placement engine enforces the resource limits
+tasks). A limit left out is unlimited. A quota also carries the role's `weight` in the
+engine's weighted dominant-resource fairness. The placement engine enforces the resource limits
 (placement/fairness.py); the placement adapter holds back the instances that would exceed a
 count limit. Either way an instance over its quota stays queued with `QuotaExceeded`; the API
 that asked for it has already answered.
@@ -42,6 +43,9 @@ class Quota:
     gpus: int | None = None
     instances: int | None = None
     apps: int | None = None
+    # The role's weight in fair sharing (Mesos's role weights): a role of weight 2 gets twice
+    # the dominant share of one of weight 1 when they compete. None: 1.
+    weight: float | None = None
 
     def limits(self) -> dict[str, float]:
         """The limits that are set, by name."""
@@ -56,12 +60,14 @@ class Quota:
         return self.instances is not None or self.apps is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, **self.limits()}
+        weight = {} if self.weight is None else {"weight": self.weight}
+        return {"role": self.role, **self.limits(), **weight}
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> Quota:
         values = {name: data.get(name) for name in LIMIT_NAMES}
-        return Quota(role=str(data["role"]), **values)
+        weight = data.get("weight")
+        return Quota(role=str(data["role"]), **values, weight=weight)
 
 
 @dataclass(frozen=True, slots=True)

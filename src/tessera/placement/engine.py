@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -11,12 +13,12 @@ from tessera.placement.context import Context
 from tessera.placement.explain import explain
 from tessera.placement.fairness import Sorter, quota_copies
 from tessera.placement.ordering import plan_level
-from tessera.placement.pipeline import Pipeline, build_pipeline, choose, evaluate
+from tessera.placement.pipeline import MIN_SPREAD, Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
 from tessera.placement.request import Policy, Request
 from tessera.placement.snapshot import Snapshot
-from tessera.placement.types import IndexArray, IntArray
+from tessera.placement.types import FloatArray, IndexArray, IntArray
 
 
 class _PlanBuilder:
@@ -68,9 +70,11 @@ def _preempt(pipeline: Pipeline, ctx: Context, plan: _PlanBuilder, sorter: Sorte
         if room is None:
             return
         row, victims = room
+        evicted = []
         for index in victims:
             task = snapshot.evict(index)
             sorter.allocated(task.role, -task.demand())
+            evicted.append(task.task_id)
             plan.evictions.append(
                 Eviction(
                     task.task_id,
@@ -81,6 +85,7 @@ def _preempt(pipeline: Pipeline, ctx: Context, plan: _PlanBuilder, sorter: Sorte
                 )
             )
         _commit(ctx, np.array([row]), np.ones(1, dtype=np.int64), plan)
+        plan.placements[-1] = replace(plan.placements[-1], evicts=tuple(evicted))
 
 
 def _serve(
@@ -145,16 +150,98 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     Higher priorities go first; within a priority, roles take turns in dominant-resource
     fair order, and each role's requests go in the order the packing policy picks
     (`scoring.plan_requests` for binpack, largest first for spread).
+
+    Replica spreading (Policy.spread_replicas) is kept only where it costs (almost) nothing:
+    when any request could spread, the plan is also made without it on a copy, and a spread
+    plan is kept unless it places fewer tasks or needs more agents than the plain plan plus
+    SPREAD_TOLERANCE of them or MIN_SPREAD - 1 (so that a small service on a small cluster
+    still spreads), whichever is more.
     """
     policy = policy or Policy()
+    if not policy.spread_replicas or not _may_spread(snapshot, requests):
+        return _place(snapshot, requests, policy)
+    original = copy.deepcopy(snapshot)
+    plain = copy.deepcopy(snapshot)
+    plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
+    plain_agents = _agents_in_use(plain)
+    allowed = plain_agents + max(int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD - 1)
+    # The look-ahead planning with the spread's caps packs best without hostname
+    # constraints; with them, planning as if unspread often does: both are tried.
+    for planned_spread in (True, False):
+        trial = snapshot if planned_spread else copy.deepcopy(original)
+        plan = _place(trial, requests, policy, planned_spread)
+        if plan.placed_count >= plain_plan.placed_count and _agents_in_use(trial) <= allowed:
+            if trial is not snapshot:
+                snapshot.__dict__.update(trial.__dict__)
+            return plan
+    snapshot.__dict__.update(plain.__dict__)
+    return plain_plan
+
+
+SPREAD_TOLERANCE = 0.01
+"""The share of agents in use that replica spreading may add to a plan."""
+
+
+def _may_spread(snapshot: Snapshot, requests: Sequence[Request]) -> bool:
+    return any(r.count > 1 or snapshot.apps.total(r.app) > 0 for r in requests)
+
+
+def _agents_in_use(snapshot: Snapshot) -> int:
+    return int((snapshot.free < snapshot.total - 1e-9).any(axis=1).sum())
+
+
+def _place(
+    snapshot: Snapshot, requests: Sequence[Request], policy: Policy, planned_spread: bool = True
+) -> Plan:
     pipeline = build_pipeline(policy)
     plan = _PlanBuilder()
     sorter = Sorter(snapshot.total_capacity(), policy.role_weights)
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
     for level in _priority_levels([r for r in requests if r.count > 0]):
-        level_plan = plan_level(snapshot, level, policy.strategy, policy.lookahead_budget)
-        for request in _fair_order(_role_queues(level_plan.requests), sorter):
-            placed = _serve(pipeline, snapshot, request, policy, plan, sorter, level_plan.balanced)
+        spreading = policy.spread_replicas and planned_spread
+        level_plan = plan_level(
+            snapshot, level, policy.strategy, policy.lookahead_budget, spreading
+        )
+        queues = _role_queues(level_plan.requests)
+        for request in _fair_order(queues, sorter):
+            # Roles competing in a level take turns task by task (in chunks that keep their
+            # weighted dominant shares level), not request by request: one role's large app
+            # must not take the room another role's fair share is owed.
+            chunk = _fair_chunk(request, queues, sorter, snapshot.total_capacity())
+            placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced)
             sorter.allocated(request.role, request.demand() * placed)
+            rest = request.count - chunk.count
+            if rest <= 0:
+                continue
+            rest_request = replace(
+                request, count=rest, first_instance=request.first_instance + chunk.count
+            )
+            if placed == chunk.count:
+                queues.setdefault(request.role, deque()).appendleft(rest_request)
+            else:  # nothing more of it fits: the rest is unplaced, with its reasons
+                placed = _serve(
+                    pipeline, snapshot, rest_request, policy, plan, sorter, level_plan.balanced
+                )
+                sorter.allocated(request.role, request.demand() * placed)
     return plan.build()
+
+
+def _fair_chunk(
+    request: Request, queues: dict[str, deque[Request]], sorter: Sorter, total: FloatArray
+) -> Request:
+    """The part of `request` to serve before the other roles waiting in the level get their
+    turn: as many tasks as keep its role's weighted dominant share at most one task past the
+    lowest share among them (all of it when no other role waits)."""
+    others = [role for role in queues if role != request.role]
+    if not others or request.count <= 1:
+        return request
+    present = total > 0
+    if not present.any():
+        return request
+    step = float((request.demand()[present] / total[present]).max()) / sorter.weight(request.role)
+    if step <= 0:
+        return request
+    gap = min(sorter.share(role) for role in others) - sorter.share(request.role)
+    count = max(1, min(request.count, int(gap / step) + 1))
+    return request if count == request.count else replace(request, count=count)

@@ -31,6 +31,9 @@ class Sorter:
         """Charge (or with negative amounts, refund) resources to a role."""
         self.add(role, np.asarray(resources, dtype=np.float64))
 
+    def weight(self, role: str) -> float:
+        return self._weights.get(role, 1.0)
+
     def share(self, role: str) -> float:
         allocated = self._allocated.get(role)
         if allocated is None:

@@ -14,8 +14,9 @@ from tessera.placement.types import FloatArray, IntArray
 
 Limits = Sequence[tuple[IntArray, IntArray, bool]]
 """Per value limit: (value code of each ordered agent, remaining per value, one agent per value)."""
-Fill = Callable[[IntArray, Limits, int, IntArray | None], IntArray]
-"""(room per ordered agent, value limits, count, soft cap per agent or None) -> tasks per agent."""
+Fill = Callable[[IntArray, Limits, int, IntArray | None, Limits], IntArray]
+"""(room per ordered agent, value limits, count, soft cap per agent or None, soft value
+limits) -> tasks per agent."""
 
 
 def water_fill(existing: IntArray, count: int, preference: FloatArray) -> IntArray:
@@ -109,21 +110,31 @@ def take(alloc: IntArray, limits: Limits, count: int) -> IntArray:
 
 
 def fill_binpack(
-    caps: IntArray, limits: Limits, count: int, soft: IntArray | None = None
+    caps: IntArray,
+    limits: Limits,
+    count: int,
+    soft: IntArray | None = None,
+    soft_limits: Limits = (),
 ) -> IntArray:
     """Best agents first, each as full as it will go.
 
-    With `soft` caps, a first pass fills each agent only up to its soft cap and a second
-    pass places the rest up to the hard caps, so no task that fits is left out.
+    With `soft` caps (per agent) or `soft_limits` (per value, e.g. per zone), a first pass
+    fills within them and a second pass places the rest up to the hard caps and limits, so
+    no task that fits is left out.
     """
-    if soft is None:
+    if soft is None and not soft_limits:
         return take(caps, limits, count)
-    first = take(np.minimum(caps, soft), limits, count)
+    first_caps = caps if soft is None else np.minimum(caps, soft)
+    first = take(first_caps, [*limits, *soft_limits], count)
     return first + take(caps - first, limits, count - int(first.sum()))
 
 
 def fill_spread(
-    caps: IntArray, limits: Limits, count: int, soft: IntArray | None = None
+    caps: IntArray,
+    limits: Limits,
+    count: int,
+    soft: IntArray | None = None,
+    soft_limits: Limits = (),
 ) -> IntArray:
     """Round-robin: every agent gets an equal share per round, best agents take the rest."""
     alloc = np.zeros_like(caps)

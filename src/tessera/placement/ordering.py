@@ -12,6 +12,7 @@ import numpy as np
 
 from tessera.model.constraints import Operator
 from tessera.placement import scoring
+from tessera.placement.pipeline import spread_level
 from tessera.placement.request import Request, Strategy
 from tessera.placement.snapshot import Snapshot
 
@@ -37,9 +38,21 @@ def _per_agent_cap(request: Request) -> int:
     return cap
 
 
+def _spread_cap(request: Request, spreading: bool, agents: int, cap: int) -> int:
+    if not spreading or request.count <= 1:
+        return cap
+    return min(cap, spread_level(request.count, agents))
+
+
 def plan_level(
-    snapshot: Snapshot, level: list[Request], strategy: Strategy, lookahead_budget: int
+    snapshot: Snapshot,
+    level: list[Request],
+    strategy: Strategy,
+    lookahead_budget: int,
+    spreading: bool = False,
 ) -> LevelPlan:
+    """`spreading`: the look-ahead plans with the per-agent caps that replica spreading
+    keeps in the fill (pipeline.spread_caps)."""
     if len(level) == 1:
         return LevelPlan(level, False)
     demands = np.array([request.demand() for request in level])
@@ -54,6 +67,12 @@ def plan_level(
         np.array([request.count for request in level], dtype=np.int64),
         snapshot.free[active],
         snapshot.total[active],
-        np.array([_per_agent_cap(request) for request in level], dtype=np.int64),
+        np.array(
+            [
+                _spread_cap(request, spreading, int(active.sum()), _per_agent_cap(request))
+                for request in level
+            ],
+            dtype=np.int64,
+        ),
     )
     return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced)

@@ -9,12 +9,15 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Instance `instance` of request `key` runs on `agent_id` with these host ports."""
+    """Instance `instance` of request `key` runs on `agent_id` with these host ports.
+
+    `evicts`: the running tasks that must stop first to make room for it (preemption)."""
 
     key: str
     instance: int
     agent_id: str
     ports: tuple[int, ...] = ()
+    evicts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

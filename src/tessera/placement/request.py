@@ -92,6 +92,9 @@ class Policy:
     # instead, so that one call stays short (measured: 0.33 s for 1,000 requests on 4
     # agents and 3.3 s for 3,000 on 1,000 with the look-ahead; 0.05 s and 0.16 s without).
     lookahead_budget: int = 1_000_000
+    # Instances of one app prefer distinct agents, then distinct zones (the `zone`
+    # attribute): a soft rule, like Nomad's job anti-affinity (pipeline.spread_caps).
+    spread_replicas: bool = True
 
     def __post_init__(self) -> None:
         for role, weight in self.role_weights.items():

@@ -43,6 +43,11 @@ class AppCounts:
         if dense is not None:
             dense[row] += copies
 
+    def total(self, app_id: str) -> int:
+        """Tasks of the app on all agents (without building its dense column)."""
+        per_agent = self._sparse.get(app_id)
+        return sum(per_agent.values()) if per_agent else 0
+
     def per_agent(self, app_id: str) -> IntArray:
         """Dense counts per agent; built on first use, then kept up to date."""
         dense = self._dense.get(app_id)

@@ -25,10 +25,13 @@ def apply_status(task: Task, update: StatusUpdate, now: float) -> Task | None:
     started_at = task.started_at
     if state is TaskState.TASK_RUNNING and started_at is None:
         started_at = now
+    # A task the master stopped for a reason of its own (preemption) ends with that reason.
+    decided = task.state is TaskState.TASK_KILLING and task.reason is not None
+    kept = decided and state in (TaskState.TASK_KILLED, TaskState.TASK_KILLING)
     return task.with_changes(
         state=state,
-        reason=update.reason if state.terminal else task.reason,
-        message=update.message,
+        reason=task.reason if kept else update.reason if state.terminal else task.reason,
+        message=task.message if kept else update.message,
         exit_code=update.exit_code if state.terminal else None,
         started_at=started_at,
         finished_at=now if state.terminal else None,

@@ -69,7 +69,8 @@ def test_places_and_writes_the_plan(tmp_path: Path) -> None:
     # Each of the 3 agents is counted once; all lack memory, one may be out of cpus first.
     assert sum(unplaced["reasons"].values()) == 3 and "InsufficientMemory" in unplaced["reasons"]
     summary = plan["summary"]
-    assert summary["placed"] == 4 and summary["unplaced"] == 2 and summary["agents_used"] == 1
+    # Replicas spread: no agent holds more than two of the four /web instances.
+    assert summary["placed"] == 4 and summary["unplaced"] == 2 and summary["agents_used"] == 2
     assert summary["utilization"]["cpus"] == pytest.approx(4 / 12, abs=1e-4)
     assert summary["utilization"]["mem"] == pytest.approx(2048 / 12288, abs=1e-4)
     assert summary["seconds"] >= 0
@@ -114,11 +115,14 @@ def test_a_single_agent_keeps_its_id_and_hostname_defaults_to_it(tmp_path: Path)
 
 def test_spread_policy(tmp_path: Path) -> None:
     workload = {"apps": [{"id": "/x", "instances": 3, "cpus": 1, "mem": 1}]}
-    _, _, binpacked = run(tmp_path, {"agents": [AGENT]}, workload)
+    _, _, binpacked = run(tmp_path, {"agents": [AGENT]}, workload, "--no-spread-replicas")
     _, _, spread = run(tmp_path, {"agents": [AGENT]}, workload, "--policy", "spread")
-    assert binpacked is not None and spread is not None
+    _, _, replicas = run(tmp_path, {"agents": [AGENT]}, workload)
+    assert binpacked is not None and spread is not None and replicas is not None
     assert binpacked["summary"]["agents_used"] == 1
     assert spread["summary"]["agents_used"] == 3
+    # Binpack spreads the replicas of one app by default.
+    assert replicas["summary"]["agents_used"] == 3
 
 
 def test_marathon_defaults_and_unknown_marathon_fields(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@ held back by the adapter, and QuotaExceeded on whatever a quota keeps queued."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from tessera.master.placement_adapter import (
     MASTER_POLICY,
     build_snapshot,
@@ -12,34 +10,9 @@ from tessera.master.placement_adapter import (
     policy_for,
     within_counts,
 )
-from tessera.master.quotas import Ledger, Quota, Usage
-from tessera.model.agent import Agent, AgentState
-from tessera.model.resources import Resources
+from tessera.master.quotas import Ledger, Quota
 from tessera.model.task import Task, TaskSpec, TaskState
-
-
-class FakeQuotas:
-    def __init__(self, *quotas: Quota, running: tuple[Task, ...] = ()) -> None:
-        self.quotas = {q.role: q for q in quotas}
-        self.ledger = Ledger()
-        self.ledger.reset(running)
-
-    def limits(self) -> Mapping[str, Quota]:
-        return self.quotas
-
-    def usage(self, role: str) -> Usage:
-        return self.ledger.usage(role)
-
-
-def _agent(agent_id: str, cpus: float = 4) -> Agent:
-    return Agent(
-        id=agent_id,
-        hostname=f"{agent_id}.local",
-        resources=Resources(cpus=cpus, mem=4096),
-        attributes={},
-        state=AgentState.ACTIVE,
-        registered_at=0.0,
-    )
+from tessera.testing.placement import FakeQuotas, active_agent
 
 
 def _task(
@@ -72,7 +45,7 @@ def test_without_quotas_the_master_policy_is_used_as_before() -> None:
 
 
 def test_a_cpu_quota_keeps_the_third_half_cpu_instance_queued() -> None:
-    snapshot = build_snapshot([_agent("a1")], {})
+    snapshot = build_snapshot([active_agent("a1")], {})
     quotas = FakeQuotas(Quota("team-a", cpus=1))
     result = place_tasks(snapshot, [_task("t1"), _task("t2"), _task("t3")], quotas)
     assert sorted(a.task_id for a in result.assignments) == ["t1", "t2"]
@@ -81,14 +54,14 @@ def test_a_cpu_quota_keeps_the_third_half_cpu_instance_queued() -> None:
 
 def test_running_tasks_count_against_the_quota() -> None:
     running = _task("r1", cpus=0.75, state=TaskState.TASK_RUNNING)
-    snapshot = build_snapshot([_agent("a1")], {"a1": [running]})
+    snapshot = build_snapshot([active_agent("a1")], {"a1": [running]})
     result = place_tasks(snapshot, [_task("t1")], FakeQuotas(Quota("team-a", cpus=1)))
     assert result.assignments == []
     assert "QuotaExceeded" in result.unplaced["t1"]
 
 
 def test_other_roles_are_not_limited_by_a_teams_quota() -> None:
-    snapshot = build_snapshot([_agent("a1")], {})
+    snapshot = build_snapshot([active_agent("a1")], {})
     queued = [_task("a1", cpus=1), _task("a2", cpus=1), _task("b1", role="team-b", cpus=2)]
     result = place_tasks(snapshot, queued, FakeQuotas(Quota("team-a", cpus=1)))
     assert sorted(a.task_id for a in result.assignments) == ["a1", "b1"]
@@ -97,7 +70,7 @@ def test_other_roles_are_not_limited_by_a_teams_quota() -> None:
 
 def test_a_full_cluster_still_says_quota_exceeded_when_the_quota_holds_too() -> None:
     running = _task("r1", cpus=1, state=TaskState.TASK_RUNNING)
-    snapshot = build_snapshot([_agent("a1", cpus=1)], {"a1": [running]})
+    snapshot = build_snapshot([active_agent("a1", cpus=1)], {"a1": [running]})
     result = place_tasks(snapshot, [_task("t1")], FakeQuotas(Quota("team-a", cpus=1)))
     reasons = result.unplaced["t1"]
     assert reasons["QuotaExceeded"] == 1
@@ -106,7 +79,7 @@ def test_a_full_cluster_still_says_quota_exceeded_when_the_quota_holds_too() -> 
 
 def test_an_instance_limit_holds_back_the_newest_tasks() -> None:
     running = _task("r1", state=TaskState.TASK_RUNNING)
-    snapshot = build_snapshot([_agent("a1")], {"a1": [running]})
+    snapshot = build_snapshot([active_agent("a1")], {"a1": [running]})
     quotas = FakeQuotas(Quota("team-a", instances=2), running=(running,))
     result = place_tasks(snapshot, [_task("t1"), _task("t2")], quotas)
     assert [a.task_id for a in result.assignments] == ["t1"]
@@ -139,7 +112,7 @@ def test_an_app_limit_admits_running_apps_and_holds_new_ones() -> None:
 
 
 def test_a_zero_quota_places_nothing_of_the_role() -> None:
-    snapshot = build_snapshot([_agent("a1")], {})
+    snapshot = build_snapshot([active_agent("a1")], {})
     result = place_tasks(snapshot, [_task("t1")], FakeQuotas(Quota("team-a", cpus=0)))
     assert result.assignments == []
     assert result.unplaced["t1"]["QuotaExceeded"] == 1

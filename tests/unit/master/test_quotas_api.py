@@ -30,6 +30,7 @@ def test_set_show_list_and_remove_a_quota(client: TestClient) -> None:
     assert put.json() == {
         "role": "team-a",
         "limits": {"cpus": 10, "mem": 20480, "instances": 5},
+        "weight": 1.0,
         "consumed": {"cpus": 0, "mem": 0, "disk": 0, "gpus": 0, "instances": 0, "apps": 0},
     }
     assert client.get("/v1/quotas/team-a").json()["limits"]["cpus"] == 10
@@ -37,6 +38,9 @@ def test_set_show_list_and_remove_a_quota(client: TestClient) -> None:
     assert [q["role"] for q in client.get("/v1/quotas").json()["quotas"]] == ["team-a", "team-b"]
     # PUT replaces: what it leaves out is unlimited again.
     assert client.put("/v1/quotas/team-a", json={"cpus": 2}).json()["limits"] == {"cpus": 2}
+    weighted = client.put("/v1/quotas/team-b", json={"gpus": 1, "weight": 3})
+    assert weighted.json()["weight"] == 3 and weighted.json()["limits"] == {"gpus": 1}
+    assert client.put("/v1/quotas/team-b", json={"weight": 0}).status_code == 422
     removed = client.delete("/v1/quotas/team-a")
     assert removed.status_code == 200 and removed.json()["limits"] == {"cpus": 2}
     assert client.get("/v1/quotas/team-a").status_code == 404

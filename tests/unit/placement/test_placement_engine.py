@@ -28,8 +28,17 @@ def per_agent(plan: Plan) -> Counter[str]:
 
 
 def test_binpack_fills_agents_one_after_another() -> None:
-    plan = place(Snapshot.build(agents(4)), [Request("/x", 6, Resources(cpus=1))])
+    unspread = Policy(spread_replicas=False)
+    plan = place(Snapshot.build(agents(4)), [Request("/x", 6, Resources(cpus=1))], unspread)
     assert sorted(per_agent(plan).values()) == [2, 4]
+
+
+def test_replicas_of_one_app_spread_over_agents_by_default() -> None:
+    # No agent holds more than the even level (6 over 4: 2), the fullest agents first.
+    plan = place(Snapshot.build(agents(4)), [Request("/x", 6, Resources(cpus=1))])
+    assert max(per_agent(plan).values()) == 2 and len(plan.placements) == 6
+    three = place(Snapshot.build(agents(3)), [Request("/web", 3, Resources(cpus=0.1))])
+    assert sorted(per_agent(three).values()) == [1, 1, 1]
 
 
 def test_binpack_prefers_the_fuller_agent() -> None:
@@ -145,3 +154,21 @@ def test_instances_stay_numbered_from_first_instance_under_a_quota() -> None:
     request = Request("/x", 5, Resources(cpus=1), role="dev", first_instance=3)
     plan = place(Snapshot.build(agents(2)), [request], policy)
     assert [p.instance for p in plan.placements] == [3, 4]
+
+
+def test_replicas_prefer_distinct_zones_then_stack_when_they_must() -> None:
+    zoned = [
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=4, mem=4096), {"zone": f"z{i % 2}"})
+        for i in range(4)
+    ]
+    plan = place(Snapshot.build(zoned), [Request("/web", 2, Resources(cpus=1))])
+    zones = {p.agent_id: int(p.agent_id[1:]) % 2 for p in plan.placements}
+    assert sorted(zones.values()) == [0, 1]
+    # A replacement instance goes where the app is not yet.
+    snapshot = Snapshot.build(agents(3))
+    first = place(snapshot, [Request("/web", 2, Resources(cpus=1))])
+    again = place(snapshot, [Request("/web", 1, Resources(cpus=1), first_instance=2)])
+    assert again.placements[0].agent_id not in {p.agent_id for p in first.placements}
+    # Soft: on one agent with room, every instance still lands.
+    crowded = place(Snapshot.build(agents(1)), [Request("/web", 3, Resources(cpus=1))])
+    assert len(crowded.placements) == 3

@@ -33,6 +33,9 @@ class QuotaIn(BaseModel):
     gpus: int | None = Field(None, ge=0)
     instances: int | None = Field(None, ge=0, description="tasks holding resources at once")
     apps: int | None = Field(None, ge=0, description="apps and jobs with tasks at once")
+    weight: float | None = Field(
+        None, gt=0, le=1000, description="the role's weight in fair sharing (default 1)"
+    )
 
 
 def quotas_of(request: Request) -> Quotas:
@@ -54,6 +57,7 @@ def quota_json(quotas: Quotas, quota: Quota) -> dict[str, Any]:
     return {
         "role": quota.role,
         "limits": quota.limits(),
+        "weight": 1.0 if quota.weight is None else quota.weight,
         "consumed": quotas.usage(quota.role).to_json(),
     }
 
