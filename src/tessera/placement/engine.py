@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -16,7 +15,7 @@ from tessera.placement.ordering import plan_level
 from tessera.placement.pipeline import MIN_SPREAD, Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
-from tessera.placement.request import Policy, Request
+from tessera.placement.request import Policy, Request, Strategy
 from tessera.placement.snapshot import Snapshot
 from tessera.placement.types import FloatArray, IndexArray, IntArray
 
@@ -158,28 +157,44 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     still spreads), whichever is more.
     """
     policy = policy or Policy()
-    if not policy.spread_replicas or not _may_spread(snapshot, requests):
+    spreading = policy.spread_replicas and policy.strategy is Strategy.BINPACK
+    if not spreading or not _may_spread(snapshot, requests):
         return _place(snapshot, requests, policy)
-    original = copy.deepcopy(snapshot)
-    plain = copy.deepcopy(snapshot)
+    before = _agents_in_use(snapshot)
+    original = snapshot.copy()
+    # The look-ahead can plan with the spread's per-agent caps (packs best on many small
+    # apps) or as if unspread (packs better with hostname constraints, and costs far less
+    # on few requests of many instances): capped first for small apps, then uncapped;
+    # uncapped only for large ones.
+    capped_first = sum(r.count for r in requests) <= CAPPED_LOOKAHEAD_MEAN * len(requests)
+    spread_plan = _place(snapshot, requests, policy, planned_spread=capped_first)
+    if _agents_in_use(snapshot) == before:
+        return spread_plan  # no agent opened: no plan can use fewer
+    plain = original.copy()
     plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
     plain_agents = _agents_in_use(plain)
     allowed = plain_agents + max(int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD - 1)
-    # The look-ahead planning with the spread's caps packs best without hostname
-    # constraints; with them, planning as if unspread often does: both are tried.
-    for planned_spread in (True, False):
-        trial = snapshot if planned_spread else copy.deepcopy(original)
-        plan = _place(trial, requests, policy, planned_spread)
-        if plan.placed_count >= plain_plan.placed_count and _agents_in_use(trial) <= allowed:
-            if trial is not snapshot:
-                snapshot.__dict__.update(trial.__dict__)
-            return plan
+    if _fits(spread_plan, snapshot, plain_plan, allowed):
+        return spread_plan
+    if capped_first:
+        trial = original.copy()
+        trial_plan = _place(trial, requests, policy, planned_spread=False)
+        if _fits(trial_plan, trial, plain_plan, allowed):
+            snapshot.__dict__.update(trial.__dict__)
+            return trial_plan
     snapshot.__dict__.update(plain.__dict__)
     return plain_plan
 
 
+def _fits(plan: Plan, snapshot: Snapshot, plain: Plan, allowed: int) -> bool:
+    return plan.placed_count >= plain.placed_count and _agents_in_use(snapshot) <= allowed
+
+
 SPREAD_TOLERANCE = 0.01
 """The share of agents in use that replica spreading may add to a plan."""
+CAPPED_LOOKAHEAD_MEAN = 32
+"""Up to this many instances per request on average, the look-ahead first plans with the
+spread's caps."""
 
 
 def _may_spread(snapshot: Snapshot, requests: Sequence[Request]) -> bool:

@@ -40,6 +40,13 @@ class PortTable:
     def _mark(self, row: int, ports: Iterable[int], free: bool) -> None:
         self.free[row, self._columns(ports)] = free
 
+    def copy(self) -> PortTable:
+        other = object.__new__(PortTable)
+        other.ranges, other.base = self.ranges, self.base
+        other.free = self.free.copy()
+        other.counts = self.counts.copy()
+        return other
+
     def all_free(self, ports: Sequence[int]) -> BoolArray:
         """Agents on which every one of `ports` is offered and unused."""
         columns = self._columns(ports)

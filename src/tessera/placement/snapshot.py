@@ -91,6 +91,22 @@ class Snapshot:
     def build(cls, agents: Iterable[AgentDescription]) -> Snapshot:
         return cls(agents)
 
+    def copy(self) -> Snapshot:
+        """An independent copy of what placing changes (free room, ports, app counts, the
+        task table, role shares); what never changes after build is shared. Caches start
+        empty."""
+        other = object.__new__(Snapshot)
+        other.__dict__.update(self.__dict__)
+        other.free = self.free.copy()
+        other.row_version = self.row_version.copy()
+        other.ports = self.ports.copy()
+        other.apps = self.apps.copy()
+        other.tasks = self.tasks.copy()
+        other.role_allocated = {role: share.copy() for role, share in self.role_allocated.items()}
+        other._missing = dict(self._missing)
+        other.cache = {}
+        return other
+
     @staticmethod
     def _encode_attributes(agents: list[AgentDescription]) -> dict[str, AttributeColumn]:
         names = sorted({name for agent in agents for name in agent.attributes} - {"hostname"})

@@ -43,6 +43,11 @@ class AppCounts:
         if dense is not None:
             dense[row] += copies
 
+    def copy(self) -> AppCounts:
+        other = AppCounts(self._n_agents)
+        other._sparse = {app: dict(rows) for app, rows in self._sparse.items()}
+        return other  # dense columns are rebuilt from the sparse counts when asked for
+
     def total(self, app_id: str) -> int:
         """Tasks of the app on all agents (without building its dense column)."""
         per_agent = self._sparse.get(app_id)
@@ -75,6 +80,13 @@ class TaskTable:
         self.agent.append(row)
         self.alive.append(True)
         self._columns = None
+
+    def copy(self) -> TaskTable:
+        other = TaskTable()
+        other.tasks = list(self.tasks)
+        other.agent = list(self.agent)
+        other.alive = list(self.alive)
+        return other
 
     def remove(self, index: int) -> None:
         self.alive[index] = False
