@@ -7,6 +7,7 @@
 Parts: `packing` (agents used versus the lower bound, with and without UNIQUE),
 `master` (the same workloads as Marathon apps through a running master with simulated
 agents, against `tessera simulate`: bench/placement_live.py; not in the default parts),
+`replicas` (what replica spreading costs in agents on small clusters: bench/replica_spread.py),
 `spread` (how evenly the spread policies load the same agents),
 `c1m` (the Nomad C1M shape) and `k8s` (Kubernetes scheduler_perf SchedulingBasic).
 Throughput parts run in a fresh process each repetition so that peak memory is theirs.
@@ -28,7 +29,7 @@ from functools import partial
 
 import numpy as np
 
-from bench import packing_model, placement_live
+from bench import packing_model, placement_live, replica_spread
 from bench import reference_policies as ref
 from bench.packing_workload import PackingWorkload, generate, lower_bound
 from tessera.model.constraints import Constraint, Operator
@@ -527,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "spread" in parts:
         for fraction in (0.0, UNIQUE_FRACTION):
             print(format_spread(run_spread(sizes, fraction)), end="\n\n", flush=True)
+    if "replicas" in parts:
+        seeds = args.seeds or (20 if args.quick else 200)
+        print(replica_spread.format_replicas(replica_spread.run_replicas(seeds)), end="\n\n")
     if "master" in parts:
         rows = placement_live.run_live(sizes.seeds, sizes.apps)
         print(placement_live.format_live(rows), end="\n\n", flush=True)

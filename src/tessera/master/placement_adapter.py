@@ -27,10 +27,11 @@ from tessera.placement import AgentDescription, Policy, Request, RunningTask, Sn
 from tessera.placement.fairness import quota_copies
 from tessera.placement.types import Reason
 
-# The look-ahead's cost grows with requests x max(requests, agents) (Policy.lookahead_budget):
-# grouped by shape, a burst of a few hundred apps on a few hundred agents stays within it
-# (a pass of ~0.1-0.3 s here); larger levels are served largest first.
-MASTER_POLICY = Policy(lookahead_budget=250_000)
+# The same look-ahead budget as `tessera simulate` (Policy's default): grouped by shape, a
+# batch of 1,000 apps on a few hundred agents is planned with the look-ahead (a pass of
+# about 1-2 s here, measured by bench.placement --parts master); larger levels are served
+# largest first.
+MASTER_POLICY = Policy()
 QUOTA_EXCEEDED = Reason.QUOTA_EXCEEDED.value
 # A task whose placement needs running tasks stopped first waits for them with this reason.
 WAITING_FOR_PREEMPTION = "WaitingForPreemption"

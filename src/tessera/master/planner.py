@@ -75,7 +75,11 @@ class Planner:
 
     async def place_queued(self) -> int:
         """One pass; returns how many tasks it placed."""
-        queued = [t for t in self.state.queued_tasks() if not self._waiting(t)]
+        all_queued = self.state.queued_tasks()
+        if self._preempting:  # preemptors killed or gone meanwhile wait no more
+            ids = {task.id for task in all_queued}
+            self._preempting = {k: v for k, v in self._preempting.items() if k in ids}
+        queued = [t for t in all_queued if not self._waiting(t)]
         if not queued:
             return 0
         # Placement is synchronous, so nothing changes between reading the state and

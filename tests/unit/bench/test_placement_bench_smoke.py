@@ -69,3 +69,13 @@ def test_command_line_quick_mode_prints_every_part(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     for shape in placement.SHAPES:
         assert f"{shape}:" in out
+
+
+def test_replica_spreading_report_counts_both_policies() -> None:
+    from bench.replica_spread import format_replicas, run_replicas
+
+    report = run_replicas(10)
+    assert report.workloads == 10 and report.apps >= 80
+    assert report.stacked["spread"] <= report.stacked["plain"]
+    assert report.agents["spread"] >= report.agents["plain"] > 0
+    assert "apps with every instance on one agent" in format_replicas(report)
