@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import tessera
 from tessera.agent.grant_keys import MasterKeys
+from tessera.agent.sandbox_files import OutsideSandbox, open_file, regular_files
 from tessera.http_errors import ApiError, install_error_handlers
 from tessera.security.ca import cli_client_context
 from tessera.security.credentials import PresentedToken, parse_authorization
@@ -69,14 +70,16 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
             raise ApiError(404, f"Task '{task_id}' has no sandbox on this agent")
         return sandbox
 
-    def file_in(task_id: str, path: str) -> Path:
-        sandbox = sandbox_of(task_id).resolve()
-        target = (sandbox / path).resolve()
-        if not target.is_relative_to(sandbox):
-            raise ApiError(422, "path must stay inside the sandbox")
-        if not target.is_file():
-            raise ApiError(404, f"File '{path}' does not exist in the sandbox of '{task_id}'")
-        return target
+    def opened(task_id: str, path: str) -> int:
+        """A descriptor of the sandbox's regular file `path` (links are never followed)."""
+        try:
+            return open_file(sandbox_of(task_id), path)
+        except OutsideSandbox as error:
+            raise ApiError(422, str(error)) from None
+        except FileNotFoundError:
+            raise ApiError(
+                404, f"File '{path}' does not exist in the sandbox of '{task_id}'"
+            ) from None
 
     @app.get("/v1/info")
     async def info(request: Request) -> dict[str, Any]:
@@ -99,19 +102,11 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
 
     @app.get("/v1/sandboxes/{task_id}/files")
     async def list_files(task_id: str) -> dict[str, Any]:
-        sandbox = sandbox_of(task_id)
-        entries = []
-        for path in sorted(sandbox.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
-                stat = path.stat()
-                entries.append(
-                    {
-                        "path": str(path.relative_to(sandbox)),
-                        "size": stat.st_size,
-                        "mtime": stat.st_mtime,
-                    }
-                )
-        return {"files": entries}
+        entries = [
+            {"path": path, "size": info.st_size, "mtime": info.st_mtime}
+            for path, info in regular_files(sandbox_of(task_id))
+        ]
+        return {"files": sorted(entries, key=lambda entry: entry["path"])}
 
     @app.get("/v1/sandboxes/{task_id}/files/read")
     async def read_file(
@@ -120,9 +115,8 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
         offset: Annotated[int, Query(ge=0)] = 0,
         length: Annotated[int, Query(ge=0, le=READ_LIMIT)] = READ_LIMIT,
     ) -> dict[str, Any]:
-        target = file_in(task_id, path)
-        size = target.stat().st_size
-        with open(target, "rb") as handle:
+        with os.fdopen(opened(task_id, path), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
             handle.seek(offset)
             data = handle.read(length)
         return {
@@ -139,14 +133,18 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
         path: Annotated[str, Query()] = "stdout",
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> StreamingResponse:
-        target = file_in(task_id, path)
+        os.close(opened(task_id, path))  # 404 / 422 before the stream starts
+        sandbox = sandbox_of(task_id)
 
         async def chunks() -> AsyncIterator[bytes]:
             position = offset
             while True:
                 known = daemon.tasks.get(task_id)
                 finished = known is None or known.state.terminal
-                data = _read_from(target, position)
+                try:
+                    data = _read_from(sandbox, path, position)
+                except (FileNotFoundError, OutsideSandbox):
+                    return  # replaced by a link or removed: the stream ends
                 position += len(data)
                 if data:
                     yield data
@@ -199,8 +197,8 @@ async def _verified(request: Request, keys: MasterKeys, daemon: AgentDaemon) -> 
         ) from None
 
 
-def _read_from(path: Path, position: int) -> bytes:
-    with open(path, "rb") as handle:
+def _read_from(sandbox: Path, path: str, position: int) -> bytes:
+    with os.fdopen(open_file(sandbox, path), "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size <= position:
             return b""

@@ -3,6 +3,7 @@ keys come from the master's JWKS (fetched again for an unknown key, rate limited
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,3 +206,34 @@ def test_parse_jwks_keeps_only_usable_rsa_keys(key: rsa.RSAPrivateKey) -> None:
     for bad in bad_documents:
         with pytest.raises(ValueError):
             parse_jwks(bad)
+
+
+def test_links_and_special_files_in_a_sandbox_are_never_followed(
+    agent: TestClient, setup: Setup, tmp_path: Path
+) -> None:
+    """The agent reads as root what the task controls: a link to a file outside (or to the
+    other task's sandbox), a link to a directory, a FIFO, `..`: none of them is read."""
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    sandbox = tmp_path / "a.1"
+    (sandbox / "leak").symlink_to(secret)
+    (sandbox / "neighbour").symlink_to(tmp_path / "b.1")
+    (sandbox / "logs").mkdir()
+    (sandbox / "logs" / "app.log").write_text("inside\n")
+    (sandbox / "logs" / "up").symlink_to(tmp_path)
+    os.mkfifo(sandbox / "pipe")
+    grant = setup.grant("a.1")
+    read = "/v1/sandboxes/a.1/files/read"
+    for path in ("leak", "neighbour/stdout", "logs/up/secret", "pipe", "logs"):
+        assert agent.get(read, params={"path": path}, headers=grant).status_code == 404, path
+        follow = agent.get("/v1/sandboxes/a.1/files/follow", params={"path": path}, headers=grant)
+        assert follow.status_code == 404, path
+    for path in ("../b.1/stdout", "/etc/passwd", "logs/../stdout", ""):
+        assert agent.get(read, params={"path": path}, headers=grant).status_code == 422, path
+    assert agent.get(read, params={"path": "logs/app.log"}, headers=grant).json()["data"] == (
+        "inside\n"
+    )
+    listed = [
+        f["path"] for f in agent.get("/v1/sandboxes/a.1/files", headers=grant).json()["files"]
+    ]
+    assert listed == ["logs/app.log", "stdout"]
