@@ -70,10 +70,10 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
             raise ApiError(404, f"Task '{task_id}' has no sandbox on this agent")
         return sandbox
 
-    def opened(task_id: str, path: str) -> int:
+    def opened(sandbox: Path, task_id: str, path: str) -> int:
         """A descriptor of the sandbox's regular file `path` (links are never followed)."""
         try:
-            return open_file(sandbox_of(task_id), path)
+            return open_file(sandbox, path)
         except OutsideSandbox as error:
             raise ApiError(422, str(error)) from None
         except FileNotFoundError:
@@ -115,7 +115,7 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
         offset: Annotated[int, Query(ge=0)] = 0,
         length: Annotated[int, Query(ge=0, le=READ_LIMIT)] = READ_LIMIT,
     ) -> dict[str, Any]:
-        with os.fdopen(opened(task_id, path), "rb") as handle:
+        with os.fdopen(opened(sandbox_of(task_id), task_id, path), "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             handle.seek(offset)
             data = handle.read(length)
@@ -133,8 +133,8 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
         path: Annotated[str, Query()] = "stdout",
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> StreamingResponse:
-        os.close(opened(task_id, path))  # 404 / 422 before the stream starts
         sandbox = sandbox_of(task_id)
+        os.close(opened(sandbox, task_id, path))  # 404 / 422 before the stream starts
 
         async def chunks() -> AsyncIterator[bytes]:
             position = offset
@@ -143,7 +143,7 @@ def create_agent_app(daemon: AgentDaemon, keys: MasterKeys | None = None) -> Fas
                 finished = known is None or known.state.terminal
                 try:
                     data = _read_from(sandbox, path, position)
-                except (FileNotFoundError, OutsideSandbox):
+                except FileNotFoundError:
                     return  # replaced by a link or removed: the stream ends
                 position += len(data)
                 if data:

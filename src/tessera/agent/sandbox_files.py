@@ -52,9 +52,8 @@ def open_file(sandbox: Path, relative: str) -> int:
 
 def regular_files(sandbox: Path) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of the sandbox's regular files, not descending into links."""
-    for root, directories, files in os.walk(sandbox, followlinks=False):
-        directories[:] = sorted(d for d in directories if not d.startswith("."))
-        for name in sorted(files):
+    for root, _, files in os.walk(sandbox, followlinks=False):
+        for name in files:
             if name.startswith("."):
                 continue
             full = os.path.join(root, name)

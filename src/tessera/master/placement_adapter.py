@@ -213,7 +213,7 @@ def place_tasks(
             result.assignments.append(
                 Assignment(task.id, placement.agent_id, tuple(placement.ports))
             )
-    by_key = {request.key: request for request in requests}
+    by_key = {request.key: request for request in requests} if plan.unplaced else {}
     for unplaced in plan.unplaced:
         reasons = dict(unplaced.reasons)
         if QUOTA_EXCEEDED not in reasons and _over_quota(snapshot, policy, by_key[unplaced.key]):

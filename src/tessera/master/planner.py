@@ -89,12 +89,9 @@ class Planner:
         now = self.clock.wall()
         changed: list[Task] = []
         placed: list[Task] = []
-        killing = self._preempt(result.preemptions, now)
+        killing, waiting = self._preempt(result.preemptions, now)
         changed.extend(killing)
-        for preemption in result.preemptions:
-            waiting = {WAITING_FOR_PREEMPTION: len(preemption.victims)}
-            task = self.state.tasks[preemption.task_id]
-            changed.append(task.with_changes(queued_reasons=waiting, updated_at=now))
+        changed.extend(waiting)
         for assignment in result.assignments:
             task = self.state.tasks[assignment.task_id]
             agent = self.state.agents[assignment.agent_id]
@@ -130,12 +127,16 @@ class Planner:
         del self._preempting[task.id]
         return False
 
-    def _preempt(self, preemptions: list[Preemption], now: float) -> list[Task]:
-        """Kill the victims of this pass's preemptions; their preemptors wait in the queue."""
+    def _preempt(self, preemptions: list[Preemption], now: float) -> tuple[list[Task], list[Task]]:
+        """The victims of this pass's preemptions, being killed, and their preemptors, waiting
+        in the queue for them."""
         killing: list[Task] = []
+        waiting: list[Task] = []
         for preemption in preemptions:
             preemptor = self.state.tasks[preemption.task_id]
             self._preempting[preemptor.id] = frozenset(preemption.victims)
+            reasons = {WAITING_FOR_PREEMPTION: len(preemption.victims)}
+            waiting.append(preemptor.with_changes(queued_reasons=reasons, updated_at=now))
             for victim_id in preemption.victims:
                 victim = self.state.tasks.get(victim_id)
                 if victim is None or not victim.state.active:
@@ -160,7 +161,7 @@ class Planner:
         if preemptions:
             # The snapshot holds the plan's evictions and the waiting preemptors: rebuild.
             self._snapshot = None
-        return killing
+        return killing, waiting
 
     def _current_snapshot(self) -> Snapshot:
         if self._snapshot is None or self._snapshot_generation != self.state.generation:

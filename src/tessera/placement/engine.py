@@ -17,7 +17,7 @@ from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
 from tessera.placement.request import Policy, Request, Strategy
 from tessera.placement.snapshot import Snapshot
-from tessera.placement.types import FloatArray, IndexArray, IntArray
+from tessera.placement.types import EPSILON, IndexArray, IntArray
 
 
 class _PlanBuilder:
@@ -202,7 +202,7 @@ def _may_spread(snapshot: Snapshot, requests: Sequence[Request]) -> bool:
 
 
 def _agents_in_use(snapshot: Snapshot) -> int:
-    return int((snapshot.free < snapshot.total - 1e-9).any(axis=1).sum())
+    return int((snapshot.free < snapshot.total - EPSILON).any(axis=1).sum())
 
 
 def _place(
@@ -213,8 +213,8 @@ def _place(
     sorter = Sorter(snapshot.total_capacity(), policy.role_weights)
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
+    spreading = policy.spread_replicas and planned_spread
     for level in _priority_levels([r for r in requests if r.count > 0]):
-        spreading = policy.spread_replicas and planned_spread
         level_plan = plan_level(
             snapshot, level, policy.strategy, policy.lookahead_budget, spreading
         )
@@ -223,7 +223,7 @@ def _place(
             # Roles competing in a level take turns task by task (in chunks that keep their
             # weighted dominant shares level), not request by request: one role's large app
             # must not take the room another role's fair share is owed.
-            chunk = _fair_chunk(request, queues, sorter, snapshot.total_capacity())
+            chunk = _fair_chunk(request, queues, sorter)
             placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced)
             sorter.allocated(request.role, request.demand() * placed)
             rest = request.count - chunk.count
@@ -242,19 +242,14 @@ def _place(
     return plan.build()
 
 
-def _fair_chunk(
-    request: Request, queues: dict[str, deque[Request]], sorter: Sorter, total: FloatArray
-) -> Request:
+def _fair_chunk(request: Request, queues: dict[str, deque[Request]], sorter: Sorter) -> Request:
     """The part of `request` to serve before the other roles waiting in the level get their
     turn: as many tasks as keep its role's weighted dominant share at most one task past the
     lowest share among them (all of it when no other role waits)."""
     others = [role for role in queues if role != request.role]
     if not others or request.count <= 1:
         return request
-    present = total > 0
-    if not present.any():
-        return request
-    step = float((request.demand()[present] / total[present]).max()) / sorter.weight(request.role)
+    step = sorter.share_of(request.role, request.demand())
     if step <= 0:
         return request
     gap = min(sorter.share(role) for role in others) - sorter.share(request.role)

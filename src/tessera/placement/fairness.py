@@ -31,17 +31,16 @@ class Sorter:
         """Charge (or with negative amounts, refund) resources to a role."""
         self.add(role, np.asarray(resources, dtype=np.float64))
 
-    def weight(self, role: str) -> float:
-        return self._weights.get(role, 1.0)
-
     def share(self, role: str) -> float:
         allocated = self._allocated.get(role)
-        if allocated is None:
-            return 0.0
+        return 0.0 if allocated is None else self.share_of(role, allocated)
+
+    def share_of(self, role: str, resources: FloatArray) -> float:
+        """The weighted dominant share `resources` would count for in `role`."""
         present = self._total > 0
         if not present.any():
             return 0.0
-        dominant = float((allocated[present] / self._total[present]).max())
+        dominant = float((resources[present] / self._total[present]).max())
         return dominant / self._weights.get(role, 1.0)
 
     def sort(self) -> list[str]:

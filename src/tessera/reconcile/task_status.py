@@ -30,7 +30,7 @@ def apply_status(task: Task, update: StatusUpdate, now: float) -> Task | None:
     kept = decided and state in (TaskState.TASK_KILLED, TaskState.TASK_KILLING)
     return task.with_changes(
         state=state,
-        reason=task.reason if kept else update.reason if state.terminal else task.reason,
+        reason=update.reason if state.terminal and not kept else task.reason,
         message=task.message if kept else update.message,
         exit_code=update.exit_code if state.terminal else None,
         started_at=started_at,

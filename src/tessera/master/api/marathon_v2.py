@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tessera.http_errors import ApiError
+from tessera.master.audit import acting_user
 from tessera.master.controllers.deployments import DeploymentConflict
 from tessera.master.controllers.services import ServicesController
 from tessera.master.core import Master
@@ -281,7 +282,6 @@ def post_event(
 ) -> None:
     client = request.client.host if request.client else None
     definition = app_to_json(app) if app is not None else {"id": app_id}
-    principal = getattr(request.state, "principal", None)
     controller.events.publish(
         "api_post_event",
         controller.master.clock.wall(),
@@ -289,7 +289,7 @@ def post_event(
         uri=request.url.path,
         appDefinition=definition,
         # Tessera's addition (clients ignore unknown event fields): who made the change.
-        user=getattr(principal, "uid", None),
+        user=acting_user(request.state),
     )
 
 
