@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,9 +25,17 @@ from tessera.testing.sandbox import SandboxAccess, sandbox_access
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on loopback now: the probes stay bound until all are
+    chosen, so two calls in a row cannot hand out the same port twice."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -102,8 +111,7 @@ class Cluster:
     ) -> None:
         """`insecure`: a master with --insecure-no-auth (plain HTTP on loopback, no auth)."""
         self.root = root
-        self.port = free_port()
-        self.agent_port = free_port()
+        self.port, self.agent_port = free_ports(2)
         self.insecure = insecure
         self.url = f"{'http' if insecure else 'https'}://127.0.0.1:{self.port}"
         self.heartbeat_interval = heartbeat_interval

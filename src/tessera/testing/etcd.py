@@ -17,7 +17,7 @@ from types import TracebackType
 
 import httpx
 
-from tessera.testing.cluster import free_port, wait_for
+from tessera.testing.cluster import free_ports, wait_for
 
 MISSING_REASON = (
     "etcd binary not found: `make` installs it as root (apt-get install etcd-server), "
@@ -144,8 +144,9 @@ class EtcdCluster:
 
     def __init__(self, root: Path, size: int = 1) -> None:
         self.root = root
+        ports = iter(free_ports(2 * size))
         self.members = [
-            EtcdMember(f"etcd{i}", free_port(), free_port(), root / f"etcd{i}")
+            EtcdMember(f"etcd{i}", next(ports), next(ports), root / f"etcd{i}")
             for i in range(1, size + 1)
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tessera.testing.auth import auth_headers
-from tessera.testing.cluster import Daemon, free_port, trusting_nothing_yet, wait_for
+from tessera.testing.cluster import Daemon, free_ports, trusting_nothing_yet, wait_for
 
 
 class MasterGroup:
@@ -33,8 +33,8 @@ class MasterGroup:
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
         self.misses = misses
-        self.ports = [free_port() for _ in range(size)]
-        self.agent_ports = [free_port() for _ in range(size)]
+        ports = free_ports(2 * size)
+        self.ports, self.agent_ports = ports[:size], ports[size:]
         self.urls = [f"https://127.0.0.1:{port}" for port in self.ports]
         self.masters: list[Daemon | None] = [None] * size
         self.agents: list[Daemon] = []
