@@ -75,6 +75,26 @@ class CapabilityFilter:
         )
 
 
+class AgentChoiceFilter:
+    """A request that names its agents (`Request.agents`) goes to one of them only."""
+
+    reason = Reason.UNFULFILLED_CONSTRAINT
+    structural = True
+
+    def copies(self, ctx: Context) -> IntArray | None:
+        chosen = ctx.request.agents
+        if not chosen:
+            return None
+        index = ctx.snapshot.index
+
+        def mask() -> IntArray:
+            allowed = np.zeros(ctx.snapshot.n_agents, dtype=np.bool_)
+            allowed[[index[a] for a in chosen if a in index]] = True
+            return as_copies(allowed)
+
+        return ctx.snapshot.cached(("agents", chosen), mask)
+
+
 class ConstraintFilter:
     """Agents the request's constraints exclude outright (LIKE, UNLIKE, IS, CLUSTER, …)."""
 

@@ -10,6 +10,7 @@ from tessera.placement import rules, scoring
 from tessera.placement.context import Context
 from tessera.placement.fill import Fill, Limits, fill_binpack, fill_spread
 from tessera.placement.filters import (
+    AgentChoiceFilter,
     AgentStateFilter,
     CapabilityFilter,
     ConstraintFilter,
@@ -53,6 +54,7 @@ def build_pipeline(policy: Policy) -> Pipeline:
             AgentStateFilter(),
             RoleFilter(),
             CapabilityFilter(),
+            AgentChoiceFilter(),
             ConstraintFilter(),
             ResourceFilter(0, Reason.INSUFFICIENT_CPUS),
             ResourceFilter(1, Reason.INSUFFICIENT_MEMORY),

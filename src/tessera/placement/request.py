@@ -40,6 +40,9 @@ class Request:
     app_id: str = ""
     # Capabilities every agent that runs it must offer (AgentDescription.capabilities).
     needs: frozenset[str] = frozenset()
+    # Only these agents (by id) may take it; empty: any. A drain or rebalance names the
+    # agent a moved instance's replacement goes to.
+    agents: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.count < 0:

@@ -5,9 +5,10 @@ import numpy as np
 from tessera.model.agent import AgentState
 from tessera.model.constraints import parse_constraints
 from tessera.model.resources import PortRange, Resources
-from tessera.placement import AgentDescription, Request, Snapshot
+from tessera.placement import AgentDescription, Policy, Request, Snapshot, place
 from tessera.placement.context import Context
 from tessera.placement.filters import (
+    AgentChoiceFilter,
     AgentStateFilter,
     ConstraintFilter,
     PortFilter,
@@ -128,3 +129,19 @@ def test_ports_without_require_ports_are_dynamic() -> None:
     assert request.fixed_ports == ()
     assert request.dynamic_ports == 2
     assert np.array_equal(request.demand(), np.zeros(4))
+
+
+def test_agent_choice_filter_keeps_the_named_agents_only() -> None:
+    snapshot = Snapshot.build([agent("a"), agent("b"), agent("c")])
+    anywhere = Request("/app", 1, Resources(cpus=1))
+    assert copies(AgentChoiceFilter(), snapshot, anywhere) is None
+    named = Request("/app", 1, Resources(cpus=1), agents=frozenset({"b", "gone"}))
+    assert copies(AgentChoiceFilter(), snapshot, named) == [0, UNLIMITED, 0]
+
+
+def test_a_request_that_names_an_agent_is_placed_there() -> None:
+    snapshot = Snapshot.build([agent("a"), agent("b"), agent("c")])
+    plan = place(
+        snapshot, [Request("/app", 2, Resources(cpus=1), agents=frozenset({"c"}))], Policy()
+    )
+    assert [p.agent_id for p in plan.placements] == ["c", "c"]
