@@ -281,13 +281,15 @@ class AgentChannel:
             hostname=str(message["hostname"]),
             resources=Resources.from_json(message["resources"]),
             attributes={str(k): str(v) for k, v in message.get("attributes", {}).items()},
-            state=AgentState.ACTIVE,
+            # A drained agent that restarts stays out of service until it is reactivated.
+            state=AgentState.DRAINING if previous and previous.drain else AgentState.ACTIVE,
             registered_at=previous.registered_at if previous else now,
             http_url=message.get("http_url"),
             last_seen_at=now,
             isolation=message.get("isolation", {}),
             version=message.get("version"),
             containers=registered_containers(message.get("containers")),
+            drain=previous.drain if previous else None,
         )
 
     async def _register(

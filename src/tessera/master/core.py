@@ -275,16 +275,30 @@ class Master:
 
     # ---- commands from the API -------------------------------------------------------
 
-    async def submit(self, task_id: str, spec: TaskSpec) -> Task:
+    async def submit(
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        moved_from: str | None = None,
+        target_agent: str | None = None,
+    ) -> Task:
+        """Queue a task; a replacement for a moved one names it and the agent chosen."""
         now = self.clock.wall()
         task = Task(
-            id=task_id, spec=spec, state=TaskState.TASK_QUEUED, created_at=now, updated_at=now
+            id=task_id,
+            spec=spec,
+            state=TaskState.TASK_QUEUED,
+            created_at=now,
+            updated_at=now,
+            moved_from=moved_from,
+            target_agent=target_agent,
         )
         await self.state.save(tasks=[task])
         self.planner.wake()
         return task
 
-    async def kill(self, task_id: str) -> Task:
+    async def kill(self, task_id: str, reason: str | None = None) -> Task:
+        """Kill a task; `reason` (e.g. REASON_AGENT_DRAINING) is kept as its end reason."""
         task = self.state.tasks[task_id]
         now = self.clock.wall()
         if task.state.terminal:
@@ -299,6 +313,8 @@ class Master:
             await self.state.save(tasks=[killed])
             return killed
         killing = task.with_changes(state=TaskState.TASK_KILLING, updated_at=now)
+        if reason is not None:
+            killing = killing.with_changes(reason=reason)
         await self.state.save(tasks=[killing])
         # An agent that is not connected gets the kill again when it re-registers.
         self.channel.send_kill(killing)

@@ -9,7 +9,8 @@ priority may evict lower ones (tasks already being killed are never chosen again
 roles' quotas and weights become the engine's policy: the engine enforces resource limits
 and weighted fair order, and instances beyond a role's `instances` or `apps` limit are held
 back here before the engine sees them. Whatever a quota keeps queued says `QuotaExceeded`
-among its reasons.
+among its reasons. A moved instance's replacement goes to the agent its drain or rebalance
+chose (`Task.target_agent`) when it still fits there, and anywhere else it may go when not.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def request_for(task: Task, count: int = 1) -> Request:
         role=spec.role,
         priority=spec.priority,
         needs=container_needs(spec.container),
+        agents=frozenset({task.target_agent}) if task.target_agent else frozenset(),
     )
 
 
@@ -200,10 +202,29 @@ def place_tasks(
         usage = {role: quotas.usage(role) for role in counted}
         queued, held = within_counts(queued, limits, usage)
     policy = policy_for(limits)
-    requests, members = group_requests(queued)
-    plan = place(snapshot, requests, policy)
     result = PlacementResult()
     placed: set[str] = set()
+    _place(snapshot, queued, policy, result, placed)
+    retry = [t for t in queued if t.target_agent and t.id not in placed]
+    if retry:
+        # The chosen agent no longer has room (the cluster moved on): anywhere else.
+        for task in retry:
+            result.unplaced.pop(task.id, None)
+        _place(snapshot, [t.with_changes(target_agent=None) for t in retry], policy, result, placed)
+    for task in held:
+        result.unplaced[task.id] = {QUOTA_EXCEEDED: snapshot.n_agents}
+    return result
+
+
+def _place(
+    snapshot: Snapshot,
+    queued: Sequence[Task],
+    policy: Policy,
+    result: PlacementResult,
+    placed: set[str],
+) -> None:
+    requests, members = group_requests(queued)
+    plan = place(snapshot, requests, policy)
     for placement in plan.placements:
         task = members[placement.key][placement.instance]
         placed.add(task.id)
@@ -221,9 +242,6 @@ def place_tasks(
         for task in members[unplaced.key]:
             if task.id not in placed:
                 result.unplaced[task.id] = reasons
-    for task in held:
-        result.unplaced[task.id] = {QUOTA_EXCEEDED: snapshot.n_agents}
-    return result
 
 
 def _over_quota(snapshot: Snapshot, policy: Policy, request: Request) -> bool:

@@ -14,8 +14,47 @@ from tessera.model.resources import Resources
 class AgentState(StrEnum):
     ACTIVE = "ACTIVE"
     UNREACHABLE = "UNREACHABLE"
+    # Taking no new work while its tasks move away (`tessera agent drain`), then DRAINED
+    # once nothing runs there; `tessera agent reactivate` makes it ACTIVE again.
     DRAINING = "DRAINING"
+    DRAINED = "DRAINED"
     GONE = "GONE"
+
+    @property
+    def reachable(self) -> bool:
+        """Connected (or in its registration window): heartbeats are expected from it."""
+        return self in (AgentState.ACTIVE, AgentState.DRAINING, AgentState.DRAINED)
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """An agent taken out of service: by an operator (its service instances move away,
+    its other tasks may run until `deadline`), or by a rebalance (`rebalance`: its id),
+    which moves the instances itself, wave by wave."""
+
+    started_at: float
+    deadline: float | None = None
+    rebalance: str | None = None
+    user: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at,
+            "deadline": self.deadline,
+            "rebalance": self.rebalance,
+            "user": self.user,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any] | None) -> Drain | None:
+        if not data:
+            return None
+        return Drain(
+            started_at=float(data["started_at"]),
+            deadline=data.get("deadline"),
+            rebalance=data.get("rebalance"),
+            user=data.get("user"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +73,7 @@ class Agent:
     # The agent's container runtime as it registered it, e.g. {"runtime": "runc 1.1.5",
     # "bridge": true, "privileged": false}; None when it runs plain commands only.
     containers: Mapping[str, Any] | None = None
+    drain: Drain | None = None
 
     def with_changes(self, **changes: Any) -> Agent:
         return replace(self, **changes)
@@ -51,6 +91,7 @@ class Agent:
             "isolation": dict(self.isolation),
             "version": self.version,
             "containers": dict(self.containers) if self.containers is not None else None,
+            "drain": self.drain.to_json() if self.drain is not None else None,
         }
 
     @staticmethod
@@ -67,6 +108,7 @@ class Agent:
             isolation=dict(data.get("isolation", {})),
             version=data.get("version"),
             containers=registered_containers(data.get("containers")),
+            drain=Drain.from_json(data.get("drain")),
         )
 
     def capabilities(self) -> frozenset[str]:

@@ -184,6 +184,10 @@ class Task:
     inactive_since: float | None = None
     # The container's own addresses on its bridge (from the agent's TASK_RUNNING update).
     ip_addresses: tuple[str, ...] = ()
+    # A replacement started by a drain or rebalance: the task it replaces, and the agent
+    # chosen for it (placed elsewhere when it no longer fits there).
+    moved_from: str | None = None
+    target_agent: str | None = None
 
     def with_changes(self, **changes: Any) -> Task:
         return replace(self, **changes)
@@ -209,6 +213,8 @@ class Task:
             "applied_updates": list(self.applied_updates),
             "inactive_since": self.inactive_since,
             "ip_addresses": list(self.ip_addresses),
+            "moved_from": self.moved_from,
+            "target_agent": self.target_agent,
         }
 
     @staticmethod
@@ -233,6 +239,8 @@ class Task:
             applied_updates=tuple(data.get("applied_updates", ())),
             inactive_since=data.get("inactive_since"),
             ip_addresses=tuple(data.get("ip_addresses", ())),
+            moved_from=data.get("moved_from"),
+            target_agent=data.get("target_agent"),
         )
 
 

@@ -7,14 +7,19 @@ instances x (1 + maximumOverCapacity). STOP kills everything. Tasks on unreachab
 stop counting after `inactiveAfterSeconds` (so they are replaced; the task is marked
 inactive) and are killed after `expungeAfterSeconds`; while replacements are throttled (too
 many agents out at once) no task becomes inactive. An inactive task whose agent comes back
-counts again, and is the first to go when that leaves more instances than wanted. Every
-function takes `now` (wall seconds) and does no I/O.
+counts again, and is the first to go when that leaves more instances than wanted.
+
+Instances being moved (off a draining agent, or by a rebalance wave) are replaced like in
+a rolling upgrade: a replacement starts first where `maximumOverCapacity` leaves room, the
+old instance goes once it is ready, and never while fewer than
+ceil(instances x minimumHealthCapacity) would stay ready. Every function takes `now`
+(wall seconds) and does no I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -43,6 +48,9 @@ class AppActions:
     # Unreachable tasks given up just now: to be marked inactive (their replacements are
     # in `launch`).
     inactive: tuple[str, ...] = ()
+    # Launches (the first of `launch`) that replace instances being moved: (the moved
+    # task's id, the agent chosen for its replacement or None).
+    replacing: tuple[tuple[str, str | None], ...] = ()
 
 
 # ---- backoff ---------------------------------------------------------------------------------
@@ -202,17 +210,23 @@ def reconcile_app(
     backoff: Backoff,
     now: float,
     throttled: bool = False,
+    moving: Mapping[str, str | None] | None = None,
 ) -> AppActions:
     """Launches and kills that move this app's tasks towards `app` in `mode`; with
-    `throttled`, tasks on unreachable agents are not given up (see `_split`)."""
+    `throttled`, tasks on unreachable agents are not given up (see `_split`). `moving`
+    names the tasks to move elsewhere (task id -> the agent chosen for it, or None)."""
     if app is None or mode is Mode.STOP:
         live = [t for t in tasks if not t.state.terminal and t.state is not TaskState.TASK_KILLING]
         return AppActions(kill=tuple(t.id for t in live))
     split = _split(app, tasks, now, throttled)
+    replacing: list[tuple[str, str | None]] = []
     if mode is Mode.RESTART:
         launch, kills = _rolling(app, split.counted)
     else:
-        launch, kills = _maintain(app, split.counted)
+        launch, kills = _maintain(app, split.counted, moving or {})
+        if moving and not kills and launch == 0:
+            replacing, kills = _migrate(app, split.counted, moving)
+            launch = len(replacing)
     kills = [*kills, *split.expunge]
     recheck = split.recheck_at
     delayed = False
@@ -222,24 +236,35 @@ def reconcile_app(
             launch, delayed = 0, True
             recheck = min(allowed_at, recheck) if recheck is not None else allowed_at
     inactive = tuple(t.id for t in split.inactive)
-    return AppActions(launch, tuple(t.id for t in kills), recheck, delayed, inactive)
+    if delayed:
+        replacing = []
+    return AppActions(
+        launch, tuple(t.id for t in kills), recheck, delayed, inactive, tuple(replacing)
+    )
 
 
-def _maintain(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
-    missing = app.instances - len(counted)
+def _maintain(
+    app: AppSpec, counted: list[Task], moving: Mapping[str, str | None] = {}
+) -> tuple[int, list[Task]]:
+    # A moved instance and the replacement started for it count as one.
+    replaced = {t.moved_from for t in counted if t.moved_from in moving}
+    missing = app.instances - sum(1 for t in counted if t.id not in replaced)
     if missing >= 0:
         return missing, []
     # When there are more than wanted, those not serving yet and the stale copies of
-    # replaced instances go first, then old-config instances, then the rest.
+    # replaced instances go first, then instances being moved away (a scale-down during
+    # a drain empties the agent for free), then old-config instances, then the rest.
     check = current_config(app)
 
     def tier(task: Task) -> int:
         if task.state is TaskState.TASK_QUEUED or task.inactive_since is not None:
             return 0
-        return 2 if check(task) else 1
+        if task.id in moving:
+            return 1
+        return 3 if check(task) else 2
 
     kills: list[Task] = []
-    for level in (0, 1, 2):
+    for level in (0, 1, 2, 3):
         group = [t for t in counted if tier(t) == level]
         kills += choose_kills(group, -missing - len(kills), app)
     return 0, kills
@@ -277,6 +302,49 @@ def _rolling(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
         launch = max(0, min(target - len(new), maximum - (len(old) - 1) - len(new)))
     kills += choose_kills(old, kill_old, app)
     return launch, kills
+
+
+def _migrate(
+    app: AppSpec, counted: list[Task], moving: Mapping[str, str | None]
+) -> tuple[list[tuple[str, str | None]], list[Task]]:
+    """Replacements to start and moved instances to stop, with `instances` tasks counted.
+
+    A moved instance goes once its replacement is ready, or (when the surge allows no
+    replacement yet) within the slack minimumHealthCapacity leaves; ready instances never
+    drop below ceil(instances x minimumHealthCapacity)."""
+    movers = [t for t in counted if t.id in moving]
+    if not movers:
+        return [], []
+    minimum_healthy, maximum = capacity_bounds(app)
+    replacement = {t.moved_from: t for t in counted if t.moved_from in moving}
+    serving = sum(1 for t in counted if is_ready(t, app))
+    kills: list[Task] = []
+
+    def stop(task: Task) -> None:
+        nonlocal serving
+        kills.append(task)
+        if is_ready(task, app):
+            serving -= 1
+
+    def affordable(task: Task) -> bool:
+        return not is_ready(task, app) or serving - 1 >= minimum_healthy
+
+    # Those whose replacement serves go first, then ones that serve nobody anyway.
+    for task in movers:
+        new = replacement.get(task.id)
+        if new is not None and is_ready(new, app) and affordable(task):
+            stop(task)
+    unreplaced = [t for t in movers if t.id not in replacement and t not in kills]
+    room = maximum - (len(counted) - len(kills))
+    if room <= 0:
+        # No surge allowed: stop instances within the slack, their replacements follow.
+        for task in unreplaced:
+            if affordable(task):
+                stop(task)
+                room += 1
+    # A stopped instance that had no replacement yet gets one now (it still counts).
+    starts = unreplaced[: max(0, room)]
+    return [(t.id, moving[t.id]) for t in starts], kills
 
 
 def converged(app: AppSpec, tasks: Sequence[Task], now: float, *, same_config: bool) -> bool:

@@ -40,7 +40,7 @@ class LivenessController:
                 log.exception("liveness check failed")
 
     async def check(self) -> list[str]:
-        active = [a for a in self.state.agents.values() if a.state is AgentState.ACTIVE]
+        active = [a for a in self.state.agents.values() if a.state.reachable]
         last_seen = {agent.id: self.channel.last_seen(agent.id) for agent in active}
         silent = silent_agents(last_seen, self.clock.monotonic(), self.timeout)
         if silent:

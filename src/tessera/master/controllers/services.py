@@ -55,6 +55,9 @@ BATCH_WINDOW = 0.01
 # the replacement throttle (it missed a heartbeat; see `reconcile.liveness.outage`).
 OVERDUE_HEARTBEATS = 1.5
 THROTTLE_EVENT = "unreachable_throttle_event"
+# End reasons of instances stopped because they moved to another agent.
+REASON_DRAINED = "REASON_AGENT_DRAINING"
+REASON_REBALANCED = "REASON_REBALANCED"
 
 CONDITIONS = {
     TaskState.TASK_QUEUED: "Scheduled",
@@ -70,6 +73,11 @@ CONDITIONS = {
     TaskState.TASK_UNREACHABLE: "Unreachable",
     TaskState.TASK_GONE: "Gone",
 }
+
+
+MOVABLE_STATES = frozenset(
+    {TaskState.TASK_STAGING, TaskState.TASK_STARTING, TaskState.TASK_RUNNING}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +108,9 @@ class ServicesController:
         self._subscribed = False
         # Whether replacing tasks on unreachable agents is held back (too many agents out).
         self.throttled = False
+        # Instances a rebalance wave moves now: task id -> the agent chosen for it (set by
+        # the rebalance controller; instances on drained agents move without being named).
+        self.rebalance_moves: dict[str, str | None] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -282,12 +293,16 @@ class ServicesController:
                 self.state.last_failure.pop(app_id, None)
             return []
         backoff = self.backoffs.get(app_id, Backoff())
-        actions = reconcile_app(app, mode, tasks, backoff, now, self.throttled)
+        moving = self.moving(tasks)
+        actions = reconcile_app(app, mode, tasks, backoff, now, self.throttled, moving)
         if actions.recheck_at is not None and (
             self._next_check is None or actions.recheck_at < self._next_check
         ):
             self._next_check = actions.recheck_at
-        work: list[Awaitable[Any]] = [self.master.kill(task_id) for task_id in actions.kill]
+        work: list[Awaitable[Any]] = [
+            self.master.kill(task_id, self._move_reason(task_id, moving))
+            for task_id in actions.kill
+        ]
         if actions.inactive:
             work.append(self._mark_inactive(actions.inactive, now))
         launch = actions.launch
@@ -297,8 +312,29 @@ class ServicesController:
         else:
             self.waiting.pop(app_id, None)
         if app is not None and launch:
-            work.extend(self._launch(app, launch))
+            work.extend(self._launch(app, launch, actions.replacing))
         return work
+
+    def _move_reason(self, task_id: str, moving: dict[str, str | None]) -> str | None:
+        if task_id not in moving:
+            return None
+        return REASON_REBALANCED if task_id in self.rebalance_moves else REASON_DRAINED
+
+    def moving(self, tasks: list[Task]) -> dict[str, str | None]:
+        """The app's instances to move now: those on agents an operator drains, and those
+        of the current rebalance wave (with the agent chosen for each)."""
+        agents = self.master.state.agents
+        found: dict[str, str | None] = {}
+        for task in tasks:
+            if task.state not in MOVABLE_STATES:
+                continue
+            if task.id in self.rebalance_moves:
+                found[task.id] = self.rebalance_moves[task.id]
+                continue
+            agent = agents.get(task.agent_id or "")
+            if agent is not None and agent.drain is not None and agent.drain.rebalance is None:
+                found[task.id] = None
+        return found
 
     async def _mark_inactive(self, task_ids: tuple[str, ...], now: float) -> None:
         """Record that these unreachable tasks were given up (and replaced), so that the
@@ -317,11 +353,7 @@ class ServicesController:
         agents = list(self.master.state.agents.values())
         lost = {a.id: a.last_seen_at for a in agents if a.state is AgentState.UNREACHABLE}
         unreachable = recently_lost(lost, self.master.clock.wall(), THROTTLE_MEMORY_SECONDS)
-        reachable = {
-            a.id: self.master.channel.last_seen(a.id)
-            for a in agents
-            if a.state in (AgentState.ACTIVE, AgentState.DRAINING)
-        }
+        reachable = {a.id: self.master.channel.last_seen(a.id) for a in agents if a.state.reachable}
         overdue_after = OVERDUE_HEARTBEATS * self.master.config.heartbeat_interval
         return outage(unreachable, reachable, self.master.clock.monotonic(), overdue_after)
 
@@ -368,6 +400,13 @@ class ServicesController:
         since = self.waiting[app_id].since if app_id in self.waiting else now
         self.waiting[app_id] = Waiting(count, since, allowed_at)
 
-    def _launch(self, app: AppSpec, count: int) -> list[Awaitable[Any]]:
+    def _launch(
+        self, app: AppSpec, count: int, replacing: tuple[tuple[str, str | None], ...] = ()
+    ) -> list[Awaitable[Any]]:
         spec = task_spec_for(app)
-        return [self.master.submit(new_task_id(app.id), spec) for _ in range(count)]
+        work: list[Awaitable[Any]] = [
+            self.master.submit(new_task_id(app.id), spec, moved_from=old, target_agent=target)
+            for old, target in replacing
+        ]
+        work += [self.master.submit(new_task_id(app.id), spec) for _ in range(count - len(work))]
+        return work
