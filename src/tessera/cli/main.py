@@ -15,6 +15,7 @@ from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.join_tokens import agent_revoke, join_token_app
 from tessera.cli.local import down, up
+from tessera.cli.maintenance import agent_drain, agent_reactivate
 from tessera.cli.render import agents_table
 from tessera.cli.simulate import simulate
 from tessera.model.resources import (
@@ -38,6 +39,8 @@ agent_app = typer.Typer(
 app.add_typer(agent_app, name="agent")
 app.add_typer(join_token_app, name="join-token")
 agent_app.command("revoke")(agent_revoke)
+agent_app.command("drain")(agent_drain)
+agent_app.command("reactivate")(agent_reactivate)
 app.add_typer(tasks.task_app, name="task")
 app.add_typer(apps.app_app, name="app")
 app.add_typer(groups.group_app, name="group")

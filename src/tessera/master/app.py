@@ -17,6 +17,7 @@ from tessera.clock import Clock
 from tessera.http_errors import install_error_handlers
 from tessera.master.api import (
     audit_v1,
+    drain_v1,
     iam_v1,
     join_v1,
     marathon_v2,
@@ -89,7 +90,8 @@ def create_app(
         )
     app.include_router(native_v1.router)
     # Marathon v2 (services): its routers, the services controller and the event bus.
-    marathon_v2.install(app, master)
+    services = marathon_v2.install(app, master)
+    drain_v1.install(app, master, services)
     # Metronome v1 (jobs): its routers and the jobs controller.
     metronome_v1.install(app, master)
 

@@ -630,6 +630,7 @@ PLANNED_ROUTES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/join-tokens"): Rule(Action.FULL, AGENTS),
     ("DELETE", "/v1/join-tokens/{token_id}"): Rule(Action.FULL, AGENTS),
     ("POST", "/v1/agents/{agent_id}/drain"): Rule(Action.UPDATE, AGENTS),
+    ("POST", "/v1/agents/{agent_id}/reactivate"): Rule(Action.UPDATE, AGENTS),
     ("POST", "/v1/agents/{agent_id}/revoke"): Rule(Action.FULL, AGENTS),
 }
 

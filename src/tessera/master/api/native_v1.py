@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tessera.http_errors import ApiError
 from tessera.master.auth import can_read_task
+from tessera.master.controllers.drain import DrainController
 from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState
 from tessera.model.container import ContainerSpec
@@ -193,9 +194,11 @@ def task_view(task: Task, agent: Agent | None) -> dict[str, Any]:
     }
 
 
-def agent_view(agent: Agent, master: Master) -> dict[str, Any]:
+def agent_view(
+    agent: Agent, master: Master, drains: DrainController | None = None
+) -> dict[str, Any]:
     allocated = master.allocated(agent.id)
-    return {
+    view = {
         "id": agent.id,
         "hostname": agent.hostname,
         "state": agent.state.value,
@@ -210,6 +213,30 @@ def agent_view(agent: Agent, master: Master) -> dict[str, Any]:
         "version": agent.version,
         "tasks": len(master.state.active_tasks_on(agent.id)),
     }
+    if drains is not None and agent.drain is not None:
+        view["drain"] = drain_view(drains, agent)
+    return view
+
+
+def drain_view(controller: DrainController, agent: Agent) -> dict[str, Any] | None:
+    """An agent's `drain`: since when, until when, by whom, what is left on it and why."""
+    drain = agent.drain
+    if drain is None:
+        return None
+    blocked = controller.blocked(agent)
+    return {
+        "startedAt": iso(drain.started_at),
+        "deadline": iso(drain.deadline),
+        "rebalance": drain.rebalance,
+        "user": drain.user,
+        "remaining": len(blocked),
+        "blocked": [b.to_json() for b in blocked],
+    }
+
+
+def _drains(request: Request) -> DrainController | None:
+    controller = getattr(request.app.state, "drains", None)
+    return controller if isinstance(controller, DrainController) else None
 
 
 def _master(request: Request) -> Master:
@@ -238,7 +265,7 @@ async def leader(request: Request) -> dict[str, Any]:
 async def list_agents(request: Request) -> dict[str, Any]:
     master = _master(request)
     agents = sorted(master.state.agents.values(), key=lambda a: a.id)
-    return {"agents": [agent_view(agent, master) for agent in agents]}
+    return {"agents": [agent_view(agent, master, _drains(request)) for agent in agents]}
 
 
 @router.get("/agents/{agent_id}")
@@ -247,7 +274,7 @@ async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
     agent = master.state.agents.get(agent_id)
     if agent is None:
         raise ApiError(404, f"Agent '{agent_id}' does not exist")
-    return agent_view(agent, master)
+    return agent_view(agent, master, _drains(request))
 
 
 @router.post("/tasks", status_code=201)
