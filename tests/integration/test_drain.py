@@ -107,8 +107,10 @@ def test_a_drain_moves_a_healthy_service_without_dropping_below_its_minimum(
 
         def moved() -> bool:
             tasks = app_tasks(cluster, "/web")
-            return len(tasks) == 3 and all(healthy(t) for t in tasks) and all(
-                hosts[t["host"]] != drained for t in tasks
+            return (
+                len(tasks) == 3
+                and all(healthy(t) for t in tasks)
+                and all(hosts[t["host"]] != drained for t in tasks)
             )
 
         wait_for(moved, 60, "the instance moved off the drained agent")
