@@ -107,12 +107,8 @@ class Mover:
     replica spreading, which are judged at the final state.
     """
 
-    def __init__(
-        self, snapshot: Snapshot, targets: BoolArray, stacked: frozenset[str] = frozenset()
-    ) -> None:
+    def __init__(self, snapshot: Snapshot, targets: BoolArray) -> None:
         self.snapshot = snapshot
-        # Apps already on one agent; every other app must not end up on one agent.
-        self.stacked = stacked
         self.targets = targets.copy()
         self.leaving = np.zeros(snapshot.n_agents, dtype=np.bool_)
         self.received = np.zeros(snapshot.n_agents, dtype=np.int64)
@@ -158,9 +154,7 @@ class Mover:
         return np.where(self.leaving, 0, per_agent)
 
     def _keeps_spread(self, app_id: str) -> BoolArray | bool:
-        """No move leaves an app of two or more instances on one agent (unless it was)."""
-        if app_id in self.stacked:
-            return True
+        """No move leaves an app of two or more instances on one agent."""
         final = self._final_counts(app_id)
         others = int(final.sum())  # the instances that stay where they are, or arrived
         return True if others == 0 else final != others
@@ -189,8 +183,10 @@ class Mover:
         return ok
 
     def best(self, task: RunningTask, request: Request, rows: IntArray) -> int:
-        """Best fit: the row left with the least room (summed over resources as shares of
-        the agent), among rows within the engine's replica-spreading level if any is."""
+        """Best fit: the row left with the least room (the squares of what each resource
+        leaves, as shares of the agent, summed: measured a little tighter than the plain
+        sum or the largest share), among rows within the engine's replica-spreading level
+        if any is."""
         per_agent = self._final_counts(request.app)
         instances = int(per_agent.sum()) + 1
         if instances > 1:
@@ -199,7 +195,7 @@ class Mover:
             if 0 < len(spread) < len(rows):
                 rows = spread
         left = (self.snapshot.free[rows] - task.demand()) * self.scale[rows]
-        return int(rows[int(np.argmin(left.sum(axis=1)))])
+        return int(rows[int(np.argmin((left**2).sum(axis=1)))])
 
     def add_copy(self, row: int, task: RunningTask, request: Request) -> int:
         """Charge a new copy of `task` to `row` (new host ports drawn as the engine draws

@@ -160,15 +160,6 @@ def _survey(
     return _Cluster(by_row, blocked, emptiable)
 
 
-def _stacked(snapshot: Snapshot, cluster: _Cluster) -> frozenset[str]:
-    """Apps whose running instances are all on one agent."""
-    rows: dict[str, set[int]] = {}
-    for row, indices in cluster.by_row.items():
-        for index in indices:
-            rows.setdefault(snapshot.tasks.tasks[index].app_id, set()).add(row)
-    return frozenset(app_id for app_id, on in rows.items() if len(on) == 1)
-
-
 def _load(snapshot: Snapshot, row: int) -> float:
     total = snapshot.total[row]
     used = total - snapshot.free[row]
@@ -227,12 +218,15 @@ def plan_rebalance(
     max_moves: int | None = None,
     pinned: Collection[str] = (),
     wave_moves: int | None = None,
+    spread: bool = True,
 ) -> RebalancePlan:
     """Plan which agents to empty and where their instances go; `snapshot` is not changed.
 
     Tasks whose app has no rules or opted out, pinned tasks and apps without a per-wave
     budget never move; only active agents already in use take moved instances; each task
-    moves at most once; at most `max_moves` moves (None: no cap).
+    moves at most once; at most `max_moves` moves (None: no cap). With `spread`, an app
+    of two or more instances that all run on one agent that stays gets one of them moved
+    to another agent where one has room (after the agents are freed, within the budget).
     """
     if max_moves is not None and max_moves < 0:
         raise ValueError("max_moves must be >= 0")
@@ -260,7 +254,7 @@ def plan_rebalance(
         )
 
     progress = _Progress()
-    if before <= bound:
+    if before <= bound and not (spread and _stacked_apps(snapshot, cluster, rules)):
         return finish(
             progress, f"nothing to gain: {before} agents in use, the lower bound is {bound}"
         )
@@ -272,14 +266,19 @@ def plan_rebalance(
             f"no agent can be emptied: each of the {before} agents in use runs a task that "
             "may not move (see blocked)",
         )
-    _empty_agents(snapshot, rules, cluster, progress, before - bound, max_moves)
+    targets = np.zeros(snapshot.n_agents, dtype=np.bool_)
+    targets[list(cluster.by_row)] = True
+    mover = Mover(snapshot.copy(), targets & snapshot.active)
+    if spread:
+        _spread_stacked(mover, cluster, rules, progress, max_moves)
+    _empty_agents(mover, rules, cluster, progress, before - bound, max_moves)
     if progress.moves:
         return finish(progress, None)
     return finish(progress, _why_nothing(cluster, progress, max_moves))
 
 
 def _empty_agents(
-    snapshot: Snapshot,
+    mover: Mover,
     rules: Mapping[str, MoveRules],
     cluster: _Cluster,
     progress: _Progress,
@@ -289,9 +288,7 @@ def _empty_agents(
     """Reserve the cheapest agents to empty (up to `gain` and the move budget) so that no
     moved instance lands on an agent that is to be emptied, then empty them in order; an
     agent that cannot be emptied takes work again and the next candidate is reserved."""
-    targets = np.zeros(snapshot.n_agents, dtype=np.bool_)
-    targets[list(cluster.by_row)] = True
-    mover = Mover(snapshot.copy(), targets & snapshot.active, _stacked(snapshot, cluster))
+    snapshot = mover.snapshot
     queue = deque(
         sorted(cluster.emptiable, key=lambda row: (len(cluster.by_row[row]), _load(snapshot, row)))
     )
@@ -327,6 +324,62 @@ def _empty_agents(
         progress.moves.extend(result)
         progress.freed.append(snapshot.agent_ids[row])
         mover.targets[row] = False
+
+
+def _stacked_apps(
+    snapshot: Snapshot, cluster: _Cluster, rules: Mapping[str, MoveRules]
+) -> dict[str, int]:
+    """Apps of two or more instances all on one agent, with a task that may move: the row."""
+    rows: dict[str, set[int]] = {}
+    tasks: dict[str, list[int]] = {}
+    for row, indices in cluster.by_row.items():
+        for index in indices:
+            app_id = snapshot.tasks.tasks[index].app_id
+            rows.setdefault(app_id, set()).add(row)
+            tasks.setdefault(app_id, []).append(index)
+    return {
+        app_id: next(iter(on))
+        for app_id, on in rows.items()
+        if len(on) == 1
+        and len(tasks[app_id]) >= 2
+        and any(snapshot.tasks.tasks[i].task_id not in cluster.blocked for i in tasks[app_id])
+    }
+
+
+def _spread_stacked(
+    mover: Mover,
+    cluster: _Cluster,
+    rules: Mapping[str, MoveRules],
+    progress: _Progress,
+    max_moves: int | None,
+) -> None:
+    """Move one instance of each app stacked on one agent to another agent in use (before
+    any agent is emptied, while the holes are there); that agent is then not emptied, so
+    no task moves twice."""
+    snapshot = mover.snapshot
+    for app_id, row in sorted(_stacked_apps(snapshot, cluster, rules).items()):
+        if max_moves is not None and len(progress.moves) >= max_moves:
+            return
+        index = next(
+            i
+            for i in cluster.by_row[row]
+            if snapshot.tasks.tasks[i].app_id == app_id
+            and snapshot.tasks.tasks[i].task_id not in cluster.blocked
+        )
+        task = snapshot.tasks.tasks[index]
+        request = rules[app_id].request
+        rows, why = mover.candidates(task, request, row)
+        rows = rows[rows != row]
+        if len(rows) == 0:
+            progress.stuck[task.task_id] = why or "no other agent can take it"
+            continue
+        target = mover.best(task, request, rows)
+        mover.add_copy(target, task, request)
+        if row in cluster.emptiable:
+            cluster.emptiable.remove(row)
+        progress.moves.append(
+            Move(app_id, task.task_id, snapshot.agent_ids[row], snapshot.agent_ids[target])
+        )
 
 
 def _why_nothing(cluster: _Cluster, progress: _Progress, max_moves: int | None) -> str:
