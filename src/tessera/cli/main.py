@@ -15,7 +15,7 @@ from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.join_tokens import agent_revoke, join_token_app
 from tessera.cli.local import down, up
-from tessera.cli.maintenance import agent_drain, agent_reactivate
+from tessera.cli.maintenance import agent_drain, agent_reactivate, rebalance_app
 from tessera.cli.render import agents_table
 from tessera.cli.simulate import simulate
 from tessera.model.resources import (
@@ -37,6 +37,7 @@ agent_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(agent_app, name="agent")
+app.add_typer(rebalance_app, name="rebalance")
 app.add_typer(join_token_app, name="join-token")
 agent_app.command("revoke")(agent_revoke)
 agent_app.command("drain")(agent_drain)
@@ -93,6 +94,30 @@ def master(
     reregistration_timeout: Annotated[
         float, typer.Option(envvar="TESSERA_REREGISTRATION_TIMEOUT", min=0)
     ] = 30.0,
+    rebalance_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="TESSERA_REBALANCE_INTERVAL",
+            min=0,
+            help="seconds between automatic rebalances that free whole agents (0: off)",
+        ),
+    ] = 0.0,
+    rebalance_cooldown: Annotated[
+        float,
+        typer.Option(
+            envvar="TESSERA_REBALANCE_COOLDOWN",
+            min=0,
+            help="seconds before an instance a rebalance moved may be moved again",
+        ),
+    ] = 3600.0,
+    rebalance_wave_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="TESSERA_REBALANCE_WAVE_TIMEOUT",
+            min=1,
+            help="a rebalance wave unfinished after this many seconds stops the rebalance",
+        ),
+    ] = 600.0,
     unreachable_throttle_fraction: Annotated[
         float,
         typer.Option(
@@ -187,6 +212,9 @@ def master(
         insecure_no_auth=insecure_no_auth,
         agent_port=agent_port,
         agent_cert_lifetime=agent_cert_lifetime,
+        rebalance_interval=rebalance_interval,
+        rebalance_cooldown=rebalance_cooldown,
+        rebalance_wave_timeout=rebalance_wave_timeout,
     )
     try:
         code = run_master(config, log_level.lower())

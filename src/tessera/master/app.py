@@ -24,6 +24,7 @@ from tessera.master.api import (
     metronome_v1,
     native_v1,
     quotas_v1,
+    rebalance_v1,
     sandbox_v1,
     secrets_v1,
 )
@@ -91,7 +92,8 @@ def create_app(
     app.include_router(native_v1.router)
     # Marathon v2 (services): its routers, the services controller and the event bus.
     services = marathon_v2.install(app, master)
-    drain_v1.install(app, master, services)
+    drains = drain_v1.install(app, master, services)
+    rebalance_v1.install(app, master, services, drains, config)
     # Metronome v1 (jobs): its routers and the jobs controller.
     metronome_v1.install(app, master)
 

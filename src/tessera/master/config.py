@@ -42,6 +42,12 @@ class MasterConfig:
     agent_port: int = 5052
     # Seconds an agent's certificates last (renewed at 2/3); short only in tests.
     agent_cert_lifetime: float = 30 * 86400.0
+    # Seconds between automatic rebalances (`tessera rebalance` on a timer); 0: off.
+    rebalance_interval: float = 0.0
+    # An instance moved by a rebalance is not moved again for this many seconds.
+    rebalance_cooldown: float = 3600.0
+    # A rebalance wave that has not finished after this many seconds stops the rebalance.
+    rebalance_wave_timeout: float = 600.0
 
     @property
     def url(self) -> str:

@@ -110,10 +110,17 @@ def describe(agent: Agent, running: Sequence[Task]) -> AgentDescription:
 
 def request_for(task: Task, count: int = 1) -> Request:
     """The engine's request for `count` tasks shaped like `task` (keyed by its id)."""
-    spec = task.spec
+    request = spec_request(task.spec, task.id, _app_of(task), count)
+    if task.target_agent:
+        request = replace(request, agents=frozenset({task.target_agent}))
+    return request
+
+
+def spec_request(spec: TaskSpec, key: str, app_id: str, count: int = 1) -> Request:
+    """The engine's request for `count` tasks of this spec."""
     return Request(
-        key=task.id,
-        app_id=_app_of(task),
+        key=key,
+        app_id=app_id,
         count=count,
         resources=_resources(spec),
         ports=tuple(p.port for p in spec.port_definitions),
@@ -122,7 +129,6 @@ def request_for(task: Task, count: int = 1) -> Request:
         role=spec.role,
         priority=spec.priority,
         needs=container_needs(spec.container),
-        agents=frozenset({task.target_agent}) if task.target_agent else frozenset(),
     )
 
 

@@ -631,6 +631,11 @@ PLANNED_ROUTES: dict[tuple[str, str], Rule] = {
     ("DELETE", "/v1/join-tokens/{token_id}"): Rule(Action.FULL, AGENTS),
     ("POST", "/v1/agents/{agent_id}/drain"): Rule(Action.UPDATE, AGENTS),
     ("POST", "/v1/agents/{agent_id}/reactivate"): Rule(Action.UPDATE, AGENTS),
+    # A rebalance moves every team's instances: the agents' full permission.
+    ("GET", "/v1/rebalance"): Rule(Action.READ, AGENTS),
+    ("GET", "/v1/rebalance/{rebalance_id}"): Rule(Action.READ, AGENTS),
+    ("POST", "/v1/rebalance"): Rule(Action.FULL, AGENTS),
+    ("DELETE", "/v1/rebalance/{rebalance_id}"): Rule(Action.FULL, AGENTS),
     ("POST", "/v1/agents/{agent_id}/revoke"): Rule(Action.FULL, AGENTS),
 }
 

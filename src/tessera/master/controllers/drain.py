@@ -104,12 +104,14 @@ class DrainController:
         self._changed(changed)
         return changed
 
-    async def reactivate(self, agent_id: str, user: str | None = None) -> Agent:
-        """Back in service. KeyError: unknown agent."""
+    async def reactivate(
+        self, agent_id: str, user: str | None = None, owner: str | None = None
+    ) -> Agent:
+        """Back in service (`owner`: the rebalance that emptied it). KeyError: unknown."""
         agent = self.master.state.agents[agent_id]
         if agent.drain is None:
             return agent
-        if agent.drain.rebalance is not None and user is not None:
+        if agent.drain.rebalance is not None and agent.drain.rebalance != owner:
             raise DrainRefused(
                 f"agent {agent_id} is being emptied by rebalance {agent.drain.rebalance}; "
                 "cancel it first"
