@@ -117,3 +117,27 @@ def test_drain_bad_input(cluster: Cluster) -> None:
     assert extra.status_code == 422
     # An empty agent drains straight to DRAINED.
     assert cluster.http.post(f"/v1/agents/{agent_id}/drain").json()["state"] == "DRAINED"
+
+
+def test_drain_and_rebalance_from_the_cli(cluster: Cluster) -> None:
+    hosts = start_agents(cluster, 1)
+    agent_id = hosts["127.0.0.1"]
+    unknown = cluster.cli("agent", "drain", "no-such-agent")
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().count("\n") == 0 and "no-such-agent" in unknown.stderr
+    drained = cluster.cli("agent", "drain", agent_id, "--deadline", "10m")
+    assert drained.returncode == 0, drained.stderr
+    assert "DRAINED" in drained.stdout and "deadline" in drained.stdout
+    shown = cluster.cli("agent", "show", agent_id)
+    assert "DRAINED" in shown.stdout and "nothing runs there" in shown.stdout
+    bad = cluster.cli("agent", "drain", agent_id, "--deadline", "soon")
+    assert bad.returncode != 0 and "90s, 15m" in bad.stderr
+    back = cluster.cli("agent", "reactivate", agent_id)
+    assert back.returncode == 0 and "ACTIVE" in back.stdout
+    negative = cluster.cli("rebalance", "--max-moves", "-1")
+    assert negative.returncode != 0 and "--max-moves" in negative.stderr
+    assert negative.stderr.strip().count("\n") == 0
+    nothing = cluster.cli("rebalance", "--dry-run")
+    assert nothing.returncode == 0 and "nothing to do" in nothing.stdout
+    none_yet = cluster.cli("rebalance", "status")
+    assert none_yet.returncode != 0 and "no rebalance has run yet" in none_yet.stderr

@@ -15,7 +15,7 @@ from tessera.cli.audit import audit
 from tessera.cli.client import MasterClient, fail, print_json, read_token_file
 from tessera.cli.join_tokens import agent_revoke, join_token_app
 from tessera.cli.local import down, up
-from tessera.cli.maintenance import agent_drain, agent_reactivate, rebalance_app
+from tessera.cli.maintenance import agent_drain, agent_reactivate, drain_lines, rebalance_app
 from tessera.cli.render import agents_table
 from tessera.cli.simulate import simulate
 from tessera.model.resources import (
@@ -419,6 +419,8 @@ def agent_show(
         print_json(data)
     else:
         agents_table([data])
+        if data.get("drain"):
+            drain_lines(data)
 
 
 app.command()(up)

@@ -13,7 +13,7 @@ from tessera.cli.join_tokens import parse_duration
 from tessera.cli.render import out
 
 
-def _drain_lines(agent: dict[str, Any]) -> None:
+def drain_lines(agent: dict[str, Any]) -> None:
     drain = agent.get("drain")
     out.print(f"agent {agent['id']} ({agent['hostname']}): {agent['state']}")
     if not drain:
@@ -50,7 +50,7 @@ def agent_drain(
     if json_output:
         print_json(data)
     else:
-        _drain_lines(data)
+        drain_lines(data)
 
 
 def agent_reactivate(
@@ -61,7 +61,7 @@ def agent_reactivate(
     if json_output:
         print_json(data)
     else:
-        _drain_lines(data)
+        drain_lines(data)
 
 
 rebalance_app = typer.Typer(

@@ -297,8 +297,11 @@ class Master:
         self.planner.wake()
         return task
 
-    async def kill(self, task_id: str, reason: str | None = None) -> Task:
-        """Kill a task; `reason` (e.g. REASON_AGENT_DRAINING) is kept as its end reason."""
+    async def kill(
+        self, task_id: str, reason: str | None = None, message: str | None = None
+    ) -> Task:
+        """Kill a task; `reason` (e.g. REASON_AGENT_DRAINING) and `message` are kept as
+        how it ended."""
         task = self.state.tasks[task_id]
         now = self.clock.wall()
         if task.state.terminal:
@@ -314,7 +317,7 @@ class Master:
             return killed
         killing = task.with_changes(state=TaskState.TASK_KILLING, updated_at=now)
         if reason is not None:
-            killing = killing.with_changes(reason=reason)
+            killing = killing.with_changes(reason=reason, message=message)
         await self.state.save(tasks=[killing])
         # An agent that is not connected gets the kill again when it re-registers.
         self.channel.send_kill(killing)

@@ -389,7 +389,7 @@ BODILESS: frozenset[tuple[str, str]] = frozenset(
         ("PUT", "/acs/api/v1/acls/{rid}/users/{uid}/{action}"),
         ("PUT", "/acs/api/v1/acls/{rid}/groups/{gid}/{action}"),
         ("POST", "/v1/tasks/{task_id}/sandbox-grant"),
-        ("POST", "/v1/agents/{agent_id}/drain"),
+        ("POST", "/v1/agents/{agent_id}/reactivate"),
         ("POST", "/v1/agents/{agent_id}/revoke"),
     }
 )

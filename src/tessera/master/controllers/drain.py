@@ -152,7 +152,11 @@ class DrainController:
                 for task in self.master.state.active_tasks_on(agent.id):
                     if task.state is TaskState.TASK_KILLING or self._service_task(task):
                         continue
-                    await self.master.kill(task.id, REASON_AGENT_DRAINING)
+                    await self.master.kill(
+                        task.id,
+                        REASON_AGENT_DRAINING,
+                        "killed at the deadline of its agent's drain",
+                    )
             state = AgentState.DRAINED if self._empty(agent.id) else AgentState.DRAINING
             if state is not agent.state:
                 changed.append(agent.with_changes(state=state))

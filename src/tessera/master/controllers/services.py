@@ -300,7 +300,7 @@ class ServicesController:
         ):
             self._next_check = actions.recheck_at
         work: list[Awaitable[Any]] = [
-            self.master.kill(task_id, self._move_reason(task_id, moving))
+            self.master.kill(task_id, *self._move_reason(task_id, moving))
             for task_id in actions.kill
         ]
         if actions.inactive:
@@ -315,10 +315,15 @@ class ServicesController:
             work.extend(self._launch(app, launch, actions.replacing))
         return work
 
-    def _move_reason(self, task_id: str, moving: dict[str, str | None]) -> str | None:
+    def _move_reason(
+        self, task_id: str, moving: dict[str, str | None]
+    ) -> tuple[str | None, str | None]:
+        """How a moved instance ends: (reason, message); (None, None) for other kills."""
         if task_id not in moving:
-            return None
-        return REASON_REBALANCED if task_id in self.rebalance_moves else REASON_DRAINED
+            return None, None
+        if task_id in self.rebalance_moves:
+            return REASON_REBALANCED, "moved to another agent by a rebalance"
+        return REASON_DRAINED, "moved to another agent: its agent drains"
 
     def moving(self, tasks: list[Task]) -> dict[str, str | None]:
         """The app's instances to move now: those on agents an operator drains, and those
