@@ -11,6 +11,7 @@ agents at least, so the plan empties two agents with two moves, one per wave.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from moving import HEALTH, SERVER, Sampler, app_tasks, healthy, start_agents
@@ -129,3 +130,21 @@ def test_a_master_killed_mid_rebalance_resumes_it(cluster: Cluster) -> None:
     wait_for(lambda: sum(map(healthy, app_tasks(cluster, "/small"))) == 4, 30, "4 healthy")
     assert len(app_tasks(cluster, "/small")) == 4
     assert _in_use(cluster) == 2
+
+
+def test_the_periodic_rebalance_frees_agents_on_its_own(cluster: Cluster) -> None:
+    _setup(cluster)
+    assert cluster.master is not None
+    cluster.master.stop()
+    cluster.start_master(extra=["--rebalance-interval", "2"])
+
+    def finished() -> dict[str, Any] | None:
+        found = cluster.get("/v1/rebalance")["rebalances"]
+        return found[0] if found and found[0]["status"] == "FINISHED" else None
+
+    ended = wait_for(finished, 90, "a periodic rebalance to finish")
+    assert ended["user"] is None and ended["movesDone"] == 2
+    assert _in_use(cluster) == 2
+    # Nothing more to gain: no second rebalance starts.
+    time.sleep(5)
+    assert len(cluster.get("/v1/rebalance")["rebalances"]) == 1
