@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -34,13 +35,16 @@ from tessera.model.resources import PortRange, Resources
 from tessera.placement import (
     RESOURCE_NAMES,
     AgentDescription,
+    Placement,
     Plan,
     Policy,
     Request,
+    RunningTask,
     Snapshot,
     Strategy,
     place,
 )
+from tessera.placement.rebalance import MoveRules, RebalancePlan, plan_rebalance
 
 _APP_SEGMENT = re.compile(r"^[a-z0-9]([a-z0-9\-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9\-]*[a-z0-9])?)*$")
 BAD_INPUT = 2
@@ -137,6 +141,21 @@ class App(BaseModel):
 class WorkloadFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     apps: list[App]
+
+
+class CurrentPlacement(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    app: str = Field(min_length=1)
+    instance: int = Field(ge=0)
+    agent: str = Field(min_length=1)
+    ports: list[int] = Field(default_factory=list)
+
+
+class CurrentPlan(BaseModel):
+    """A plan in the `--output` format: only its placements are read."""
+
+    model_config = ConfigDict(extra="ignore")
+    placements: list[CurrentPlacement]
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
@@ -250,6 +269,96 @@ def _print_tables(summary: dict[str, Any], plan: Plan, n_agents: int) -> None:
         out.print(why)
 
 
+def _task_id(app: str, instance: int) -> str:
+    return f"{app}#{instance}"
+
+
+def _instance(task_id: str) -> tuple[str, int]:
+    app, _, instance = task_id.rpartition("#")
+    return app, int(instance)
+
+
+def load_current(
+    path: Path, snapshot: Snapshot, requests: list[Request]
+) -> tuple[list[Placement], list[Request]]:
+    """Record what runs now (placements of apps and instances still in the workload) as
+    running tasks; returns them and the requests for the instances not placed yet."""
+    current = _load(path, CurrentPlan)
+    by_app = {request.key: request for request in requests}
+    running: dict[str, set[int]] = {key: set() for key in by_app}
+    kept: list[Placement] = []
+    for index, item in enumerate(current.placements):
+        if item.agent not in snapshot.index:
+            fail(escape(f"{path}: placements/{index}/agent: unknown agent {item.agent}"), BAD_INPUT)
+        request = by_app.get(item.app)
+        if request is None or item.instance >= request.count:
+            continue  # the app or the instance is gone from the workload
+        if item.instance in running[item.app]:
+            fail(
+                escape(f"{path}: placements/{index}/instance: {item.app} {item.instance} twice"),
+                BAD_INPUT,
+            )
+        running[item.app].add(item.instance)
+        task = RunningTask(
+            _task_id(item.app, item.instance),
+            item.app,
+            request.resources,
+            tuple(item.ports),
+            request.role,
+            request.priority,
+        )
+        snapshot.add_task(snapshot.index[item.agent], task)
+        kept.append(Placement(item.app, item.instance, item.agent, tuple(item.ports)))
+    missing = [
+        replace(request, count=request.count - len(running[request.key]))
+        for request in requests
+        if request.count > len(running[request.key])
+    ]
+    return kept, missing
+
+
+def _numbered(plan: Plan, requests: list[Request], taken: dict[str, set[int]]) -> Plan:
+    """Give new placements the instance numbers their app has free (lowest first)."""
+    free = {
+        r.key: iter(i for i in itertools.count() if i not in taken.get(r.key, set()))
+        for r in requests
+    }
+    placements = tuple(replace(p, instance=next(free[p.key])) for p in plan.placements)
+    return replace(plan, placements=placements)
+
+
+def rebalance(
+    snapshot: Snapshot, requests: list[Request], placements: list[Placement], max_moves: int | None
+) -> tuple[list[Placement], RebalancePlan]:
+    """Plan a rebalance of what runs (Marathon's default upgradeStrategy for every app) and
+    return the placements after it."""
+    counts: dict[str, int] = {}
+    for placement in placements:
+        counts[placement.key] = counts.get(placement.key, 0) + 1
+    rules = {
+        request.key: MoveRules(request, counts[request.key])
+        for request in requests
+        if request.key in counts
+    }
+    plan = plan_rebalance(snapshot, rules, max_moves=max_moves)
+    where = {(p.key, p.instance): p for p in placements}
+    live = {t.task_id: i for i, t in enumerate(snapshot.tasks.tasks) if snapshot.tasks.alive[i]}
+    by_key = {request.key: request for request in requests}
+    for wave in plan.waves:
+        for move in wave:
+            app, instance = _instance(move.task_id)
+            request = by_key[app]
+            task = snapshot.evict(live[move.task_id])
+            row = snapshot.index[move.target]
+            drawn = iter(snapshot.ports.take(row, request.fixed_ports, request.dynamic_ports))
+            ports = tuple(
+                port if request.require_ports and port else next(drawn) for port in request.ports
+            )
+            snapshot.add_task(row, replace(task, ports=ports))
+            where[app, instance] = Placement(app, instance, move.target, ports)
+    return list(where.values()), plan
+
+
 def simulate(
     cluster: Annotated[Path, typer.Option("--cluster", help="Cluster file (agents).")],
     workload: Annotated[Path, typer.Option("--workload", help="Workload file (Marathon apps).")],
@@ -267,23 +376,84 @@ def simulate(
             "at most 1% more agents).",
         ),
     ] = True,
+    current: Annotated[
+        Path | None,
+        typer.Option("--current", help="What runs now: a plan in the --output format."),
+    ] = None,
+    do_rebalance: Annotated[
+        bool,
+        typer.Option("--rebalance", help="Then plan moves that free whole agents."),
+    ] = False,
+    max_moves: Annotated[
+        int | None, typer.Option("--max-moves", help="At most this many moves (--rebalance).")
+    ] = None,
 ) -> None:
     """Place a workload on a cluster offline and show what fits, where, and why not."""
+    if max_moves is not None and max_moves < 0:
+        fail("--max-moves: must be >= 0", BAD_INPUT)
+    if max_moves is not None and not do_rebalance:
+        fail("--max-moves: only with --rebalance", BAD_INPUT)
     snapshot = build_cluster(_load(cluster, ClusterFile), cluster)
     requests = build_requests(_load(workload, WorkloadFile), workload)
+    running: list[Placement] = []
+    to_place = requests
+    if current is not None:
+        running, to_place = load_current(current, snapshot, requests)
     started = time.perf_counter()
-    plan = place(snapshot, requests, Policy(strategy=policy, spread_replicas=spread_replicas))
+    plan = place(snapshot, to_place, Policy(strategy=policy, spread_replicas=spread_replicas))
     seconds = time.perf_counter() - started
+    if current is not None:
+        taken: dict[str, set[int]] = {}
+        for placement in running:
+            taken.setdefault(placement.key, set()).add(placement.instance)
+        plan = _numbered(plan, to_place, taken)
+    placements = [*running, *plan.placements]
+    moved: RebalancePlan | None = None
+    if do_rebalance:
+        _record(snapshot, plan, to_place)
+        placements, moved = rebalance(snapshot, requests, placements, max_moves)
+    order = {request.key: k for k, request in enumerate(requests)}
+    placements.sort(key=lambda p: (order[p.key], p.instance))
+    plan = replace(plan, placements=tuple(placements))
     summary = summarise(snapshot, plan, seconds)
+    document = {**{k: v for k, v in plan.to_json().items() if k != "evictions"}}
+    if moved is not None:
+        summary["agents_before"] = moved.agents_before
+        summary["agents_after"] = moved.agents_after
+        summary["lower_bound"] = moved.lower_bound
+        if moved.reason:
+            summary["rebalance"] = moved.reason
+        document["moves"] = [
+            {"app": m.app_id, "instance": _instance(m.task_id)[1], "from": m.source, "to": m.target}
+            for m in moved.moves
+        ]
+    document["summary"] = summary
     if output is not None:
-        result = plan.to_json()
-        document = {
-            "placements": result["placements"],
-            "unplaced": result["unplaced"],
-            "summary": summary,
-        }
         try:
             output.write_text(json.dumps(document, indent=2) + "\n")
         except OSError as error:
             fail(escape(f"{output}: cannot write: {error.strerror or error}"), BAD_INPUT)
     _print_tables(summary, plan, snapshot.n_agents)
+    if moved is not None:
+        out.print(
+            escape(moved.reason)
+            if moved.reason and not moved.moves
+            else f"rebalance: {len(moved.moves)} moves, agents in use {moved.agents_before} -> "
+            f"{moved.agents_after} (lower bound {moved.lower_bound})"
+        )
+
+
+def _record(snapshot: Snapshot, plan: Plan, requests: list[Request]) -> None:
+    """Turn the placements just planned into running tasks, so a rebalance may move them."""
+    by_key = {request.key: request for request in requests}
+    for placement in plan.placements:
+        request = by_key[placement.key]
+        task = RunningTask(
+            _task_id(placement.key, placement.instance),
+            placement.key,
+            request.resources,
+            placement.ports,
+            request.role,
+            request.priority,
+        )
+        snapshot.tasks.add(snapshot.index[placement.agent_id], task)

@@ -242,3 +242,70 @@ def test_documented_examples_run(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     plan = json.loads(output.read_text())
     assert plan["summary"]["placed"] > 0
+
+
+def _current(tmp_path: Path, placements: list[dict[str, Any]]) -> str:
+    return str(write(tmp_path, "current.json", {"placements": placements, "unplaced": []}))
+
+
+def test_current_plan_then_rebalance_frees_agents(tmp_path: Path) -> None:
+    agent = {**AGENT, "count": 4}
+    workload = {"apps": [{"id": "/web", "instances": 3, "cpus": 1, "mem": 512}]}
+    # One instance per agent on a0-a2, plus one of a deleted app on a3.
+    now = [{"app": "/web", "instance": i, "agent": f"a-{i}", "ports": []} for i in range(3)]
+    now.append({"app": "/gone", "instance": 0, "agent": "a-3", "ports": []})
+    code, output, plan = run(
+        tmp_path, {"agents": [agent]}, workload, "--current", _current(tmp_path, now), "--rebalance"
+    )
+    assert code == 0, output
+    assert plan is not None
+    assert plan["summary"]["agents_before"] == 3 and plan["summary"]["agents_after"] == 2
+    (move,) = plan["moves"]
+    assert move["app"] == "/web" and move["instance"] in (0, 1, 2)
+    agents = {p["agent"] for p in plan["placements"]}
+    assert len(agents) == 2 and move["to"] in agents and move["from"] not in agents
+    assert "rebalance: 1 moves" in output
+
+
+def test_missing_instances_are_placed_and_nothing_to_gain_says_so(tmp_path: Path) -> None:
+    unique = [["hostname", "UNIQUE"]]
+    workload = {"apps": [{"id": "/web", "instances": 2, "cpus": 1, "constraints": unique}]}
+    now = [{"app": "/web", "instance": 1, "agent": "a-0", "ports": []}]
+    code, output, plan = run(
+        tmp_path, {"agents": [AGENT]}, workload, "--current", _current(tmp_path, now), "--rebalance"
+    )
+    assert code == 0, output
+    assert plan is not None and plan["moves"] == []
+    assert sorted(p["instance"] for p in plan["placements"]) == [0, 1]
+    assert plan["summary"]["rebalance"].startswith("nothing to gain")
+    assert "nothing to gain" in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rebalance", "--max-moves", "-1"], "--max-moves: must be >= 0"),
+        (["--max-moves", "3"], "--max-moves: only with --rebalance"),
+    ],
+)
+def test_bad_max_moves_is_one_line(tmp_path: Path, extra: list[str], message: str) -> None:
+    workload = {"apps": [{"id": "/web"}]}
+    code, output, _ = run(tmp_path, {"agents": [AGENT]}, workload, *extra)
+    assert code == 2 and message in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("placements", "field"),
+    [
+        ([{"app": "/web", "instance": -1, "agent": "a-0"}], "placements/0/instance"),
+        ([{"app": "/web", "instance": 0, "agent": "nowhere"}], "placements/0/agent"),
+        ([{"app": "/web", "agent": "a-0"}], "placements/0/instance"),
+    ],
+)
+def test_malformed_current_plan_names_the_field(
+    tmp_path: Path, placements: list[dict[str, Any]], field: str
+) -> None:
+    workload = {"apps": [{"id": "/web"}]}
+    current = _current(tmp_path, placements)
+    code, output, _ = run(tmp_path, {"agents": [AGENT]}, workload, "--current", current)
+    assert code == 2 and field in output and len(output.strip().splitlines()) == 1
