@@ -91,11 +91,11 @@ def test_an_instance_with_nowhere_to_go_stays_and_the_drain_says_why(cluster: Cl
 
     def why() -> str | None:
         blocked = agent(cluster, drained)["drain"]["blocked"]
-        reasons = [b["reason"] for b in blocked if "has no agent to go to" in b["reason"]]
+        reasons = [b["reason"] for b in blocked if "UnfulfilledConstraint" in b["reason"]]
         return reasons[0] if reasons else None
 
     reason = wait_for(why, 20, "the drain to say why")
-    assert "UnfulfilledConstraint" in reason
+    assert "has no agent to go to" in reason
     running = [t for t in app_tasks(cluster, "/unique") if t["state"] == "TASK_RUNNING"]
     assert len(running) == 2 and agent(cluster, drained)["state"] == "DRAINING"
 

@@ -224,5 +224,7 @@ class DrainController:
             reasons = ", ".join(
                 f"{name} ({count} agents)" for name, count in replacement.queued_reasons.items()
             )
-            return f"its replacement {replacement.id} has no agent to go to: {reasons or 'queued'}"
+            if not reasons:
+                return f"its replacement {replacement.id} waits to be placed"
+            return f"its replacement {replacement.id} has no agent to go to: {reasons}"
         return f"its replacement {replacement.id} is starting (not ready yet)"

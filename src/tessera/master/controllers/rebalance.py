@@ -338,13 +338,25 @@ class RebalanceController:
 
     def _set_moves(self, rebalance: Rebalance) -> None:
         """The services controller moves the instances of the current wave."""
-        moves = self.services.rebalance_moves
-        moves.clear()
+        wanted: dict[str, str | None] = {}
+        apps: set[str] = set()
         if rebalance.status.active and rebalance.wave < len(rebalance.waves):
             for move in rebalance.waves[rebalance.wave]:
                 if self._live(move.task_id) is not None:
-                    moves[move.task_id] = move.target
-        self.services.wake()
+                    wanted[move.task_id] = move.target
+                    apps.add(move.app_id)
+        moves = self.services.rebalance_moves
+        if wanted == moves:
+            return
+        apps.update(
+            self.master.state.tasks[t].spec.app_id or ""
+            for t in moves
+            if t in self.master.state.tasks
+        )
+        moves.clear()
+        moves.update(wanted)
+        for app_id in apps:
+            self.services.wake(app_id)
 
     def _wave_done(self, wave: tuple[Move, ...]) -> bool:
         """Every instance of the wave has gone (its replacement took over, or it ended)."""
