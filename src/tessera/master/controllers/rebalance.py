@@ -13,7 +13,8 @@ master restart a running rebalance resumes at its wave.
 
 Never moved: instances of apps labelled `TESSERA_REBALANCE=off` (false/no/0), instances
 that are not ready, that a rebalance moved within the cool-down, of apps in a deployment or
-not at their instance count, and tasks of jobs and one-off tasks (their agents stay).
+not at their instance count, of apps whose role's quota has no room for a replacement next
+to the old instance, and tasks of jobs and one-off tasks (their agents stay).
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ from tessera.master.controllers.drain import DrainController
 from tessera.master.controllers.services import ServicesController
 from tessera.master.core import Master
 from tessera.master.events import timestamp
-from tessera.master.placement_adapter import build_snapshot, spec_request
+from tessera.master.placement_adapter import build_snapshot, policy_for, spec_request
 from tessera.model.agent import Drain
 from tessera.model.app import AppSpec, task_spec_for
 from tessera.model.task import Task
+from tessera.placement.fairness import quota_copies
 from tessera.placement.rebalance import Move, MoveRules, RebalancePlan, plan_rebalance
+from tessera.placement.snapshot import Snapshot
 from tessera.reconcile.services import is_ready
 from tessera.store import Delete, Put
 
@@ -252,6 +255,31 @@ class RebalanceController:
                     pinned.add(task.id)
         return pinned
 
+    def _without_quota_room(self, snapshot: Snapshot, rules: Mapping[str, MoveRules]) -> set[str]:
+        """Instances of apps whose role's quota has no room for a replacement next to the
+        instance it replaces (start-before-kill counts both): they stay."""
+        quotas = self.master.planner.quotas
+        if quotas is None:
+            return set()
+        limits = quotas.limits()
+        policy = policy_for(limits)
+        full: set[str] = set()
+        for app_id, rule in rules.items():
+            role = rule.request.role
+            quota = limits.get(role)
+            if quota is None:
+                continue
+            counted_out = quota.instances is not None and (
+                quota.instances - quotas.usage(role).instances < 1
+            )
+            demand = rule.request.demand()
+            if (
+                counted_out
+                or quota_copies(policy.quota(role), snapshot.allocated(role), demand) < 1
+            ):
+                full.add(app_id)
+        return {task.task_id for task in snapshot.tasks.tasks if task.app_id in full}
+
     async def plan(self, max_moves: int | None) -> tuple[RebalancePlan, float]:
         """The plan for the cluster as it runs now, and how long planning took (s)."""
         state = self.master.state
@@ -260,6 +288,7 @@ class RebalanceController:
         snapshot = build_snapshot(agents, running)
         rules = move_rules(self.services.state.apps)
         pinned = self._pinned(self.master.clock.wall())
+        pinned |= self._without_quota_room(snapshot, rules)
         began = time.perf_counter()
         plan = await asyncio.to_thread(
             plan_rebalance, snapshot, rules, max_moves=max_moves, pinned=pinned
