@@ -274,6 +274,12 @@ def plan_rebalance(
     _empty_agents(mover, rules, cluster, progress, before - bound, max_moves)
     if progress.moves:
         return finish(progress, None)
+    if before <= bound:
+        return finish(
+            progress,
+            f"nothing to gain: {before} agents in use, the lower bound is {bound} (and no "
+            "app with all its instances on one agent can have one moved elsewhere)",
+        )
     return finish(progress, _why_nothing(cluster, progress, max_moves))
 
 
