@@ -84,6 +84,11 @@ def test_a_rebalance_empties_agents_without_dropping_below_the_minimum(
     moved = [t for t in app_tasks(cluster, "/small") if healthy(t)]
     assert len(moved) == 4
 
+    # The two replacements are in their cool-down: a plan would not move them.
+    after = cluster.http.post("/v1/rebalance", json={"dryRun": True}).json()
+    cooling = [task for task, why in after["blocked"].items() if "pinned" in why]
+    assert len(cooling) == 2 and all(t.startswith("small.") for t in cooling), after
+
     # Nothing left to gain: said, and nothing moves.
     nothing = cluster.http.post("/v1/rebalance", json={})
     assert nothing.status_code == 200 and nothing.json()["id"] is None
