@@ -237,7 +237,10 @@ def test_pull_failures_wait_in_the_queue_with_their_reason(
 
 def test_agent_kill_9_during_a_run_keeps_the_container(setup: Setup) -> None:
     app_id = f"/ctr/survivor-{uuid.uuid4().hex[:6]}"
-    setup.post("/v2/apps", bridged_app(app_id, setup.web))
+    # Not replaced while its agent restarts (heartbeats here are 0.5 s; a loaded machine
+    # can take longer than three of them to bring the agent back).
+    patient = {"inactiveAfterSeconds": 60, "expungeAfterSeconds": 120}
+    setup.post("/v2/apps", bridged_app(app_id, setup.web, unreachableStrategy=patient))
     task = setup.running_task(app_id)
     url = f"http://{task['host']}:{task['ports'][0]}/"
     assert _get(url) == HELLO
