@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +50,6 @@ class DrainController:
         self.master = master
         self.services = services
         self._loop: asyncio.Task[None] | None = None
-        # Told when an agent's drain changes (the rebalance controller's view of agents).
-        self.listeners: list[Callable[[Agent], None]] = []
 
     async def start(self) -> None:
         self._loop = asyncio.create_task(self._run(), name="drain")
@@ -101,7 +98,7 @@ class DrainController:
         if agent.drain is None:
             self._event("agent_draining_event", changed, user)
             log.info("agent %s drains (deadline %s)", agent.id, drain.deadline)
-        self._changed(changed)
+        self.services.wake()
         return changed
 
     async def reactivate(
@@ -121,14 +118,9 @@ class DrainController:
         await self.master.state.save(agents=[changed])
         self._event("agent_reactivated_event", changed, user)
         log.info("agent %s reactivated", agent.id)
-        self._changed(changed)
+        self.services.wake()
         self.master.planner.wake()
         return changed
-
-    def _changed(self, agent: Agent) -> None:
-        for listener in self.listeners:
-            listener(agent)
-        self.services.wake()
 
     def _event(self, kind: str, agent: Agent, user: str | None) -> None:
         fields: dict[str, Any] = {"agentId": agent.id, "hostname": agent.hostname}
