@@ -20,3 +20,5 @@ class Context:
     """Tasks of the request placed so far (instances are numbered from it)."""
     balanced: bool = False
     """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""
+    required_ports: tuple[int, ...] = ()
+    """Host ports the call's requests require: dynamic ports are drawn elsewhere first."""

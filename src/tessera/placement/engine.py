@@ -40,7 +40,9 @@ def _commit(ctx: Context, rows: IndexArray, copies: IntArray, plan: _PlanBuilder
         agent_id = snapshot.agent_ids[row]
         if request.ports:
             for _ in range(count):
-                dynamic = snapshot.ports.take(row, request.fixed_ports, request.dynamic_ports)
+                dynamic = snapshot.ports.take(
+                    row, request.fixed_ports, request.dynamic_ports, ctx.required_ports
+                )
                 ports = _in_definition_order(request, dynamic)
                 plan.placements.append(Placement(request.key, instance, agent_id, ports))
                 instance += 1
@@ -95,6 +97,7 @@ def _serve(
     plan: _PlanBuilder,
     sorter: Sorter,
     balanced: bool,
+    required_ports: tuple[int, ...] = (),
 ) -> int:
     """Place one request as far as it goes; returns how many tasks were placed."""
     demand = request.demand()
@@ -102,7 +105,9 @@ def _serve(
         request.count,
         quota_copies(policy.quota(request.role), snapshot.allocated(request.role), demand),
     )
-    ctx = Context(snapshot, request, demand, allowed, balanced=balanced)
+    ctx = Context(
+        snapshot, request, demand, allowed, balanced=balanced, required_ports=required_ports
+    )
     while ctx.remaining > 0:
         rows, copies = choose(pipeline, ctx, evaluate(pipeline, ctx))
         if len(rows) == 0:
@@ -151,10 +156,9 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     (`scoring.plan_requests` for binpack, largest first for spread).
 
     Replica spreading (Policy.spread_replicas) is kept only where it costs (almost) nothing:
-    when any request could spread, the plan is also made without it on a copy, and a spread
-    plan is kept unless it places fewer tasks or needs more agents than the plain plan plus
-    SPREAD_TOLERANCE of them or MIN_SPREAD - 1 (so that a small service on a small cluster
-    still spreads), whichever is more.
+    when any request could spread, the plan is also made without it on a copy, and the
+    spread plan using the fewest agents is kept unless it places fewer tasks or needs more
+    agents than `spread_allowance` of the plain plan.
     """
     policy = policy or Policy()
     spreading = policy.spread_replicas and policy.strategy is Strategy.BINPACK
@@ -164,8 +168,7 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     original = snapshot.copy()
     # The look-ahead can plan with the spread's per-agent caps (packs best on many small
     # apps) or as if unspread (packs better with hostname constraints, and costs far less
-    # on few requests of many instances): capped first for small apps, then uncapped;
-    # uncapped only for large ones.
+    # on few requests of many instances): both for small apps, uncapped only for large ones.
     capped_first = sum(r.count for r in requests) <= CAPPED_LOOKAHEAD_MEAN * len(requests)
     spread_plan = _place(snapshot, requests, policy, planned_spread=capped_first)
     if _agents_in_use(snapshot) == before:
@@ -173,21 +176,31 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     plain = original.copy()
     plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
     plain_agents = _agents_in_use(plain)
-    allowed = plain_agents + max(int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD - 1)
-    if _fits(spread_plan, snapshot, plain_plan, allowed):
-        return spread_plan
-    if capped_first:
+    best, best_plan = snapshot.copy(), spread_plan
+    if capped_first and _agents_in_use(snapshot) > plain_agents:
         trial = original.copy()
         trial_plan = _place(trial, requests, policy, planned_spread=False)
-        if _fits(trial_plan, trial, plain_plan, allowed):
-            snapshot.__dict__.update(trial.__dict__)
-            return trial_plan
-    snapshot.__dict__.update(plain.__dict__)
-    return plain_plan
+        if _agents_in_use(trial) < _agents_in_use(best) and _places_all_of(trial_plan, plain_plan):
+            best, best_plan = trial, trial_plan
+    if _places_all_of(best_plan, plain_plan) and _agents_in_use(best) <= spread_allowance(
+        plain_agents
+    ):
+        chosen, plan = best, best_plan
+    else:
+        chosen, plan = plain, plain_plan
+    snapshot.__dict__.update(chosen.__dict__)
+    return plan
 
 
-def _fits(plan: Plan, snapshot: Snapshot, plain: Plan, allowed: int) -> bool:
-    return plan.placed_count >= plain.placed_count and _agents_in_use(snapshot) <= allowed
+def spread_allowance(plain_agents: int) -> int:
+    """The most agents a spread plan may use when the plain plan uses `plain_agents`: that
+    plus SPREAD_TOLERANCE of them, and never fewer than MIN_SPREAD (so that a small service
+    on a small cluster still spreads)."""
+    return max(plain_agents + int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD)
+
+
+def _places_all_of(plan: Plan, plain: Plan) -> bool:
+    return plan.placed_count >= plain.placed_count
 
 
 SPREAD_TOLERANCE = 0.01
@@ -214,6 +227,7 @@ def _place(
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
     spreading = policy.spread_replicas and planned_spread
+    required = tuple(sorted({port for request in requests for port in request.fixed_ports}))
     for level in _priority_levels([r for r in requests if r.count > 0]):
         level_plan = plan_level(
             snapshot, level, policy.strategy, policy.lookahead_budget, spreading
@@ -224,7 +238,9 @@ def _place(
             # weighted dominant shares level), not request by request: one role's large app
             # must not take the room another role's fair share is owed.
             chunk = _fair_chunk(request, queues, sorter)
-            placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced)
+            placed = _serve(
+                pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced, required
+            )
             sorter.allocated(request.role, request.demand() * placed)
             rest = request.count - chunk.count
             if rest <= 0:
@@ -236,7 +252,14 @@ def _place(
                 queues.setdefault(request.role, deque()).appendleft(rest_request)
             else:  # nothing more of it fits: the rest is unplaced, with its reasons
                 placed = _serve(
-                    pipeline, snapshot, rest_request, policy, plan, sorter, level_plan.balanced
+                    pipeline,
+                    snapshot,
+                    rest_request,
+                    policy,
+                    plan,
+                    sorter,
+                    level_plan.balanced,
+                    required,
                 )
                 sorter.allocated(request.role, request.demand() * placed)
     return plan.build()

@@ -35,7 +35,24 @@ def _per_agent_cap(request: Request) -> int:
             cap = min(cap, 1)
         elif constraint.operator is Operator.MAX_PER:
             cap = min(cap, constraint.count)
+    if request.fixed_ports:
+        cap = min(cap, 1)  # an agent has each host port once
     return cap
+
+
+def _exclusive(snapshot: Snapshot, level: list[Request]) -> scoring.Exclusive | None:
+    """The level's required host ports as the look-ahead's exclusive keys (None: no port is
+    required), with the ports the active agents cannot give already taken."""
+    ports = sorted({port for request in level for port in request.fixed_ports})
+    if not ports:
+        return None
+    key = {port: index for index, port in enumerate(ports)}
+    active = snapshot.active
+    taken = np.column_stack([~snapshot.ports.all_free([port])[active] for port in ports])
+    claims = tuple(
+        np.array([key[port] for port in request.fixed_ports], dtype=np.intp) for request in level
+    )
+    return scoring.Exclusive(claims, taken)
 
 
 def _spread_cap(request: Request, spreading: bool, agents: int, cap: int) -> int:
@@ -74,5 +91,6 @@ def plan_level(
             ],
             dtype=np.int64,
         ),
+        _exclusive(snapshot, level),
     )
     return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced)

@@ -54,10 +54,24 @@ class PortTable:
             return np.zeros(self.free.shape[0], dtype=np.bool_)
         return np.asarray(self.free[:, columns].all(axis=1), dtype=np.bool_)
 
-    def take(self, row: int, fixed: Sequence[int], dynamic: int) -> list[int]:
-        """Reserve `fixed` ports and the `dynamic` lowest free ones on agent `row`."""
+    def take(
+        self, row: int, fixed: Sequence[int], dynamic: int, avoid: Sequence[int] = ()
+    ) -> list[int]:
+        """Reserve `fixed` ports and the `dynamic` lowest free ones on agent `row`.
+
+        Dynamic ports come from outside `avoid` (ports other tasks will require) while any
+        are free there: drawn lowest first, they would otherwise take the low ports users
+        often pin and turn an agent away from a task that requires one.
+        """
         self._mark(row, fixed, False)
-        chosen = [int(c) + self.base for c in np.flatnonzero(self.free[row])[:dynamic]]
+        free = self.free[row]
+        columns = np.flatnonzero(free)
+        if avoid and dynamic:
+            kept = free.copy()
+            kept[self._columns(avoid)] = False
+            preferred = np.flatnonzero(kept)
+            columns = np.concatenate([preferred, np.setdiff1d(columns, preferred)])
+        chosen = [int(c) + self.base for c in columns[:dynamic]]
         if len(chosen) < dynamic:
             raise ValueError(f"agent row {row} has only {len(chosen)} free ports")
         self._mark(row, chosen, False)

@@ -167,6 +167,19 @@ def order_requests(demands: FloatArray, total_capacity: FloatArray) -> NDArray[n
 
 
 @dataclass(frozen=True)
+class Exclusive:
+    """Things one agent gives to one task only, such as a required host port.
+
+    `claims[i]` lists the keys request i's every task holds; `taken[agent, key]` says the
+    agent cannot give the key (already held, or never offered). Two tasks claiming one key
+    never share an agent, whichever requests they belong to.
+    """
+
+    claims: tuple[NDArray[np.intp], ...]
+    taken: NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
 class PackingPlan:
     """How to place a batch of requests: their order, and whether the fill is balanced.
 
@@ -186,13 +199,15 @@ def plan_requests(
     free: FloatArray,
     capacity: FloatArray,
     max_per_agent: IntArray | None = None,
+    exclusive: Exclusive | None = None,
 ) -> PackingPlan:
     """Choose the order and the fill for a batch of binpack requests by trying them out.
 
     `demands` holds one task per request, `counts` its number of tasks, `free` and
     `capacity` the rows of the agents that can take work, `max_per_agent` the cap per
-    agent from UNIQUE / MAX_PER on hostname. Each strategy packs a copy of the agents
-    the way the engine fills them (resources and that cap only); the one that uses the
+    agent from UNIQUE / MAX_PER on hostname, `exclusive` the required host ports. Each
+    strategy packs a copy of the agents the way the engine fills them (resources, that
+    cap and those ports only; dynamic ports are assumed plentiful); the one that uses the
     fewest agents (then leaves fewest tasks out) wins, earlier strategies on ties:
 
     - look-ahead, balanced fill: the fullest open agent picks the request whose copies
@@ -214,7 +229,7 @@ def plan_requests(
         return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
     plans: list[tuple[tuple[int, int], PackingPlan]] = []
     for balanced in (True, False):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced)
+        agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced, exclusive)
         spread = per_agent < counts
         first = agents.order(np.flatnonzero(spread))
         order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
@@ -222,7 +237,7 @@ def plan_requests(
         plans.append((agents.outcome(), PackingPlan(order.astype(np.intp), balanced, name, 0)))
     dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
     for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, False)
+        agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
         agents.replay(order)
         plans.append((agents.outcome(), PackingPlan(order, False, name + ", full", 0)))
     (used, _), best = min(plans, key=lambda entry: entry[0])
@@ -240,8 +255,11 @@ class _LookAhead:
         counts: IntArray,
         per_agent: IntArray,
         balanced: bool,
+        exclusive: Exclusive | None = None,
     ) -> None:
         self.free = free.astype(np.float64, copy=True)
+        self.claims = exclusive.claims if exclusive is not None else ()
+        self.taken = exclusive.taken.copy() if exclusive is not None else None
         self.capacity = capacity
         self.demands = demands
         self.counts = counts
@@ -296,6 +314,9 @@ class _LookAhead:
         ratio = np.divide(free, demands, out=np.full(demands.shape, np.inf), where=asked)
         fit = np.floor(ratio.min(axis=1) + _EPSILON)
         fit = np.minimum(fit, self.per_agent[candidates])
+        if self.taken is not None:
+            held = self.taken[agent]
+            fit[[bool(held[self.claims[c]].any()) for c in candidates.tolist()]] = 0
         fits = fit >= 1
         if not fits.any():
             return None
@@ -308,6 +329,10 @@ class _LookAhead:
         demand = self.demands[request]
         count = int(self.counts[request])
         fit = np.minimum(_copies_that_fit(self.free, demand), self.per_agent[request])
+        taken = self.taken
+        claims = self.claims[request] if taken is not None else ()
+        if taken is not None and len(claims):
+            fit[taken[:, claims].any(axis=1)] = 0
         rows = np.flatnonzero(fit > 0)
         scores = binpack_scores(self.free[rows], self.capacity[rows], demand)
         rows = rows[np.argsort(-scores, kind="stable")]
@@ -317,4 +342,6 @@ class _LookAhead:
             limits = fit[rows]
         copies = balanced_fill(fit[rows], limits, count)
         self.free[rows] -= copies[:, None] * demand
+        if taken is not None and len(claims):
+            taken[np.ix_(rows[copies > 0], claims)] = True
         self.unplaced += count - int(copies.sum())

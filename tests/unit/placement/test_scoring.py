@@ -174,3 +174,29 @@ def test_order_is_always_a_permutation(
     assert sorted(plain.tolist()) == expected
     assert sorted(plan.order.tolist()) == expected
     assert plan.order.dtype == np.intp
+
+
+def test_the_look_ahead_keeps_tasks_that_require_one_port_apart() -> None:
+    capacity = np.array([[8.0, 8192.0, 0.0, 0.0]] * 3)
+    demands = np.array([[1.0, 512.0, 0.0, 0.0], [2.0, 512.0, 0.0, 0.0]])
+    counts = np.array([1, 1])
+    together = scoring.plan_requests(demands, counts, capacity.copy(), capacity)
+    assert together.agents_used == 1
+    same_port = (np.array([0]), np.array([0]))
+    apart = scoring.plan_requests(
+        demands,
+        counts,
+        capacity.copy(),
+        capacity,
+        exclusive=scoring.Exclusive(same_port, np.zeros((3, 1), dtype=np.bool_)),
+    )
+    assert apart.agents_used == 2
+    # A port already held on an agent keeps both off it: they open two others.
+    held = np.zeros((3, 1), dtype=np.bool_)
+    held[0] = True
+    free = capacity.copy()
+    free[0] -= [1.0, 512.0, 0.0, 0.0]  # agent 0 is in use (by what holds the port)
+    busy = scoring.plan_requests(
+        demands, counts, free, capacity, exclusive=scoring.Exclusive(same_port, held)
+    )
+    assert busy.agents_used == 3
