@@ -20,5 +20,7 @@ class Context:
     """Tasks of the request placed so far (instances are numbered from it)."""
     balanced: bool = False
     """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""
+    even: bool = False
+    """The request must spread and binpack places it by `scoring.even_scores`."""
     required_ports: tuple[int, ...] = ()
     """Host ports the call's requests require: dynamic ports are drawn elsewhere first."""

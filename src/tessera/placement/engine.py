@@ -11,7 +11,7 @@ import numpy as np
 from tessera.placement.context import Context
 from tessera.placement.explain import explain
 from tessera.placement.fairness import Sorter, quota_copies
-from tessera.placement.ordering import plan_level
+from tessera.placement.ordering import LevelPlan, plan_level
 from tessera.placement.pipeline import MIN_SPREAD, Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
@@ -96,7 +96,7 @@ def _serve(
     policy: Policy,
     plan: _PlanBuilder,
     sorter: Sorter,
-    balanced: bool,
+    level: LevelPlan,
     required_ports: tuple[int, ...] = (),
 ) -> int:
     """Place one request as far as it goes; returns how many tasks were placed."""
@@ -106,7 +106,13 @@ def _serve(
         quota_copies(policy.quota(request.role), snapshot.allocated(request.role), demand),
     )
     ctx = Context(
-        snapshot, request, demand, allowed, balanced=balanced, required_ports=required_ports
+        snapshot,
+        request,
+        demand,
+        allowed,
+        balanced=level.balanced,
+        even=request.key in level.even,
+        required_ports=required_ports,
     )
     while ctx.remaining > 0:
         rows, copies = choose(pipeline, ctx, evaluate(pipeline, ctx))
@@ -238,9 +244,7 @@ def _place(
             # weighted dominant shares level), not request by request: one role's large app
             # must not take the room another role's fair share is owed.
             chunk = _fair_chunk(request, queues, sorter)
-            placed = _serve(
-                pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced, required
-            )
+            placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan, required)
             sorter.allocated(request.role, request.demand() * placed)
             rest = request.count - chunk.count
             if rest <= 0:
@@ -258,7 +262,7 @@ def _place(
                     policy,
                     plan,
                     sorter,
-                    level_plan.balanced,
+                    level_plan,
                     required,
                 )
                 sorter.allocated(request.role, request.demand() * placed)

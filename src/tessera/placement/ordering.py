@@ -23,6 +23,8 @@ class LevelPlan:
     """The level's requests in serving order (fairness then picks among roles)."""
     balanced: bool
     """Binpack fills agents in two passes, first up to `scoring.binpack_copy_limits`."""
+    even: frozenset[str] = frozenset()
+    """Keys of the requests binpack spreads evenly (`scoring.even_scores`)."""
 
 
 def _per_agent_cap(request: Request) -> int:
@@ -79,18 +81,21 @@ def plan_level(
         order = scoring.order_requests(demands, snapshot.total_capacity())
         return LevelPlan([level[i] for i in order.tolist()], False)
     active = snapshot.active
+    counts = np.array([request.count for request in level], dtype=np.int64)
+    per_agent = np.array(
+        [
+            _spread_cap(request, spreading, int(active.sum()), _per_agent_cap(request))
+            for request in level
+        ],
+        dtype=np.int64,
+    )
     plan = scoring.plan_requests(
         demands,
-        np.array([request.count for request in level], dtype=np.int64),
+        counts,
         snapshot.free[active],
         snapshot.total[active],
-        np.array(
-            [
-                _spread_cap(request, spreading, int(active.sum()), _per_agent_cap(request))
-                for request in level
-            ],
-            dtype=np.int64,
-        ),
+        per_agent,
         _exclusive(snapshot, level),
     )
-    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced)
+    even = frozenset(level[i].key for i in np.flatnonzero(per_agent < counts).tolist() if plan.even)
+    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced, even)

@@ -70,9 +70,20 @@ class PackingScorer:
         return entry.values[rows]
 
 
-def binpack_scorer() -> PackingScorer:
-    """Fill agents up so that whole agents stay free for large tasks."""
-    return PackingScorer("binpack", scoring.binpack_scores)
+class BinpackScorer:
+    """Fill agents up so that whole agents stay free for large tasks; a request the plan
+    spreads evenly (`Context.even`) goes to the emptiest agents in use instead."""
+
+    def __init__(self) -> None:
+        self.fill = PackingScorer("binpack", scoring.binpack_scores)
+        self.even = PackingScorer("even", scoring.even_scores)
+
+    def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None:
+        return (self.even if ctx.even else self.fill).scores(ctx, rows)
+
+
+def binpack_scorer() -> BinpackScorer:
+    return BinpackScorer()
 
 
 def spread_scorer() -> PackingScorer:

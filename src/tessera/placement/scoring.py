@@ -83,6 +83,21 @@ def binpack_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -
     return mean
 
 
+def even_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
+    """For a group that must spread (UNIQUE, a required port): agents already in use first,
+    the emptiest of them first; empty agents last.
+
+    Best fit would stack every such group on the same fullest agents, which then fill up
+    with one-per-agent tasks while the others stay half empty, until a later group finds
+    too few agents with room and opens new ones. Spreading them evenly over the agents in
+    use keeps room for the next group on every agent. In 0..1 (in use: 0.5 and above).
+    """
+    used = _used_after(free, capacity, np.zeros_like(demand)).max(axis=1)
+    in_use = (free[:, PACKED] < capacity[:, PACKED] - _EPSILON).any(axis=1)
+    even: FloatArray = np.where(in_use, 1.0 - 0.5 * used, 0.0)
+    return even
+
+
 def spread_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
     """Least allocated by the dominant resource: the lower an agent's fuller resource
     after the task, the higher.
@@ -184,13 +199,16 @@ class PackingPlan:
     """How to place a batch of requests: their order, and whether the fill is balanced.
 
     `balanced`: fill with `binpack_copy_limits` as the first-pass cap (else each agent
-    as full as it goes). `agents_used` and `strategy` describe the winning look-ahead.
+    as full as it goes). `even`: requests that must spread (fewer copies per agent than
+    they have) are placed by `even_scores`, not best fit. `agents_used` and `strategy`
+    describe the winning look-ahead.
     """
 
     order: NDArray[np.intp]
     balanced: bool
     strategy: str
     agents_used: int
+    even: bool = False
 
 
 def plan_requests(
@@ -215,7 +233,9 @@ def plan_requests(
       group); requests that must spread over several agents go first;
     - the same look-ahead with each agent filled as full as it goes;
     - largest first (by the sum of shares, then by the dominant share), each agent
-      filled as full as it goes: first-fit decreasing for groups.
+      filled as full as it goes: first-fit decreasing for groups;
+    - when some request must spread (fewer copies per agent than it has), the two
+      look-aheads again with those requests placed evenly (`even_scores`).
 
     The balanced fill wins on large mixed batches, where complementary tasks fill the
     room it leaves; the plain ones win on small batches of big tasks.
@@ -228,20 +248,23 @@ def plan_requests(
     if (demands == demands[0]).all() and (per_agent == counts).all():
         return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
     plans: list[tuple[tuple[int, int], PackingPlan]] = []
-    for balanced in (True, False):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced, exclusive)
-        spread = per_agent < counts
-        first = agents.order(np.flatnonzero(spread))
-        order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
-        name = "look-ahead, " + ("balanced" if balanced else "full")
-        plans.append((agents.outcome(), PackingPlan(order.astype(np.intp), balanced, name, 0)))
+    spread = per_agent < counts
+    for even in (False, True) if spread.any() else (False,):
+        for balanced in (True, False):
+            agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced, exclusive)
+            agents.even = even
+            first = agents.order(np.flatnonzero(spread))
+            order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
+            name = "look-ahead, " + ("balanced" if balanced else "full") + (", even" * even)
+            plan = PackingPlan(order.astype(np.intp), balanced, name, 0, even)
+            plans.append((agents.outcome(), plan))
     dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
     for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
         agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
         agents.replay(order)
         plans.append((agents.outcome(), PackingPlan(order, False, name + ", full", 0)))
     (used, _), best = min(plans, key=lambda entry: entry[0])
-    return PackingPlan(best.order, best.balanced, best.strategy, used)
+    return PackingPlan(best.order, best.balanced, best.strategy, used, best.even)
 
 
 class _LookAhead:
@@ -267,6 +290,8 @@ class _LookAhead:
         self.balanced = balanced
         self.closed = np.zeros(len(free), dtype=np.bool_)
         self.unplaced = 0
+        self.even = False
+        """Requests that must spread are placed by `even_scores`."""
 
     def replay(self, order: NDArray[np.intp]) -> None:
         for request in order.tolist():
@@ -334,7 +359,9 @@ class _LookAhead:
         if taken is not None and len(claims):
             fit[taken[:, claims].any(axis=1)] = 0
         rows = np.flatnonzero(fit > 0)
-        scores = binpack_scores(self.free[rows], self.capacity[rows], demand)
+        even = self.even and self.per_agent[request] < count
+        score = even_scores if even else binpack_scores
+        scores = score(self.free[rows], self.capacity[rows], demand)
         rows = rows[np.argsort(-scores, kind="stable")]
         if self.balanced:
             limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)

@@ -200,3 +200,31 @@ def test_the_look_ahead_keeps_tasks_that_require_one_port_apart() -> None:
         demands, counts, free, capacity, exclusive=scoring.Exclusive(same_port, held)
     )
     assert busy.agents_used == 3
+
+
+def test_even_scores_prefer_the_emptiest_agent_in_use_and_empty_agents_last() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 3)
+    free = capacity - np.array([[8.0, 8.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0], [0.0] * 4])
+    scores = scoring.even_scores(free, capacity, np.array([1.0, 1.0, 0.0, 0.0]))
+    assert scores[1] > scores[0] > scores[2]
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+# Five one-per-agent requests (UNIQUE), 29 cpus on agents of 10: three agents at best.
+SPREAD_CPUS = [7.0, 1.0, 2.0, 6.0, 2.0]
+SPREAD_COUNTS = [1, 2, 3, 2, 1]
+
+
+def test_groups_that_must_spread_are_planned_evenly_where_best_fit_opens_more() -> None:
+    demands = np.array([[c, c, 0.0, 0.0] for c in SPREAD_CPUS])
+    counts = np.array(SPREAD_COUNTS)
+    per_agent = np.ones(5, dtype=np.int64)
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 6)
+    plan = scoring.plan_requests(demands, counts, capacity.copy(), capacity, per_agent)
+    assert plan.even
+    assert plan.agents_used == 3
+    best_fit = scoring._LookAhead(
+        capacity.copy(), capacity, demands, counts, per_agent, plan.balanced
+    )
+    best_fit.replay(plan.order)
+    assert best_fit.outcome()[0] > 3
