@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tessera.placement.request import Request
+from tessera.placement.scoring import Fit
 from tessera.placement.snapshot import Snapshot
 from tessera.placement.types import FloatArray
 
@@ -20,7 +21,7 @@ class Context:
     """Tasks of the request placed so far (instances are numbered from it)."""
     balanced: bool = False
     """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""
-    even: bool = False
-    """The request must spread and binpack places it by `scoring.even_scores`."""
+    fit: Fit = Fit.BEST
+    """Which agents binpack fills first."""
     required_ports: tuple[int, ...] = ()
     """Host ports the call's requests require: dynamic ports are drawn elsewhere first."""

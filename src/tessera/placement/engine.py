@@ -111,7 +111,7 @@ def _serve(
         demand,
         allowed,
         balanced=level.balanced,
-        even=request.key in level.even,
+        fit=level.fit_for(request.key),
         required_ports=required_ports,
     )
     while ctx.remaining > 0:

@@ -23,8 +23,15 @@ class LevelPlan:
     """The level's requests in serving order (fairness then picks among roles)."""
     balanced: bool
     """Binpack fills agents in two passes, first up to `scoring.binpack_copy_limits`."""
-    even: frozenset[str] = frozenset()
-    """Keys of the requests binpack spreads evenly (`scoring.even_scores`)."""
+    fit: scoring.Fit = scoring.Fit.BEST
+    """Which agents binpack fills first."""
+    must_spread: frozenset[str] = frozenset()
+    """Keys of the requests with fewer tasks per agent than they have (`Fit.EVEN`)."""
+
+    def fit_for(self, key: str) -> scoring.Fit:
+        if self.fit is scoring.Fit.EVEN and key not in self.must_spread:
+            return scoring.Fit.BEST
+        return self.fit
 
 
 def _per_agent_cap(request: Request) -> int:
@@ -97,5 +104,5 @@ def plan_level(
         per_agent,
         _exclusive(snapshot, level),
     )
-    even = frozenset(level[i].key for i in np.flatnonzero(per_agent < counts).tolist() if plan.even)
-    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced, even)
+    must_spread = frozenset(level[i].key for i in np.flatnonzero(per_agent < counts).tolist())
+    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced, plan.fit, must_spread)

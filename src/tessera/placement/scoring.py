@@ -28,6 +28,7 @@ on its own row only, so the engine may cache them and rescore just the changed r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -181,6 +182,17 @@ def order_requests(demands: FloatArray, total_capacity: FloatArray) -> NDArray[n
     return _largest_first(demands, total_capacity)
 
 
+class Fit(StrEnum):
+    """Which agents a binpack group fills first."""
+
+    BEST = "best"
+    """The fullest after the task (`binpack_scores`)."""
+    EVEN = "even"
+    """Groups that must spread: the emptiest agents in use (`even_scores`); others best."""
+    FIRST = "first"
+    """The lowest agent that fits (with a largest-first order: first-fit decreasing)."""
+
+
 @dataclass(frozen=True)
 class Exclusive:
     """Things one agent gives to one task only, such as a required host port.
@@ -199,16 +211,15 @@ class PackingPlan:
     """How to place a batch of requests: their order, and whether the fill is balanced.
 
     `balanced`: fill with `binpack_copy_limits` as the first-pass cap (else each agent
-    as full as it goes). `even`: requests that must spread (fewer copies per agent than
-    they have) are placed by `even_scores`, not best fit. `agents_used` and `strategy`
-    describe the winning look-ahead.
+    as full as it goes). `fit`: which agents each group fills first. `agents_used` and
+    `strategy` describe the winning look-ahead.
     """
 
     order: NDArray[np.intp]
     balanced: bool
     strategy: str
     agents_used: int
-    even: bool = False
+    fit: Fit = Fit.BEST
 
 
 def plan_requests(
@@ -233,9 +244,9 @@ def plan_requests(
       group); requests that must spread over several agents go first;
     - the same look-ahead with each agent filled as full as it goes;
     - largest first (by the sum of shares, then by the dominant share), each agent
-      filled as full as it goes: first-fit decreasing for groups;
+      filled as full as it goes, best fit and first fit (first-fit decreasing for groups);
     - when some request must spread (fewer copies per agent than it has), the two
-      look-aheads again with those requests placed evenly (`even_scores`).
+      look-aheads again with those requests placed evenly (`Fit.EVEN`).
 
     The balanced fill wins on large mixed batches, where complementary tasks fill the
     room it leaves; the plain ones win on small batches of big tasks.
@@ -249,22 +260,25 @@ def plan_requests(
         return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
     plans: list[tuple[tuple[int, int], PackingPlan]] = []
     spread = per_agent < counts
-    for even in (False, True) if spread.any() else (False,):
+    for fit in (Fit.BEST, Fit.EVEN) if spread.any() else (Fit.BEST,):
         for balanced in (True, False):
             agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced, exclusive)
-            agents.even = even
+            agents.fit = fit
             first = agents.order(np.flatnonzero(spread))
             order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
-            name = "look-ahead, " + ("balanced" if balanced else "full") + (", even" * even)
-            plan = PackingPlan(order.astype(np.intp), balanced, name, 0, even)
+            name = f"look-ahead, {'balanced' if balanced else 'full'}, {fit} fit"
+            plan = PackingPlan(order.astype(np.intp), balanced, name, 0, fit)
             plans.append((agents.outcome(), plan))
     dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
-    for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
-        agents.replay(order)
-        plans.append((agents.outcome(), PackingPlan(order, False, name + ", full", 0)))
+    for fit in (Fit.BEST, Fit.FIRST):
+        for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
+            agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
+            agents.fit = fit
+            agents.replay(order)
+            plan = PackingPlan(order, False, f"{name}, full, {fit} fit", 0, fit)
+            plans.append((agents.outcome(), plan))
     (used, _), best = min(plans, key=lambda entry: entry[0])
-    return PackingPlan(best.order, best.balanced, best.strategy, used, best.even)
+    return PackingPlan(best.order, best.balanced, best.strategy, used, best.fit)
 
 
 class _LookAhead:
@@ -290,8 +304,7 @@ class _LookAhead:
         self.balanced = balanced
         self.closed = np.zeros(len(free), dtype=np.bool_)
         self.unplaced = 0
-        self.even = False
-        """Requests that must spread are placed by `even_scores`."""
+        self.fit = Fit.BEST
 
     def replay(self, order: NDArray[np.intp]) -> None:
         for request in order.tolist():
@@ -359,10 +372,11 @@ class _LookAhead:
         if taken is not None and len(claims):
             fit[taken[:, claims].any(axis=1)] = 0
         rows = np.flatnonzero(fit > 0)
-        even = self.even and self.per_agent[request] < count
-        score = even_scores if even else binpack_scores
-        scores = score(self.free[rows], self.capacity[rows], demand)
-        rows = rows[np.argsort(-scores, kind="stable")]
+        if self.fit is not Fit.FIRST:  # first fit: rows stay lowest first
+            even = self.fit is Fit.EVEN and self.per_agent[request] < count
+            score = even_scores if even else binpack_scores
+            scores = score(self.free[rows], self.capacity[rows], demand)
+            rows = rows[np.argsort(-scores, kind="stable")]
         if self.balanced:
             limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)
         else:

@@ -191,3 +191,16 @@ def test_unique_groups_spread_evenly_so_the_batch_needs_no_extra_agent() -> None
     plan = place(snapshot, requests, Policy(spread_replicas=False))
     assert plan.placed_count == sum(counts)
     assert len({p.agent_id for p in plan.placements}) == 3
+
+
+def test_the_engine_follows_a_first_fit_plan() -> None:
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=10, mem=10240)) for i in range(4)
+    )
+    shapes = [(4.0, 1.0, 2), (1.0, 3.0, 1), (1.0, 8.0, 1), (6.0, 6.0, 1)]
+    requests = [
+        Request(f"/r{i}", n, Resources(cpus=c, mem=m * 1024)) for i, (c, m, n) in enumerate(shapes)
+    ]
+    plan = place(snapshot, requests, Policy(spread_replicas=False))
+    assert plan.placed_count == 5
+    assert len({p.agent_id for p in plan.placements}) == 2

@@ -221,10 +221,23 @@ def test_groups_that_must_spread_are_planned_evenly_where_best_fit_opens_more() 
     per_agent = np.ones(5, dtype=np.int64)
     capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 6)
     plan = scoring.plan_requests(demands, counts, capacity.copy(), capacity, per_agent)
-    assert plan.even
+    assert plan.fit is scoring.Fit.EVEN
     assert plan.agents_used == 3
     best_fit = scoring._LookAhead(
         capacity.copy(), capacity, demands, counts, per_agent, plan.balanced
     )
     best_fit.replay(plan.order)
     assert best_fit.outcome()[0] > 3
+
+
+# Agents of (10 cpus, 10 mem): (4, 1) x 2, (1, 3), (1, 8), (6, 6) fit two agents lowest
+# first (6+4 cpus with 6+1+3 mem beside 4+1 cpus with 1+8 mem) but no best-fit order does.
+FIRST_FIT = (np.array([[4.0, 1.0], [1.0, 3.0], [1.0, 8.0], [6.0, 6.0]]), np.array([2, 1, 1, 1]))
+
+
+def test_first_fit_decreasing_is_among_the_plans() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 4)
+    shapes, counts = FIRST_FIT
+    plan = scoring.plan_requests(shapes @ np.eye(2, 4), counts, capacity.copy(), capacity)
+    assert plan.fit is scoring.Fit.FIRST
+    assert plan.agents_used == 2
