@@ -65,12 +65,14 @@ class PortTable:
         """
         self._mark(row, fixed, False)
         free = self.free[row]
-        columns = np.flatnonzero(free)
         if avoid and dynamic:
-            kept = free.copy()
-            kept[self._columns(avoid)] = False
-            preferred = np.flatnonzero(kept)
-            columns = np.concatenate([preferred, np.setdiff1d(columns, preferred)])
+            avoided = np.zeros(len(free), dtype=np.bool_)
+            avoided[self._columns(avoid)] = True
+            columns = np.flatnonzero(free & ~avoided)[:dynamic]
+            if len(columns) < dynamic:
+                columns = np.concatenate([columns, np.flatnonzero(free & avoided)])
+        else:
+            columns = np.flatnonzero(free)
         chosen = [int(c) + self.base for c in columns[:dynamic]]
         if len(chosen) < dynamic:
             raise ValueError(f"agent row {row} has only {len(chosen)} free ports")
