@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -70,7 +71,9 @@ def planned(workload: PackingWorkload, free: FloatArray) -> tuple[NDArray[np.int
     plan = scoring.plan_requests(
         workload.demands, workload.instances, free, capacity, per_agent_cap(workload)
     )
-    return plan.order, scoring.binpack_copy_limits if plan.balanced else None
+    if not plan.balanced:
+        return plan.order, None
+    return plan.order, partial(scoring.binpack_copy_limits, slack=plan.slack)
 
 
 CHOSEN = GroupPolicy("tessera binpack", planned)

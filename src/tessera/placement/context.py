@@ -23,5 +23,7 @@ class Context:
     """Binpack fills in two passes, first up to `scoring.binpack_copy_limits` per agent."""
     fit: Fit = Fit.BEST
     """Which agents binpack fills first."""
+    slack: float | None = None
+    """The balanced fill's slack (`scoring.binpack_copy_limits`; None: the default)."""
     required_ports: tuple[int, ...] = ()
     """Host ports the call's requests require: dynamic ports are drawn elsewhere first."""

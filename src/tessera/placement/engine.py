@@ -112,6 +112,7 @@ def _serve(
         allowed,
         balanced=level.balanced,
         fit=level.fit_for(request.key),
+        slack=level.slack,
         required_ports=required_ports,
     )
     while ctx.remaining > 0:

@@ -25,6 +25,8 @@ class LevelPlan:
     """Binpack fills agents in two passes, first up to `scoring.binpack_copy_limits`."""
     fit: scoring.Fit = scoring.Fit.BEST
     """Which agents binpack fills first."""
+    slack: float | None = None
+    """The balanced fill's slack (None: `scoring.BALANCE_SLACK`)."""
     must_spread: frozenset[str] = frozenset()
     """Keys of the requests with fewer tasks per agent than they have (`Fit.EVEN`)."""
 
@@ -105,4 +107,5 @@ def plan_level(
         _exclusive(snapshot, level),
     )
     must_spread = frozenset(level[i].key for i in np.flatnonzero(per_agent < counts).tolist())
-    return LevelPlan([level[i] for i in plan.order.tolist()], plan.balanced, plan.fit, must_spread)
+    ordered = [level[i] for i in plan.order.tolist()]
+    return LevelPlan(ordered, plan.balanced, plan.fit, plan.slack, must_spread)

@@ -27,7 +27,7 @@ on its own row only, so the engine may cache them and rescore just the changed r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -41,6 +41,9 @@ PACKED = slice(0, 2)
 BALANCE_SLACK = 0.2
 """How far an agent's cpu and mem usage may drift apart (in fractions of the agent)
 while the first fill pass keeps adding copies of one task; measured, see RESULTS.md."""
+EXTRA_SLACKS = (0.1, 0.3)
+"""The balanced fill's other slacks the look-ahead tries on small batches (measured on the
+25% large tasks family: 0.3 wins on most seeds, 0.1 on a few; bench/RESULTS.md)."""
 UNLIMITED_COPIES = 1 << 40
 EXTRA_EFFORT_SIZE = 100_000
 """Up to this many requests x agents, `plan_requests` tries more strategies (a batch of
@@ -114,12 +117,14 @@ def spread_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) ->
     return room
 
 
-def binpack_copy_limits(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> IntArray:
+def binpack_copy_limits(
+    free: FloatArray, capacity: FloatArray, demand: FloatArray, slack: float | None = None
+) -> IntArray:
     """Per agent, how many copies of the task keep its cpu and mem usage balanced.
 
     The largest n >= 1 such that after n copies the agent's used cpu fraction and used
-    mem fraction differ by at most BALANCE_SLACK (or, when the agent is already further
-    apart, the copies pull it back at most that far the other way). A group of
+    mem fraction differ by at most `slack` (default BALANCE_SLACK; or, when the agent is
+    already further apart, the copies pull it back at most that far the other way). A group of
     memory-heavy copies filling an agent to the brim in mem strands its cpus; capping
     the first pass keeps room for complementary tasks. Unlimited where the task is as
     cpu-heavy as it is memory-heavy, or the agent lacks cpus or mem.
@@ -129,7 +134,8 @@ def binpack_copy_limits(free: FloatArray, capacity: FloatArray, demand: FloatArr
     gap = used[:, 0] - used[:, 1]
     drift = step[:, 0] - step[:, 1]
     has_both = (capacity[:, PACKED] > 0).all(axis=1)
-    bound = np.where(drift > 0, BALANCE_SLACK - gap, -BALANCE_SLACK - gap)
+    slack = BALANCE_SLACK if slack is None else slack
+    bound = np.where(drift > 0, slack - gap, -slack - gap)
     moving = has_both & (np.abs(drift) > _EPSILON)
     copies = np.floor(np.divide(bound, drift, out=np.zeros_like(gap), where=moving) + _EPSILON)
     copies = np.clip(copies, 1, UNLIMITED_COPIES)
@@ -223,6 +229,8 @@ class PackingPlan:
     strategy: str
     agents_used: int
     fit: Fit = Fit.BEST
+    slack: float | None = None
+    """The balanced fill's BALANCE_SLACK (None: the default)."""
 
 
 def plan_requests(
@@ -264,17 +272,21 @@ def plan_requests(
         return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
     plans: list[tuple[tuple[int, int], PackingPlan]] = []
     spread = per_agent < counts
-    # The even look-aheads double the cost; small batches (new users') gain most from them.
-    even = spread.any() and len(demands) * len(free) <= EXTRA_EFFORT_SIZE
-    for fit in (Fit.BEST, Fit.EVEN) if even else (Fit.BEST,):
-        for balanced in (True, False):
-            agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced, exclusive)
-            agents.fit = fit
-            first = agents.order(np.flatnonzero(spread))
-            order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
-            name = f"look-ahead, {'balanced' if balanced else 'full'}, {fit} fit"
-            plan = PackingPlan(order.astype(np.intp), balanced, name, 0, fit)
-            plans.append((agents.outcome(), plan))
+    looks: list[tuple[Fit, float | None]] = [(Fit.BEST, BALANCE_SLACK), (Fit.BEST, None)]
+    if len(demands) * len(free) <= EXTRA_EFFORT_SIZE:  # small batches gain most from more
+        if spread.any():
+            looks += [(Fit.EVEN, BALANCE_SLACK), (Fit.EVEN, None)]
+        looks += [(Fit.BEST, slack) for slack in EXTRA_SLACKS]
+    for fit, slack in looks:
+        agents = _LookAhead(
+            free, capacity, demands, counts, per_agent, slack is not None, exclusive
+        )
+        agents.fit, agents.slack = fit, slack
+        first = agents.order(np.flatnonzero(spread))
+        order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
+        fill = "full" if slack is None else f"balanced {slack}"
+        plan = PackingPlan(order.astype(np.intp), slack is not None, "", 0, fit, slack)
+        plans.append((agents.outcome(), replace(plan, strategy=f"look-ahead, {fill}, {fit} fit")))
     dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
     for fit in (Fit.BEST, Fit.FIRST):
         for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
@@ -284,7 +296,7 @@ def plan_requests(
             plan = PackingPlan(order, False, f"{name}, full, {fit} fit", 0, fit)
             plans.append((agents.outcome(), plan))
     (used, _), best = min(plans, key=lambda entry: entry[0])
-    return PackingPlan(best.order, best.balanced, best.strategy, used, best.fit)
+    return replace(best, agents_used=used)
 
 
 class _LookAhead:
@@ -316,6 +328,7 @@ class _LookAhead:
         self.closed = np.zeros(len(free), dtype=np.bool_)
         self.unplaced = 0
         self.fit = Fit.BEST
+        self.slack: float | None = None
 
     def replay(self, order: NDArray[np.intp]) -> None:
         for request in order.tolist():
@@ -388,7 +401,7 @@ class _LookAhead:
             scores = score(self.free[rows], self.capacity[rows], demand)
             rows = rows[np.argsort(-scores, kind="stable")]
         if self.balanced:
-            limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)
+            limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand, self.slack)
         else:
             limits = fit[rows]
         copies = balanced_fill(fit[rows], limits, count)

@@ -204,3 +204,16 @@ def test_the_engine_follows_a_first_fit_plan() -> None:
     plan = place(snapshot, requests, Policy(spread_replicas=False))
     assert plan.placed_count == 5
     assert len({p.agent_id for p in plan.placements}) == 2
+
+
+def test_the_engine_fills_with_the_slack_of_the_plan() -> None:
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=10, mem=10240)) for i in range(4)
+    )
+    requests = [
+        Request("/cpu", 2, Resources(cpus=6, mem=2048)),
+        Request("/mixed", 2, Resources(cpus=4, mem=3072)),
+    ]
+    plan = place(snapshot, requests, Policy(spread_replicas=False))
+    assert plan.placed_count == 4
+    assert len({p.agent_id for p in plan.placements}) == 2

@@ -241,3 +241,16 @@ def test_first_fit_decreasing_is_among_the_plans() -> None:
     plan = scoring.plan_requests(shapes @ np.eye(2, 4), counts, capacity.copy(), capacity)
     assert plan.fit is scoring.Fit.FIRST
     assert plan.agents_used == 2
+
+
+def test_small_batches_also_try_other_balance_slacks() -> None:
+    # Agents of (10, 10): two (6 cpus, 2 mem) and two (4, 3) fit two agents only if no agent
+    # takes both copies of one shape, which a slack of 0.1 keeps and 0.2 does not.
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 4)
+    demands = np.array([[6.0, 2.0], [4.0, 3.0]]) @ np.eye(2, 4)
+    plan = scoring.plan_requests(demands, np.array([2, 2]), capacity.copy(), capacity)
+    assert plan.balanced and plan.slack == 0.1
+    assert plan.agents_used == 2
+    cpu_only = np.array([1.0, 0.0, 0.0, 0.0])  # 0.1 of an agent's cpus apart per copy
+    assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only) == 2).all()
+    assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only, slack=0.1) == 1).all()
