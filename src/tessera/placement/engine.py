@@ -183,19 +183,18 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     plain = original.copy()
     plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
     plain_agents = _agents_in_use(plain)
-    best, best_plan = snapshot.copy(), spread_plan
+    best, best_plan = snapshot, spread_plan
     if capped_first and _agents_in_use(snapshot) > plain_agents:
         trial = original.copy()
         trial_plan = _place(trial, requests, policy, planned_spread=False)
         if _agents_in_use(trial) < _agents_in_use(best) and _places_all_of(trial_plan, plain_plan):
             best, best_plan = trial, trial_plan
-    if _places_all_of(best_plan, plain_plan) and _agents_in_use(best) <= spread_allowance(
-        plain_agents
-    ):
+    kept = _agents_in_use(best) <= spread_allowance(plain_agents)
+    chosen, plan = plain, plain_plan
+    if kept and _places_all_of(best_plan, plain_plan):
         chosen, plan = best, best_plan
-    else:
-        chosen, plan = plain, plain_plan
-    snapshot.__dict__.update(chosen.__dict__)
+    if chosen is not snapshot:
+        snapshot.__dict__.update(chosen.__dict__)
     return plan
 
 
