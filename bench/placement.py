@@ -194,11 +194,7 @@ MODEL_ROW = "tessera binpack in the engine model, all hooks"
 
 
 def run_packing(sizes: Sizes, family: Family) -> PackingReport:
-    """Every policy on `sizes.seeds` workloads of `family`, on 1.5 x LB + 2 agents.
-
-    The engine model (bench/packing_model.py) knows no ports: it runs where no app asks
-    for a fixed one.
-    """
+    """Every policy on `sizes.seeds` workloads of `family`, on 1.5 x LB + 2 agents."""
     rows: dict[str, PackingRow] = {}
     bounds: list[int] = []
     needed: list[int | None] = []
@@ -209,9 +205,7 @@ def run_packing(sizes: Sizes, family: Family) -> PackingReport:
         row.unplaced.append(unplaced)
         row.seconds.append(time.perf_counter() - started)
 
-    workloads = [family.draw(seed) for seed in range(sizes.seeds)]
-    with_model = not any(workload.fixed_port.any() for workload in workloads)
-    for workload in workloads:
+    for workload in (family.draw(seed) for seed in range(sizes.seeds)):
         bound = lower_bound(workload)
         n_agents = math.ceil(1.5 * bound) + 2
         bounds.append(bound)
@@ -232,10 +226,9 @@ def run_packing(sizes: Sizes, family: Family) -> PackingReport:
         started = time.perf_counter()
         used, unplaced = run_engine_packing(workload, n_agents)
         record(ENGINE_ROW, used, unplaced, started)
-        if with_model:
-            started = time.perf_counter()
-            used, unplaced = packing_model.place_groups(workload, n_agents, packing_model.CHOSEN)
-            record(MODEL_ROW, used, unplaced, started)
+        started = time.perf_counter()
+        used, unplaced = packing_model.place_groups(workload, n_agents, packing_model.CHOSEN)
+        record(MODEL_ROW, used, unplaced, started)
     return PackingReport(family.name, bounds, list(rows.values()), needed)
 
 
