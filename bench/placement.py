@@ -542,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = args.seeds or (20 if args.quick else 200)
         print(replica_spread.format_replicas(replica_spread.run_replicas(seeds)), end="\n\n")
     if "master" in parts:
-        rows = placement_live.run_live(sizes.seeds, sizes.apps)
+        chosen = [f for f in families(sizes.apps) if args.family and args.family in f.name]
+        rows = placement_live.run_live(sizes.seeds, sizes.apps, chosen[0] if chosen else None)
         print(placement_live.format_live(rows), end="\n\n", flush=True)
     for shape in SHAPES:
         if shape.split("-")[0] in parts:
