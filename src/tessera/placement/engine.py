@@ -11,11 +11,12 @@ import numpy as np
 from tessera.placement.context import Context
 from tessera.placement.explain import explain
 from tessera.placement.fairness import Sorter, quota_copies
-from tessera.placement.ordering import LevelPlan, plan_level
+from tessera.placement.ordering import LevelPlan, SpreadPlanning, plan_level
 from tessera.placement.pipeline import MIN_SPREAD, Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
 from tessera.placement.request import Policy, Request, Strategy
+from tessera.placement.scoring import EXTRA_EFFORT_SIZE
 from tessera.placement.snapshot import Snapshot
 from tessera.placement.types import EPSILON, IndexArray, IntArray
 
@@ -165,7 +166,9 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     Replica spreading (Policy.spread_replicas) is kept only where it costs (almost) nothing:
     when any request could spread, the plan is also made without it on a copy, and the
     spread plan using the fewest agents is kept unless it places fewer tasks or needs more
-    agents than `spread_allowance` of the plain plan.
+    agents than `spread_allowance` of the plain plan. Spread plans differ in how their
+    look-ahead models the spreading (`SpreadPlanning`); while one needs more agents than
+    the plain plan, the next is tried (the last only on small batches).
     """
     policy = policy or Policy()
     spreading = policy.spread_replicas and policy.strategy is Strategy.BINPACK
@@ -175,18 +178,24 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     original = snapshot.copy()
     # The look-ahead can plan with the spread's per-agent caps (packs best on many small
     # apps) or as if unspread (packs better with hostname constraints, and costs far less
-    # on few requests of many instances): both for small apps, uncapped only for large ones.
+    # on few requests of many instances): both for small apps, uncapped only for large ones;
+    # or with the caps where the fill keeps them (best on some of new users' batches).
     capped_first = sum(r.count for r in requests) <= CAPPED_LOOKAHEAD_MEAN * len(requests)
-    spread_plan = _place(snapshot, requests, policy, planned_spread=capped_first)
+    modes = [SpreadPlanning.CAPS, SpreadPlanning.NONE] if capped_first else [SpreadPlanning.NONE]
+    if len(requests) * int(snapshot.active.sum()) <= EXTRA_EFFORT_SIZE:
+        modes.append(SpreadPlanning.FIRST_FILL)
+    spread_plan = _place(snapshot, requests, policy, modes[0])
     if _agents_in_use(snapshot) == before:
         return spread_plan  # no agent opened: no plan can use fewer
     plain = original.copy()
     plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
     plain_agents = _agents_in_use(plain)
     best, best_plan = snapshot, spread_plan
-    if capped_first and _agents_in_use(snapshot) > plain_agents:
+    for mode in modes[1:]:
+        if _agents_in_use(best) <= plain_agents:
+            break
         trial = original.copy()
-        trial_plan = _place(trial, requests, policy, planned_spread=False)
+        trial_plan = _place(trial, requests, policy, mode)
         if _agents_in_use(trial) < _agents_in_use(best) and _places_all_of(trial_plan, plain_plan):
             best, best_plan = trial, trial_plan
     kept = _agents_in_use(best) <= spread_allowance(plain_agents)
@@ -227,14 +236,17 @@ def _agents_in_use(snapshot: Snapshot) -> int:
 
 
 def _place(
-    snapshot: Snapshot, requests: Sequence[Request], policy: Policy, planned_spread: bool = True
+    snapshot: Snapshot,
+    requests: Sequence[Request],
+    policy: Policy,
+    planned_spread: SpreadPlanning = SpreadPlanning.CAPS,
 ) -> Plan:
     pipeline = build_pipeline(policy)
     plan = _PlanBuilder()
     sorter = Sorter(snapshot.total_capacity(), policy.role_weights)
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
-    spreading = policy.spread_replicas and planned_spread
+    spreading = planned_spread if policy.spread_replicas else SpreadPlanning.NONE
     required = tuple(sorted({port for request in requests for port in request.fixed_ports}))
     for level in _priority_levels([r for r in requests if r.count > 0]):
         level_plan = plan_level(

@@ -7,6 +7,7 @@ of the agents and picks the one using the fewest agents; for spread, largest fir
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -15,6 +16,17 @@ from tessera.placement import scoring
 from tessera.placement.pipeline import spread_level
 from tessera.placement.request import Request, Strategy
 from tessera.placement.snapshot import Snapshot
+
+
+class SpreadPlanning(Enum):
+    """How the look-ahead models replica spreading's per-agent caps (pipeline.spread_caps)."""
+
+    NONE = "none"
+    """Not at all: it plans as if unspread."""
+    CAPS = "caps"
+    """As hard caps per agent (packs best on many small apps)."""
+    FIRST_FILL = "first fill"
+    """As the fill applies them: a first pass within them, then the rest where it fits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +89,9 @@ def plan_level(
     level: list[Request],
     strategy: Strategy,
     lookahead_budget: int,
-    spreading: bool = False,
+    spreading: SpreadPlanning = SpreadPlanning.NONE,
 ) -> LevelPlan:
-    """`spreading`: the look-ahead plans with the per-agent caps that replica spreading
+    """`spreading`: how the look-ahead plans with the per-agent caps that replica spreading
     keeps in the fill (pipeline.spread_caps)."""
     if len(level) == 1:
         return LevelPlan(level, False)
@@ -91,13 +103,15 @@ def plan_level(
         return LevelPlan([level[i] for i in order.tolist()], False)
     active = snapshot.active
     counts = np.array([request.count for request in level], dtype=np.int64)
+    agents = int(active.sum())
+    hard = spreading is SpreadPlanning.CAPS
     per_agent = np.array(
-        [
-            _spread_cap(request, spreading, int(active.sum()), _per_agent_cap(request))
-            for request in level
-        ],
+        [_spread_cap(request, hard, agents, _per_agent_cap(request)) for request in level],
         dtype=np.int64,
     )
+    soft = None
+    if spreading is SpreadPlanning.FIRST_FILL:
+        soft = np.array([_spread_cap(r, True, agents, r.count) for r in level], dtype=np.int64)
     plan = scoring.plan_requests(
         demands,
         counts,
@@ -105,6 +119,7 @@ def plan_level(
         snapshot.total[active],
         per_agent,
         _exclusive(snapshot, level),
+        soft,
     )
     must_spread = frozenset(level[i].key for i in np.flatnonzero(per_agent < counts).tolist())
     ordered = [level[i] for i in plan.order.tolist()]

@@ -240,14 +240,16 @@ def plan_requests(
     capacity: FloatArray,
     max_per_agent: IntArray | None = None,
     exclusive: Exclusive | None = None,
+    soft_per_agent: IntArray | None = None,
 ) -> PackingPlan:
     """Choose the order and the fill for a batch of binpack requests by trying them out.
 
     `demands` holds one task per request, `counts` its number of tasks, `free` and
     `capacity` the rows of the agents that can take work, `max_per_agent` the cap per
-    agent from UNIQUE / MAX_PER on hostname, `exclusive` the required host ports. Each
-    strategy packs a copy of the agents the way the engine fills them (resources, that
-    cap and those ports only; dynamic ports are assumed plentiful); the one that uses the
+    agent from UNIQUE / MAX_PER on hostname, `exclusive` the required host ports and
+    `soft_per_agent` a cap the first fill pass keeps (replica spreading's). Each strategy
+    packs a copy of the agents the way the engine fills them (resources, those caps and
+    ports only; dynamic ports are assumed plentiful); the one that uses the
     fewest agents (then leaves fewest tasks out) wins, earlier strategies on ties:
 
     - look-ahead, balanced fill: the fullest open agent picks the request whose copies
@@ -281,7 +283,7 @@ def plan_requests(
         agents = _LookAhead(
             free, capacity, demands, counts, per_agent, slack is not None, exclusive
         )
-        agents.fit, agents.slack = fit, slack
+        agents.fit, agents.slack, agents.soft = fit, slack, soft_per_agent
         first = agents.order(np.flatnonzero(spread))
         order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
         fill = "full" if slack is None else f"balanced {slack}"
@@ -291,7 +293,7 @@ def plan_requests(
     for fit in (Fit.BEST, Fit.FIRST):
         for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
             agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
-            agents.fit = fit
+            agents.fit, agents.soft = fit, soft_per_agent
             agents.replay(order)
             plan = PackingPlan(order, False, f"{name}, full, {fit} fit", 0, fit)
             plans.append((agents.outcome(), plan))
@@ -329,6 +331,7 @@ class _LookAhead:
         self.unplaced = 0
         self.fit = Fit.BEST
         self.slack: float | None = None
+        self.soft: IntArray | None = None
 
     def replay(self, order: NDArray[np.intp]) -> None:
         for request in order.tolist():
@@ -404,6 +407,8 @@ class _LookAhead:
             limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand, self.slack)
         else:
             limits = fit[rows]
+        if self.soft is not None:
+            limits = np.minimum(limits, self.soft[request])
         copies = balanced_fill(fit[rows], limits, count)
         self.free[rows] -= copies[:, None] * demand
         if taken is not None and len(claims):

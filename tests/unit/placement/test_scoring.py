@@ -254,3 +254,20 @@ def test_small_batches_also_try_other_balance_slacks() -> None:
     cpu_only = np.array([1.0, 0.0, 0.0, 0.0])  # 0.1 of an agent's cpus apart per copy
     assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only) == 2).all()
     assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only, slack=0.1) == 1).all()
+
+
+def test_a_soft_cap_holds_in_the_first_pass_and_the_rest_still_fits() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 2)
+    pair = np.array([[4.0, 4.0, 0.0, 0.0]])
+
+    def outcome(counts: list[int], soft: list[int] | None) -> tuple[int, int]:
+        agents = scoring._LookAhead(
+            capacity.copy(), capacity, pair, np.array(counts), np.array(counts), False
+        )
+        agents.soft = None if soft is None else np.array(soft)
+        agents.replay(np.array([0]))
+        return agents.outcome()
+
+    assert outcome([2], None) == (1, 0)  # both copies on the fullest agent
+    assert outcome([2], [1]) == (2, 0)  # one per agent first
+    assert outcome([4], [1]) == (2, 0)  # then the rest where there is room
