@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tessera.model.resources import Resources
 from tessera.placement import AgentDescription, Policy, Request, Snapshot, place
-from tessera.placement.engine import spread_allowance
+from tessera.placement.engine import SMALL_CLUSTER, spread_allowance
 from tessera.placement.pipeline import MIN_SPREAD, spread_level
 
 
@@ -66,7 +66,8 @@ def test_spreading_costs_at_most_its_tolerance(counts: list[int], seed: int) -> 
     assert spread <= spread_allowance(plain)
 
 
-def test_spreading_may_cost_two_agents_or_one_percent() -> None:
+def test_spreading_may_cost_two_agents_on_small_clusters_else_one_percent() -> None:
     assert spread_allowance(1) == MIN_SPREAD  # three instances on three agents
-    assert spread_allowance(40) == 40 + MIN_SPREAD - 1
+    assert spread_allowance(SMALL_CLUSTER) == SMALL_CLUSTER + MIN_SPREAD - 1
+    assert spread_allowance(40) == 40  # below 100 agents 1% is no agent at all
     assert spread_allowance(500) == 505
