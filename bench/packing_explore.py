@@ -171,7 +171,13 @@ def _reference(order: str, scorer: ref.Scorer) -> Variant:
             else ref.decreasing_dominant_share(workload.demands, workload.machine)
         )
         return ref.place_task_at_a_time(
-            capacity, workload.demands, workload.instances, workload.unique, apps, scorer
+            capacity,
+            workload.demands,
+            workload.instances,
+            workload.unique,
+            apps,
+            scorer,
+            workload.fixed_port,
         ).agents_used
 
     return run

@@ -168,7 +168,7 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     spread plan using the fewest agents is kept unless it places fewer tasks or needs more
     agents than `spread_allowance` of the plain plan. Spread plans differ in how their
     look-ahead models the spreading (`SpreadPlanning`); while one needs more agents than
-    the plain plan, the next is tried (the last only on small batches).
+    the plain plan, the next is tried (the last only on small batches of small apps).
     """
     policy = policy or Policy()
     spreading = policy.spread_replicas and policy.strategy is Strategy.BINPACK
@@ -182,7 +182,7 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     # or with the caps where the fill keeps them (best on some of new users' batches).
     capped_first = sum(r.count for r in requests) <= CAPPED_LOOKAHEAD_MEAN * len(requests)
     modes = [SpreadPlanning.CAPS, SpreadPlanning.NONE] if capped_first else [SpreadPlanning.NONE]
-    if len(requests) * int(snapshot.active.sum()) <= EXTRA_EFFORT_SIZE:
+    if capped_first and len(requests) * int(snapshot.active.sum()) <= EXTRA_EFFORT_SIZE:
         modes.append(SpreadPlanning.FIRST_FILL)
     spread_plan = _place(snapshot, requests, policy, modes[0])
     if _agents_in_use(snapshot) == before:
