@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.placement --quick    # small sizes, seconds (the smoke test)
     .venv/bin/python -m bench.placement --parts packing --seeds 10
 
-Parts: `packing` (agents used versus the lower bound, with and without UNIQUE),
+Parts: `packing` (agents used versus the lower bound, per workload family:
+bench/packing_workload.py `families`; `--family TEXT` picks those whose name holds TEXT),
 `master` (the same workloads as Marathon apps through a running master with simulated
 agents, against `tessera simulate`: bench/placement_live.py; not in the default parts),
 `replicas` (what replica spreading costs in agents on small clusters: bench/replica_spread.py),
@@ -31,9 +32,9 @@ import numpy as np
 
 from bench import packing_model, placement_live, replica_spread
 from bench import reference_policies as ref
-from bench.packing_workload import PackingWorkload, generate, lower_bound
+from bench.packing_workload import Family, PackingWorkload, families, generate, lower_bound
 from tessera.model.constraints import Constraint, Operator
-from tessera.model.resources import Resources
+from tessera.model.resources import PortRange, Resources
 from tessera.placement import AgentDescription, Policy, Request, Snapshot, Strategy, place
 
 NOMAD_C1M_PER_SECOND = 3750.0
@@ -100,7 +101,7 @@ class PackingRow:
 
 @dataclass
 class PackingReport:
-    unique_fraction: float
+    family: str
     lower_bounds: list[int]
     rows: list[PackingRow]
     least_allocated_needed: list[int | None]
@@ -108,7 +109,8 @@ class PackingReport:
 
 def _engine_agents(n_agents: int, machine: np.ndarray) -> list[AgentDescription]:
     cpus, mem, disk, gpus = (float(x) for x in machine)
-    resources = Resources(cpus=cpus, mem=mem, disk=disk, gpus=int(gpus))
+    ports = (PortRange(31000, 32000),)
+    resources = Resources(cpus=cpus, mem=mem, disk=disk, gpus=int(gpus), ports=ports)
     return [AgentDescription(f"a{i}", f"h{i}", resources) for i in range(n_agents)]
 
 
@@ -117,11 +119,15 @@ def _engine_requests(workload: PackingWorkload) -> list[Request]:
     requests = []
     for app, (demand, count) in enumerate(zip(workload.demands, workload.instances, strict=True)):
         cpus, mem, disk, _ = (float(x) for x in demand)
+        fixed = int(workload.fixed_port[app])
+        dynamic = int(workload.host_ports[app]) - (1 if fixed else 0)
         requests.append(
             Request(
                 f"/app{app}",
                 int(count),
                 Resources(cpus=cpus, mem=mem, disk=disk),
+                ports=((fixed,) if fixed else ()) + (0,) * dynamic,
+                require_ports=bool(fixed),
                 constraints=unique if workload.unique[app] else (),
             )
         )
@@ -153,6 +159,7 @@ def _least_allocated_needed(workload: PackingWorkload, lower: int, upper: int) -
             workload.unique,
             arrival,
             ref.k8s_least_allocated,
+            workload.fixed_port,
         )
         return result.unplaced == 0
 
@@ -186,7 +193,8 @@ ENGINE_ROW = "tessera engine (place(), binpack)"
 MODEL_ROW = "tessera binpack in the engine model, all hooks"
 
 
-def run_packing(sizes: Sizes, unique_fraction: float) -> PackingReport:
+def run_packing(sizes: Sizes, family: Family) -> PackingReport:
+    """Every policy on `sizes.seeds` workloads of `family`, on 1.5 x LB + 2 agents."""
     rows: dict[str, PackingRow] = {}
     bounds: list[int] = []
     needed: list[int | None] = []
@@ -197,8 +205,7 @@ def run_packing(sizes: Sizes, unique_fraction: float) -> PackingReport:
         row.unplaced.append(unplaced)
         row.seconds.append(time.perf_counter() - started)
 
-    for seed in range(sizes.seeds):
-        workload = generate(seed, sizes.apps, unique_fraction)
+    for workload in (family.draw(seed) for seed in range(sizes.seeds)):
         bound = lower_bound(workload)
         n_agents = math.ceil(1.5 * bound) + 2
         bounds.append(bound)
@@ -206,7 +213,13 @@ def run_packing(sizes: Sizes, unique_fraction: float) -> PackingReport:
         for name, order, scorer in _reference_runs(workload):
             started = time.perf_counter()
             result = ref.place_task_at_a_time(
-                capacity, workload.demands, workload.instances, workload.unique, order, scorer
+                capacity,
+                workload.demands,
+                workload.instances,
+                workload.unique,
+                order,
+                scorer,
+                workload.fixed_port,
             )
             record(name, result.agents_used, result.unplaced, started)
         needed.append(_least_allocated_needed(workload, bound, n_agents))
@@ -216,24 +229,17 @@ def run_packing(sizes: Sizes, unique_fraction: float) -> PackingReport:
         started = time.perf_counter()
         used, unplaced = packing_model.place_groups(workload, n_agents, packing_model.CHOSEN)
         record(MODEL_ROW, used, unplaced, started)
-    return PackingReport(unique_fraction, bounds, list(rows.values()), needed)
+    return PackingReport(family.name, bounds, list(rows.values()), needed)
 
 
 def format_packing(report: PackingReport) -> str:
     bounds = np.array(report.lower_bounds)
-    title = (
-        f"UNIQUE hostname on {report.unique_fraction:.0%} of the multi-instance apps"
-        if report.unique_fraction
-        else "no constraints"
-    )
     lines = [
-        f"Packing, {title}: {len(bounds)} seeds, lower bounds {bounds.tolist()}",
+        f"Packing, {report.family}: {len(bounds)} seeds, lower bounds {bounds.tolist()}",
         "",
         "| policy | mean over LB | worst over LB | agents per seed | unplaced | s/seed |",
         "|---|---:|---:|---|---:|---:|",
     ]
-    engine = np.array(next(r.agents for r in report.rows if r.policy == ENGINE_ROW))
-    model = np.array(next(r.agents for r in report.rows if r.policy == MODEL_ROW))
     for row in report.rows:
         agents = np.array(row.agents)
         gap = (agents - bounds) / bounds * 100
@@ -257,13 +263,14 @@ def format_packing(report: PackingReport) -> str:
         "k8s-least-allocated spreads over every agent it is given (1.5 x LB + 2); the "
         f"smallest cluster it places everything on: [{', '.join(shown)}] ({mean}).",
     ]
-    for name, agents in (("engine", engine), ("model", model)):
+    ours = [row for row in report.rows if row.policy in (ENGINE_ROW, MODEL_ROW)]
+    for row in ours:
+        agents = np.array(row.agents)
         beaten = [
-            r.policy
-            for r in report.rows
-            if r.policy not in (ENGINE_ROW, MODEL_ROW) and (agents > np.array(r.agents)).any()
+            r.policy for r in report.rows if r not in ours and (agents > np.array(r.agents)).any()
         ]
         verdict = "never more agents than any reference" if not beaten else f"loses to {beaten}"
+        name = "engine" if row.policy == ENGINE_ROW else "model"
         lines.append(f"- tessera {name}: {verdict}, on every seed.")
     return "\n".join(lines)
 
@@ -513,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="throughput repetitions (default 3)")
     parser.add_argument("--in-process", action="store_true", help="no worker processes")
     parser.add_argument("--apps", type=int, help="apps per workload (default 900, quick 40)")
+    parser.add_argument("--family", help="packing: only families whose name holds this")
     parser.add_argument("--worker", choices=sorted(SHAPES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -523,8 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = Sizes(**{**asdict(sizes), **{k: v for k, v in overrides.items() if v}})
     parts = args.parts.split(",")
     if "packing" in parts:
-        for fraction in (0.0, UNIQUE_FRACTION):
-            print(format_packing(run_packing(sizes, fraction)), end="\n\n", flush=True)
+        for family in families(sizes.apps, UNIQUE_FRACTION, small=args.quick):
+            if args.family and args.family not in family.name:
+                continue
+            print(format_packing(run_packing(sizes, family)), end="\n\n", flush=True)
     if "spread" in parts:
         for fraction in (0.0, UNIQUE_FRACTION):
             print(format_spread(run_spread(sizes, fraction)), end="\n\n", flush=True)
@@ -532,7 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = args.seeds or (20 if args.quick else 200)
         print(replica_spread.format_replicas(replica_spread.run_replicas(seeds)), end="\n\n")
     if "master" in parts:
-        rows = placement_live.run_live(sizes.seeds, sizes.apps)
+        chosen = [f for f in families(sizes.apps) if args.family and args.family in f.name]
+        rows = placement_live.run_live(sizes.seeds, sizes.apps, chosen[0] if chosen else None)
         print(placement_live.format_live(rows), end="\n\n", flush=True)
     for shape in SHAPES:
         if shape.split("-")[0] in parts:

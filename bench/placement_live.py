@@ -3,7 +3,7 @@ Marathon apps to a real master (a `tessera master` process, HTTPS and auth on) w
 agents on the real agent protocol (`tessera.testing.sim_agent`), against `tessera simulate`
 (a subprocess) on the same cluster and workload files, in the same run.
 
-    .venv/bin/python -m bench.placement --parts master [--seeds 3] [--apps 300]
+    .venv/bin/python -m bench.placement --parts master [--seeds 3] [--apps 300] [--family TEXT]
 
 For each seed: the lower bound, the agents `tessera simulate` uses, and the agents the live
 master uses when the whole workload arrives at once (one `POST /v2/groups`: a batch) and when
@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.packing_workload import PackingWorkload, generate, lower_bound
+from bench.packing_workload import Family, PackingWorkload, generate, lower_bound
 from tessera.testing.cluster import Cluster
 from tessera.testing.sim_agent import SimAgent, fleet
 
@@ -52,6 +52,8 @@ def marathon_apps(workload: PackingWorkload) -> list[dict[str, Any]]:
     apps = []
     for index, (demand, count) in enumerate(zip(workload.demands, workload.instances, strict=True)):
         cpus, mem, disk, _ = (float(x) for x in demand)
+        fixed = int(workload.fixed_port[index])
+        ports = ([fixed] if fixed else []) + [0] * (int(workload.host_ports[index]) - bool(fixed))
         app: dict[str, Any] = {
             "id": f"/bench/app{index:04d}",
             "cmd": SLEEP,
@@ -59,8 +61,10 @@ def marathon_apps(workload: PackingWorkload) -> list[dict[str, Any]]:
             "cpus": cpus,
             "mem": mem,
             "disk": disk,
-            "portDefinitions": [],
+            "portDefinitions": [{"port": port} for port in ports],
         }
+        if fixed:
+            app["requirePorts"] = True
         if workload.unique[index]:
             app["constraints"] = [["hostname", "UNIQUE"]]
         apps.append(app)
@@ -162,10 +166,11 @@ def _post(http: httpx.Client, path: str, body: Any) -> None:
         raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:300]}")
 
 
-def run_live(seeds: int, n_apps: int) -> list[LiveRow]:
+def run_live(seeds: int, n_apps: int, family: Family | None = None) -> list[LiveRow]:
+    """`family` (bench/packing_workload.py): its workloads instead of `generate`'s."""
     rows = []
     for seed in range(seeds):
-        workload = generate(seed, n_apps)
+        workload = family.draw(seed) if family else generate(seed, n_apps)
         bound = lower_bound(workload)
         n_agents = math.ceil(1.3 * bound) + 2
         with tempfile.TemporaryDirectory(prefix="tessera-simulate-") as directory:

@@ -111,16 +111,24 @@ def place_task_at_a_time(
     unique: NDArray[np.bool_],
     order: NDArray[np.intp],
     scorer: Scorer,
+    fixed_port: NDArray[np.int64] | None = None,
 ) -> TaskAtATimeResult:
     """Place every task of every app, app by app in `order`, one task at a time.
 
-    `unique[i]` keeps app i to at most one task per agent (Marathon `UNIQUE hostname`).
+    `unique[i]` keeps app i to at most one task per agent (Marathon `UNIQUE hostname`);
+    `fixed_port[i]` > 0 is a host port every task of app i requires, which one agent can
+    give to one task only (dynamic ports are never short here: agents offer 1,001).
     """
     free = capacity.copy()
     unplaced = 0
+    port_taken: dict[int, NDArray[np.bool_]] = {}
     for app in order:
         demand = demands[app]
+        port = 0 if fixed_port is None else int(fixed_port[app])
         allowed = np.ones(free.shape[0], dtype=bool)
+        if port:
+            allowed = port_taken.setdefault(port, np.zeros(free.shape[0], dtype=bool))
+            allowed = ~allowed
         for _ in range(int(instances[app])):
             fits = allowed & np.all(free >= demand - 1e-9, axis=1)
             candidates = np.flatnonzero(fits)
@@ -130,8 +138,10 @@ def place_task_at_a_time(
             scores = scorer(free[candidates], capacity[candidates], demand)
             agent = candidates[int(np.argmax(scores))]
             free[agent] -= demand
-            if unique[app]:
+            if unique[app] or port:
                 allowed[agent] = False
+            if port:
+                port_taken[port][agent] = True
     used = int(np.any(free < capacity, axis=1).sum())
     return TaskAtATimeResult(used, unplaced, free)
 

@@ -11,11 +11,12 @@ import numpy as np
 from tessera.placement.context import Context
 from tessera.placement.explain import explain
 from tessera.placement.fairness import Sorter, quota_copies
-from tessera.placement.ordering import plan_level
+from tessera.placement.ordering import LevelPlan, SpreadPlanning, plan_level
 from tessera.placement.pipeline import MIN_SPREAD, Pipeline, build_pipeline, choose, evaluate
 from tessera.placement.plan import Eviction, Placement, Plan, Unplaced
 from tessera.placement.preemption import find_room
 from tessera.placement.request import Policy, Request, Strategy
+from tessera.placement.scoring import EXTRA_EFFORT_SIZE
 from tessera.placement.snapshot import Snapshot
 from tessera.placement.types import EPSILON, IndexArray, IntArray
 
@@ -40,7 +41,9 @@ def _commit(ctx: Context, rows: IndexArray, copies: IntArray, plan: _PlanBuilder
         agent_id = snapshot.agent_ids[row]
         if request.ports:
             for _ in range(count):
-                dynamic = snapshot.ports.take(row, request.fixed_ports, request.dynamic_ports)
+                dynamic = snapshot.ports.take(
+                    row, request.fixed_ports, request.dynamic_ports, ctx.required_ports
+                )
                 ports = _in_definition_order(request, dynamic)
                 plan.placements.append(Placement(request.key, instance, agent_id, ports))
                 instance += 1
@@ -94,7 +97,8 @@ def _serve(
     policy: Policy,
     plan: _PlanBuilder,
     sorter: Sorter,
-    balanced: bool,
+    level: LevelPlan,
+    required_ports: tuple[int, ...] = (),
 ) -> int:
     """Place one request as far as it goes; returns how many tasks were placed."""
     demand = request.demand()
@@ -102,7 +106,16 @@ def _serve(
         request.count,
         quota_copies(policy.quota(request.role), snapshot.allocated(request.role), demand),
     )
-    ctx = Context(snapshot, request, demand, allowed, balanced=balanced)
+    ctx = Context(
+        snapshot,
+        request,
+        demand,
+        allowed,
+        balanced=level.balanced,
+        fit=level.fit_for(request.key),
+        slack=level.slack,
+        required_ports=required_ports,
+    )
     while ctx.remaining > 0:
         rows, copies = choose(pipeline, ctx, evaluate(pipeline, ctx))
         if len(rows) == 0:
@@ -151,10 +164,11 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     (`scoring.plan_requests` for binpack, largest first for spread).
 
     Replica spreading (Policy.spread_replicas) is kept only where it costs (almost) nothing:
-    when any request could spread, the plan is also made without it on a copy, and a spread
-    plan is kept unless it places fewer tasks or needs more agents than the plain plan plus
-    SPREAD_TOLERANCE of them or MIN_SPREAD - 1 (so that a small service on a small cluster
-    still spreads), whichever is more.
+    when any request could spread, the plan is also made without it on a copy, and the
+    spread plan using the fewest agents is kept unless it places fewer tasks or needs more
+    agents than `spread_allowance` of the plain plan. Spread plans differ in how their
+    look-ahead models the spreading (`SpreadPlanning`); while one needs more agents than
+    the plain plan, the next is tried (the last only on small batches of small apps).
     """
     policy = policy or Policy()
     spreading = policy.spread_replicas and policy.strategy is Strategy.BINPACK
@@ -164,32 +178,51 @@ def place(snapshot: Snapshot, requests: Sequence[Request], policy: Policy | None
     original = snapshot.copy()
     # The look-ahead can plan with the spread's per-agent caps (packs best on many small
     # apps) or as if unspread (packs better with hostname constraints, and costs far less
-    # on few requests of many instances): capped first for small apps, then uncapped;
-    # uncapped only for large ones.
+    # on few requests of many instances): both for small apps, uncapped only for large ones;
+    # or with the caps where the fill keeps them (best on some of new users' batches).
     capped_first = sum(r.count for r in requests) <= CAPPED_LOOKAHEAD_MEAN * len(requests)
-    spread_plan = _place(snapshot, requests, policy, planned_spread=capped_first)
+    modes = [SpreadPlanning.CAPS, SpreadPlanning.NONE] if capped_first else [SpreadPlanning.NONE]
+    if capped_first and len(requests) * int(snapshot.active.sum()) <= EXTRA_EFFORT_SIZE:
+        modes.append(SpreadPlanning.FIRST_FILL)
+    spread_plan = _place(snapshot, requests, policy, modes[0])
     if _agents_in_use(snapshot) == before:
         return spread_plan  # no agent opened: no plan can use fewer
     plain = original.copy()
     plain_plan = _place(plain, requests, replace(policy, spread_replicas=False))
     plain_agents = _agents_in_use(plain)
-    allowed = plain_agents + max(int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD - 1)
-    if _fits(spread_plan, snapshot, plain_plan, allowed):
-        return spread_plan
-    if capped_first:
+    best, best_plan = snapshot, spread_plan
+    for mode in modes[1:]:
+        if _agents_in_use(best) <= plain_agents:
+            break
         trial = original.copy()
-        trial_plan = _place(trial, requests, policy, planned_spread=False)
-        if _fits(trial_plan, trial, plain_plan, allowed):
-            snapshot.__dict__.update(trial.__dict__)
-            return trial_plan
-    snapshot.__dict__.update(plain.__dict__)
-    return plain_plan
+        trial_plan = _place(trial, requests, policy, mode)
+        if _agents_in_use(trial) < _agents_in_use(best) and _places_all_of(trial_plan, plain_plan):
+            best, best_plan = trial, trial_plan
+    kept = _agents_in_use(best) <= spread_allowance(plain_agents)
+    chosen, plan = plain, plain_plan
+    if kept and _places_all_of(best_plan, plain_plan):
+        chosen, plan = best, best_plan
+    if chosen is not snapshot:
+        snapshot.__dict__.update(chosen.__dict__)
+    return plan
 
 
-def _fits(plan: Plan, snapshot: Snapshot, plain: Plan, allowed: int) -> bool:
-    return plan.placed_count >= plain.placed_count and _agents_in_use(snapshot) <= allowed
+def spread_allowance(plain_agents: int) -> int:
+    """The most agents a spread plan may use when the plain plan uses `plain_agents`: that
+    plus SPREAD_TOLERANCE of them, or up to SMALL_CLUSTER agents MIN_SPREAD - 1 more (so
+    that a small service on a small cluster still spreads). Above SMALL_CLUSTER two more
+    agents would be 2-8% on new users' batches of 25-75 agents, where spreading then yields
+    for 1-3% of the apps (bench/RESULTS.md)."""
+    small = plain_agents <= SMALL_CLUSTER
+    return plain_agents + max(int(plain_agents * SPREAD_TOLERANCE), MIN_SPREAD - 1 if small else 0)
 
 
+def _places_all_of(plan: Plan, plain: Plan) -> bool:
+    return plan.placed_count >= plain.placed_count
+
+
+SMALL_CLUSTER = 12
+"""Up to this many agents in use, spreading may cost MIN_SPREAD - 1 agents."""
 SPREAD_TOLERANCE = 0.01
 """The share of agents in use that replica spreading may add to a plan."""
 CAPPED_LOOKAHEAD_MEAN = 32
@@ -206,14 +239,18 @@ def _agents_in_use(snapshot: Snapshot) -> int:
 
 
 def _place(
-    snapshot: Snapshot, requests: Sequence[Request], policy: Policy, planned_spread: bool = True
+    snapshot: Snapshot,
+    requests: Sequence[Request],
+    policy: Policy,
+    planned_spread: SpreadPlanning = SpreadPlanning.CAPS,
 ) -> Plan:
     pipeline = build_pipeline(policy)
     plan = _PlanBuilder()
     sorter = Sorter(snapshot.total_capacity(), policy.role_weights)
     for role in sorted({request.role for request in requests}):
         sorter.add(role, snapshot.allocated(role).copy())
-    spreading = policy.spread_replicas and planned_spread
+    spreading = planned_spread if policy.spread_replicas else SpreadPlanning.NONE
+    required = tuple(sorted({port for request in requests for port in request.fixed_ports}))
     for level in _priority_levels([r for r in requests if r.count > 0]):
         level_plan = plan_level(
             snapshot, level, policy.strategy, policy.lookahead_budget, spreading
@@ -224,7 +261,7 @@ def _place(
             # weighted dominant shares level), not request by request: one role's large app
             # must not take the room another role's fair share is owed.
             chunk = _fair_chunk(request, queues, sorter)
-            placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan.balanced)
+            placed = _serve(pipeline, snapshot, chunk, policy, plan, sorter, level_plan, required)
             sorter.allocated(request.role, request.demand() * placed)
             rest = request.count - chunk.count
             if rest <= 0:
@@ -236,7 +273,14 @@ def _place(
                 queues.setdefault(request.role, deque()).appendleft(rest_request)
             else:  # nothing more of it fits: the rest is unplaced, with its reasons
                 placed = _serve(
-                    pipeline, snapshot, rest_request, policy, plan, sorter, level_plan.balanced
+                    pipeline,
+                    snapshot,
+                    rest_request,
+                    policy,
+                    plan,
+                    sorter,
+                    level_plan,
+                    required,
                 )
                 sorter.allocated(request.role, request.demand() * placed)
     return plan.build()

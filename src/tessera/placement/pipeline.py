@@ -111,7 +111,9 @@ def score(pipeline: Pipeline, ctx: Context, rows: IndexArray) -> FloatArray:
 
 def _soft_caps(ctx: Context, rows: IndexArray) -> IntArray:
     snapshot = ctx.snapshot
-    return scoring.binpack_copy_limits(snapshot.free[rows], snapshot.total[rows], ctx.demand)
+    return scoring.binpack_copy_limits(
+        snapshot.free[rows], snapshot.total[rows], ctx.demand, ctx.slack
+    )
 
 
 def spread_caps(ctx: Context, ordered: IndexArray) -> tuple[IntArray | None, Limits]:

@@ -54,10 +54,26 @@ class PortTable:
             return np.zeros(self.free.shape[0], dtype=np.bool_)
         return np.asarray(self.free[:, columns].all(axis=1), dtype=np.bool_)
 
-    def take(self, row: int, fixed: Sequence[int], dynamic: int) -> list[int]:
-        """Reserve `fixed` ports and the `dynamic` lowest free ones on agent `row`."""
+    def take(
+        self, row: int, fixed: Sequence[int], dynamic: int, avoid: Sequence[int] = ()
+    ) -> list[int]:
+        """Reserve `fixed` ports and the `dynamic` lowest free ones on agent `row`.
+
+        Dynamic ports come from outside `avoid` (ports other tasks will require) while any
+        are free there: drawn lowest first, they would otherwise take the low ports users
+        often pin and turn an agent away from a task that requires one.
+        """
         self._mark(row, fixed, False)
-        chosen = [int(c) + self.base for c in np.flatnonzero(self.free[row])[:dynamic]]
+        free = self.free[row]
+        if avoid and dynamic:
+            avoided = np.zeros(len(free), dtype=np.bool_)
+            avoided[self._columns(avoid)] = True
+            columns = np.flatnonzero(free & ~avoided)[:dynamic]
+            if len(columns) < dynamic:
+                columns = np.concatenate([columns, np.flatnonzero(free & avoided)])
+        else:
+            columns = np.flatnonzero(free)
+        chosen = [int(c) + self.base for c in columns[:dynamic]]
         if len(chosen) < dynamic:
             raise ValueError(f"agent row {row} has only {len(chosen)} free ports")
         self._mark(row, chosen, False)

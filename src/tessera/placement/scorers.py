@@ -70,9 +70,24 @@ class PackingScorer:
         return entry.values[rows]
 
 
-def binpack_scorer() -> PackingScorer:
-    """Fill agents up so that whole agents stay free for large tasks."""
-    return PackingScorer("binpack", scoring.binpack_scores)
+class BinpackScorer:
+    """Fill agents up so that whole agents stay free for large tasks, the way the plan of
+    the level chose (`Context.fit`): best fit, evenly for groups that must spread, or the
+    lowest agent first."""
+
+    def __init__(self) -> None:
+        self.best = PackingScorer("binpack", scoring.binpack_scores)
+        self.even = PackingScorer("even", scoring.even_scores)
+
+    def scores(self, ctx: Context, rows: IndexArray) -> FloatArray | None:
+        if ctx.fit is scoring.Fit.FIRST:
+            first: FloatArray = 1.0 - rows / max(1, ctx.snapshot.n_agents)
+            return first
+        return (self.even if ctx.fit is scoring.Fit.EVEN else self.best).scores(ctx, rows)
+
+
+def binpack_scorer() -> BinpackScorer:
+    return BinpackScorer()
 
 
 def spread_scorer() -> PackingScorer:

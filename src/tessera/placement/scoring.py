@@ -27,7 +27,8 @@ on its own row only, so the engine may cache them and rescore just the changed r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,7 +41,14 @@ PACKED = slice(0, 2)
 BALANCE_SLACK = 0.2
 """How far an agent's cpu and mem usage may drift apart (in fractions of the agent)
 while the first fill pass keeps adding copies of one task; measured, see RESULTS.md."""
+EXTRA_SLACKS = (0.1, 0.3)
+"""The balanced fill's other slacks the look-ahead tries on small batches (measured on the
+25% large tasks family: 0.3 wins on most seeds, 0.1 on a few; bench/RESULTS.md)."""
 UNLIMITED_COPIES = 1 << 40
+EXTRA_EFFORT_SIZE = 100_000
+"""Up to this many requests x agents, `plan_requests` tries more strategies (and `place()`
+a third spread plan): measured, new users' batches of 100-200 apps on 25-75 agents take
+0.63 s (median; 1.5 s at most) instead of 0.24 s; 900 apps on 260 agents stay at 2 s."""
 _EPSILON = 1e-9
 
 
@@ -83,6 +91,21 @@ def binpack_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -
     return mean
 
 
+def even_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
+    """For a group that must spread (UNIQUE, a required port): agents already in use first,
+    the emptiest of them first; empty agents last.
+
+    Best fit would stack every such group on the same fullest agents, which then fill up
+    with one-per-agent tasks while the others stay half empty, until a later group finds
+    too few agents with room and opens new ones. Spreading them evenly over the agents in
+    use keeps room for the next group on every agent. In 0..1 (in use: 0.5 and above).
+    """
+    used = _used_after(free, capacity, np.zeros_like(demand)).max(axis=1)
+    in_use = (free[:, PACKED] < capacity[:, PACKED] - _EPSILON).any(axis=1)
+    even: FloatArray = np.where(in_use, 1.0 - 0.5 * used, 0.0)
+    return even
+
+
 def spread_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> FloatArray:
     """Least allocated by the dominant resource: the lower an agent's fuller resource
     after the task, the higher.
@@ -95,12 +118,14 @@ def spread_scores(free: FloatArray, capacity: FloatArray, demand: FloatArray) ->
     return room
 
 
-def binpack_copy_limits(free: FloatArray, capacity: FloatArray, demand: FloatArray) -> IntArray:
+def binpack_copy_limits(
+    free: FloatArray, capacity: FloatArray, demand: FloatArray, slack: float | None = None
+) -> IntArray:
     """Per agent, how many copies of the task keep its cpu and mem usage balanced.
 
     The largest n >= 1 such that after n copies the agent's used cpu fraction and used
-    mem fraction differ by at most BALANCE_SLACK (or, when the agent is already further
-    apart, the copies pull it back at most that far the other way). A group of
+    mem fraction differ by at most `slack` (default BALANCE_SLACK; or, when the agent is
+    already further apart, the copies pull it back at most that far the other way). A group of
     memory-heavy copies filling an agent to the brim in mem strands its cpus; capping
     the first pass keeps room for complementary tasks. Unlimited where the task is as
     cpu-heavy as it is memory-heavy, or the agent lacks cpus or mem.
@@ -110,7 +135,8 @@ def binpack_copy_limits(free: FloatArray, capacity: FloatArray, demand: FloatArr
     gap = used[:, 0] - used[:, 1]
     drift = step[:, 0] - step[:, 1]
     has_both = (capacity[:, PACKED] > 0).all(axis=1)
-    bound = np.where(drift > 0, BALANCE_SLACK - gap, -BALANCE_SLACK - gap)
+    slack = BALANCE_SLACK if slack is None else slack
+    bound = np.where(drift > 0, slack - gap, -slack - gap)
     moving = has_both & (np.abs(drift) > _EPSILON)
     copies = np.floor(np.divide(bound, drift, out=np.zeros_like(gap), where=moving) + _EPSILON)
     copies = np.clip(copies, 1, UNLIMITED_COPIES)
@@ -166,18 +192,46 @@ def order_requests(demands: FloatArray, total_capacity: FloatArray) -> NDArray[n
     return _largest_first(demands, total_capacity)
 
 
+class Fit(StrEnum):
+    """Which agents a binpack group fills first."""
+
+    BEST = "best"
+    """The fullest after the task (`binpack_scores`)."""
+    EVEN = "even"
+    """Groups that must spread: the emptiest agents in use (`even_scores`); others best."""
+    FIRST = "first"
+    """The lowest agent that fits (with a largest-first order: first-fit decreasing)."""
+
+
+@dataclass(frozen=True)
+class Exclusive:
+    """Things one agent gives to one task only, such as a required host port.
+
+    `claims[i]` lists the keys request i's every task holds; `taken[agent, key]` says the
+    agent cannot give the key (already held, or never offered). Two tasks claiming one key
+    never share an agent, whichever requests they belong to.
+    """
+
+    claims: tuple[NDArray[np.intp], ...]
+    taken: NDArray[np.bool_]
+
+
 @dataclass(frozen=True)
 class PackingPlan:
     """How to place a batch of requests: their order, and whether the fill is balanced.
 
     `balanced`: fill with `binpack_copy_limits` as the first-pass cap (else each agent
-    as full as it goes). `agents_used` and `strategy` describe the winning look-ahead.
+    as full as it goes). `fit`: which agents each group fills first. `agents_used` and
+    `strategy` describe the winning look-ahead.
     """
 
     order: NDArray[np.intp]
     balanced: bool
     strategy: str
     agents_used: int
+    fit: Fit = Fit.BEST
+    slack: float | None = None
+    """The balanced fill's BALANCE_SLACK (None: the default)."""
 
 
 def plan_requests(
@@ -186,13 +240,17 @@ def plan_requests(
     free: FloatArray,
     capacity: FloatArray,
     max_per_agent: IntArray | None = None,
+    exclusive: Exclusive | None = None,
+    soft_per_agent: IntArray | None = None,
 ) -> PackingPlan:
     """Choose the order and the fill for a batch of binpack requests by trying them out.
 
     `demands` holds one task per request, `counts` its number of tasks, `free` and
     `capacity` the rows of the agents that can take work, `max_per_agent` the cap per
-    agent from UNIQUE / MAX_PER on hostname. Each strategy packs a copy of the agents
-    the way the engine fills them (resources and that cap only); the one that uses the
+    agent from UNIQUE / MAX_PER on hostname, `exclusive` the required host ports and
+    `soft_per_agent` a cap the first fill pass keeps (replica spreading's). Each strategy
+    packs a copy of the agents the way the engine fills them (resources, those caps and
+    ports only; dynamic ports are assumed plentiful); the one that uses the
     fewest agents (then leaves fewest tasks out) wins, earlier strategies on ties:
 
     - look-ahead, balanced fill: the fullest open agent picks the request whose copies
@@ -200,7 +258,10 @@ def plan_requests(
       group); requests that must spread over several agents go first;
     - the same look-ahead with each agent filled as full as it goes;
     - largest first (by the sum of shares, then by the dominant share), each agent
-      filled as full as it goes: first-fit decreasing for groups.
+      filled as full as it goes, best fit and first fit (first-fit decreasing for groups);
+    - when some request must spread (fewer copies per agent than it has) and the batch
+      is small (requests x agents <= EXTRA_EFFORT_SIZE), the two look-aheads again with
+      those requests placed evenly (`Fit.EVEN`).
 
     The balanced fill wins on large mixed batches, where complementary tasks fill the
     room it leaves; the plain ones win on small batches of big tasks.
@@ -213,20 +274,32 @@ def plan_requests(
     if (demands == demands[0]).all() and (per_agent == counts).all():
         return PackingPlan(largest, False, "interchangeable", 0)  # any order packs the same
     plans: list[tuple[tuple[int, int], PackingPlan]] = []
-    for balanced in (True, False):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, balanced)
-        spread = per_agent < counts
+    spread = per_agent < counts
+    looks: list[tuple[Fit, float | None]] = [(Fit.BEST, BALANCE_SLACK), (Fit.BEST, None)]
+    if len(demands) * len(free) <= EXTRA_EFFORT_SIZE:  # small batches gain most from more
+        if spread.any():
+            looks += [(Fit.EVEN, BALANCE_SLACK), (Fit.EVEN, None)]
+        looks += [(Fit.BEST, slack) for slack in EXTRA_SLACKS]
+    for fit, slack in looks:
+        agents = _LookAhead(
+            free, capacity, demands, counts, per_agent, slack is not None, exclusive
+        )
+        agents.fit, agents.slack, agents.soft = fit, slack, soft_per_agent
         first = agents.order(np.flatnonzero(spread))
         order = np.concatenate([first, agents.order(np.flatnonzero(~spread))])
-        name = "look-ahead, " + ("balanced" if balanced else "full")
-        plans.append((agents.outcome(), PackingPlan(order.astype(np.intp), balanced, name, 0)))
+        fill = "full" if slack is None else f"balanced {slack}"
+        plan = PackingPlan(order.astype(np.intp), slack is not None, "", 0, fit, slack)
+        plans.append((agents.outcome(), replace(plan, strategy=f"look-ahead, {fill}, {fit} fit")))
     dominant = _largest_dominant_first(demands, capacity.sum(axis=0))
-    for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
-        agents = _LookAhead(free, capacity, demands, counts, per_agent, False)
-        agents.replay(order)
-        plans.append((agents.outcome(), PackingPlan(order, False, name + ", full", 0)))
+    for fit in (Fit.BEST, Fit.FIRST):
+        for name, order in (("largest first", largest), ("largest dominant share first", dominant)):
+            agents = _LookAhead(free, capacity, demands, counts, per_agent, False, exclusive)
+            agents.fit, agents.soft = fit, soft_per_agent
+            agents.replay(order)
+            plan = PackingPlan(order, False, f"{name}, full, {fit} fit", 0, fit)
+            plans.append((agents.outcome(), plan))
     (used, _), best = min(plans, key=lambda entry: entry[0])
-    return PackingPlan(best.order, best.balanced, best.strategy, used)
+    return replace(best, agents_used=used)
 
 
 class _LookAhead:
@@ -240,8 +313,16 @@ class _LookAhead:
         counts: IntArray,
         per_agent: IntArray,
         balanced: bool,
+        exclusive: Exclusive | None = None,
     ) -> None:
         self.free = free.astype(np.float64, copy=True)
+        self.claims = exclusive.claims if exclusive is not None else ()
+        self.taken = exclusive.taken.copy() if exclusive is not None else None
+        if self.taken is not None:
+            # claimed[request, key]: the request's tasks hold the key.
+            self.claimed = np.zeros((len(demands), self.taken.shape[1]), dtype=np.bool_)
+            for request, keys in enumerate(self.claims):
+                self.claimed[request, keys] = True
         self.capacity = capacity
         self.demands = demands
         self.counts = counts
@@ -249,6 +330,9 @@ class _LookAhead:
         self.balanced = balanced
         self.closed = np.zeros(len(free), dtype=np.bool_)
         self.unplaced = 0
+        self.fit = Fit.BEST
+        self.slack: float | None = None
+        self.soft: IntArray | None = None
 
     def replay(self, order: NDArray[np.intp]) -> None:
         for request in order.tolist():
@@ -296,6 +380,8 @@ class _LookAhead:
         ratio = np.divide(free, demands, out=np.full(demands.shape, np.inf), where=asked)
         fit = np.floor(ratio.min(axis=1) + _EPSILON)
         fit = np.minimum(fit, self.per_agent[candidates])
+        if self.taken is not None:
+            fit[(self.claimed[candidates] & self.taken[agent]).any(axis=1)] = 0
         fits = fit >= 1
         if not fits.any():
             return None
@@ -308,13 +394,24 @@ class _LookAhead:
         demand = self.demands[request]
         count = int(self.counts[request])
         fit = np.minimum(_copies_that_fit(self.free, demand), self.per_agent[request])
+        taken = self.taken
+        claims = self.claims[request] if taken is not None else ()
+        if taken is not None and len(claims):
+            fit[taken[:, claims].any(axis=1)] = 0
         rows = np.flatnonzero(fit > 0)
-        scores = binpack_scores(self.free[rows], self.capacity[rows], demand)
-        rows = rows[np.argsort(-scores, kind="stable")]
+        if self.fit is not Fit.FIRST:  # first fit: rows stay lowest first
+            even = self.fit is Fit.EVEN and self.per_agent[request] < count
+            score = even_scores if even else binpack_scores
+            scores = score(self.free[rows], self.capacity[rows], demand)
+            rows = rows[np.argsort(-scores, kind="stable")]
         if self.balanced:
-            limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand)
+            limits = binpack_copy_limits(self.free[rows], self.capacity[rows], demand, self.slack)
         else:
             limits = fit[rows]
+        if self.soft is not None:
+            limits = np.minimum(limits, self.soft[request])
         copies = balanced_fill(fit[rows], limits, count)
         self.free[rows] -= copies[:, None] * demand
+        if taken is not None and len(claims):
+            taken[np.ix_(rows[copies > 0], claims)] = True
         self.unplaced += count - int(copies.sum())

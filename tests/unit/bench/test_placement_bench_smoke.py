@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -12,24 +14,52 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import placement  # noqa: E402
-from bench.packing_workload import generate, lower_bound  # noqa: E402
+from bench.packing_workload import (  # noqa: E402
+    Family,
+    MixSpec,
+    families,
+    generate,
+    generate_mix,
+    lower_bound,
+)
+
+QUICK_FAMILIES = families(placement.QUICK.apps, placement.UNIQUE_FRACTION, small=True)
 
 
-@pytest.mark.parametrize("unique_fraction", [0.0, placement.UNIQUE_FRACTION])
-def test_packing_never_beats_the_lower_bound_and_places_everything(
-    unique_fraction: float,
-) -> None:
-    report = placement.run_packing(placement.QUICK, unique_fraction)
+@pytest.mark.parametrize("family", QUICK_FAMILIES, ids=lambda family: family.name)
+def test_packing_never_beats_the_lower_bound_and_places_everything(family: Family) -> None:
+    report = placement.run_packing(placement.QUICK, family)
     bounds = report.lower_bounds
     assert len(bounds) == placement.QUICK.seeds
     policies = {row.policy for row in report.rows}
-    assert {placement.ENGINE_ROW, placement.MODEL_ROW, "nomad-bestfit-v3"} <= policies
+    assert {placement.ENGINE_ROW, "nomad-bestfit-v3"} <= policies
     for row in report.rows:
         assert all(used >= bound for used, bound in zip(row.agents, bounds, strict=True))
-        assert sum(row.unplaced) == 0, row.policy
+    engine = next(row for row in report.rows if row.policy == placement.ENGINE_ROW)
+    assert sum(engine.unplaced) == 0
     needed = report.least_allocated_needed
     assert all(n is None or n >= b for n, b in zip(needed, bounds, strict=True))
-    assert "Packing" in placement.format_packing(report)
+    assert family.name in placement.format_packing(report)
+
+
+def test_new_families_differ_from_the_original_in_what_they_promise() -> None:
+    mixed = generate_mix(3, MixSpec())
+    assert 100 <= len(mixed.demands) <= 200
+    per_cpu = mixed.demands[:, 1] / mixed.demands[:, 0] / 1024
+    assert per_cpu.min() < 2 and per_cpu.max() > 8  # the 1 and 12 GiB per cpu classes
+    assert (mixed.demands[:, :2] <= mixed.machine[:2] / 2).all()
+    with_ports = (mixed.host_ports > 0).mean()
+    assert 0.2 < with_ports < 0.5
+    assert (mixed.fixed_port[mixed.host_ports == 0] == 0).all()
+
+
+def test_lower_bound_counts_tasks_that_require_one_port() -> None:
+    base = generate(0, 30)
+    fixed = np.zeros(len(base.demands), dtype=np.int64)
+    fixed[:3] = 31000  # three apps pin the same host port: one task of them per agent
+    pinned = replace(base, host_ports=np.ones_like(fixed), fixed_port=fixed)
+    assert lower_bound(pinned) >= int(base.instances[:3].sum())
+    assert lower_bound(pinned) >= lower_bound(base)
 
 
 def test_spread_places_everything_within_capacity() -> None:

@@ -14,6 +14,7 @@ from tessera.placement import (
     Snapshot,
     Strategy,
     place,
+    scoring,
 )
 from tessera.placement.context import Context
 from tessera.placement.scorers import binpack_scorer
@@ -128,7 +129,7 @@ def test_score_cache_follows_changes_to_agents() -> None:
     assert before is not None
     snapshot.add_task(1, RunningTask("t", "/y", Resources(cpus=2)))
     after = scorer.scores(context, rows)
-    fresh = binpack_scorer().function(snapshot.free, snapshot.total, request.demand())
+    fresh = scoring.binpack_scores(snapshot.free, snapshot.total, request.demand())
     assert after is not None
     assert np.allclose(after, fresh)
     assert after[1] > before[1]
@@ -172,3 +173,47 @@ def test_replicas_prefer_distinct_zones_then_stack_when_they_must() -> None:
     # Soft: on one agent with room, every instance still lands.
     crowded = place(Snapshot.build(agents(1)), [Request("/web", 3, Resources(cpus=1))])
     assert len(crowded.placements) == 3
+
+
+def test_unique_groups_spread_evenly_so_the_batch_needs_no_extra_agent() -> None:
+    from tessera.model.constraints import Constraint, Operator
+
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=10, mem=10240)) for i in range(6)
+    )
+    unique = (Constraint("hostname", Operator.UNIQUE),)
+    cpus = [7.0, 1.0, 2.0, 6.0, 2.0]
+    counts = [1, 2, 3, 2, 1]
+    requests = [
+        Request(f"/u{i}", n, Resources(cpus=c, mem=c * 1024), constraints=unique)
+        for i, (c, n) in enumerate(zip(cpus, counts, strict=True))
+    ]
+    plan = place(snapshot, requests, Policy(spread_replicas=False))
+    assert plan.placed_count == sum(counts)
+    assert len({p.agent_id for p in plan.placements}) == 3
+
+
+def test_the_engine_follows_a_first_fit_plan() -> None:
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=10, mem=10240)) for i in range(4)
+    )
+    shapes = [(4.0, 1.0, 2), (1.0, 3.0, 1), (1.0, 8.0, 1), (6.0, 6.0, 1)]
+    requests = [
+        Request(f"/r{i}", n, Resources(cpus=c, mem=m * 1024)) for i, (c, m, n) in enumerate(shapes)
+    ]
+    plan = place(snapshot, requests, Policy(spread_replicas=False))
+    assert plan.placed_count == 5
+    assert len({p.agent_id for p in plan.placements}) == 2
+
+
+def test_the_engine_fills_with_the_slack_of_the_plan() -> None:
+    snapshot = Snapshot.build(
+        AgentDescription(f"a{i}", f"h{i}", Resources(cpus=10, mem=10240)) for i in range(4)
+    )
+    requests = [
+        Request("/cpu", 2, Resources(cpus=6, mem=2048)),
+        Request("/mixed", 2, Resources(cpus=4, mem=3072)),
+    ]
+    plan = place(snapshot, requests, Policy(spread_replicas=False))
+    assert plan.placed_count == 4
+    assert len({p.agent_id for p in plan.placements}) == 2

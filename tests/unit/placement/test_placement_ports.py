@@ -90,3 +90,28 @@ def test_released_ports_the_agent_does_not_offer_stay_unavailable() -> None:
     table.release(1, [31000])
     assert table.counts.tolist() == [2, 2]
     assert not table.free[1, 0]
+
+
+def test_dynamic_ports_are_drawn_outside_the_ports_others_require() -> None:
+    table = PortTable([(PortRange(31000, 31009),)], [()])
+    assert table.take(0, [], 2, avoid=[31000, 31001]) == [31002, 31003]
+    # Only avoided ports left: they are still given rather than refusing the task.
+    small = PortTable([(PortRange(31000, 31001),)], [()])
+    assert small.take(0, [], 2, avoid=[31000]) == [31001, 31000]
+
+
+def test_a_dynamic_port_never_takes_the_port_a_task_of_the_same_call_requires() -> None:
+    # One agent with four ports: the large task (placed first) draws two dynamic ports;
+    # drawn lowest first they would take 31000, which the small task requires.
+    snapshot = Snapshot.build(
+        [AgentDescription("a", "h", Resources(cpus=8, mem=8192, ports=(PortRange(31000, 31003),)))]
+    )
+    requests = [
+        Request("/dynamic", 1, Resources(cpus=4, mem=4096), ports=(0, 0)),
+        Request("/pinned", 1, Resources(cpus=1, mem=512), ports=(31000,), require_ports=True),
+    ]
+    plan = place(snapshot, requests)
+    assert plan.unplaced == ()
+    ports = {p.key: p.ports for p in plan.placements}
+    assert ports["/pinned"] == (31000,)
+    assert 31000 not in ports["/dynamic"]

@@ -3,7 +3,7 @@
 Every instance that fits is placed (the rule is soft); while spreading is kept, no agent holds
 more of an app than its level (`spread_level`: the instances over MIN_SPREAD agents, one each
 when there are fewer); and a spread plan never needs more agents than the plain one plus
-the tolerance (`engine.SPREAD_TOLERANCE`, or MIN_SPREAD - 1 agents)."""
+the tolerance (`engine.spread_allowance`: SPREAD_TOLERANCE or MIN_SPREAD - 1 more)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tessera.model.resources import Resources
 from tessera.placement import AgentDescription, Policy, Request, Snapshot, place
-from tessera.placement.engine import SPREAD_TOLERANCE
+from tessera.placement.engine import SMALL_CLUSTER, spread_allowance
 from tessera.placement.pipeline import MIN_SPREAD, spread_level
 
 
@@ -63,4 +63,11 @@ def test_spreading_costs_at_most_its_tolerance(counts: list[int], seed: int) -> 
     placed, spread = used(Policy())
     plain_placed, plain = used(Policy(spread_replicas=False))
     assert placed == plain_placed == sum(counts)
-    assert spread <= plain + max(int(plain * SPREAD_TOLERANCE), MIN_SPREAD - 1)
+    assert spread <= spread_allowance(plain)
+
+
+def test_spreading_may_cost_two_agents_on_small_clusters_else_one_percent() -> None:
+    assert spread_allowance(1) == MIN_SPREAD  # three instances on three agents
+    assert spread_allowance(SMALL_CLUSTER) == SMALL_CLUSTER + MIN_SPREAD - 1
+    assert spread_allowance(40) == 40  # below 100 agents 1% is no agent at all
+    assert spread_allowance(500) == 505

@@ -174,3 +174,100 @@ def test_order_is_always_a_permutation(
     assert sorted(plain.tolist()) == expected
     assert sorted(plan.order.tolist()) == expected
     assert plan.order.dtype == np.intp
+
+
+def test_the_look_ahead_keeps_tasks_that_require_one_port_apart() -> None:
+    capacity = np.array([[8.0, 8192.0, 0.0, 0.0]] * 3)
+    demands = np.array([[1.0, 512.0, 0.0, 0.0], [2.0, 512.0, 0.0, 0.0]])
+    counts = np.array([1, 1])
+    together = scoring.plan_requests(demands, counts, capacity.copy(), capacity)
+    assert together.agents_used == 1
+    same_port = (np.array([0]), np.array([0]))
+    apart = scoring.plan_requests(
+        demands,
+        counts,
+        capacity.copy(),
+        capacity,
+        exclusive=scoring.Exclusive(same_port, np.zeros((3, 1), dtype=np.bool_)),
+    )
+    assert apart.agents_used == 2
+    # A port already held on an agent keeps both off it: they open two others.
+    held = np.zeros((3, 1), dtype=np.bool_)
+    held[0] = True
+    free = capacity.copy()
+    free[0] -= [1.0, 512.0, 0.0, 0.0]  # agent 0 is in use (by what holds the port)
+    busy = scoring.plan_requests(
+        demands, counts, free, capacity, exclusive=scoring.Exclusive(same_port, held)
+    )
+    assert busy.agents_used == 3
+
+
+def test_even_scores_prefer_the_emptiest_agent_in_use_and_empty_agents_last() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 3)
+    free = capacity - np.array([[8.0, 8.0, 0.0, 0.0], [2.0, 2.0, 0.0, 0.0], [0.0] * 4])
+    scores = scoring.even_scores(free, capacity, np.array([1.0, 1.0, 0.0, 0.0]))
+    assert scores[1] > scores[0] > scores[2]
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+# Five one-per-agent requests (UNIQUE), 29 cpus on agents of 10: three agents at best.
+SPREAD_CPUS = [7.0, 1.0, 2.0, 6.0, 2.0]
+SPREAD_COUNTS = [1, 2, 3, 2, 1]
+
+
+def test_groups_that_must_spread_are_planned_evenly_where_best_fit_opens_more() -> None:
+    demands = np.array([[c, c, 0.0, 0.0] for c in SPREAD_CPUS])
+    counts = np.array(SPREAD_COUNTS)
+    per_agent = np.ones(5, dtype=np.int64)
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 6)
+    plan = scoring.plan_requests(demands, counts, capacity.copy(), capacity, per_agent)
+    assert plan.fit is scoring.Fit.EVEN
+    assert plan.agents_used == 3
+    best_fit = scoring._LookAhead(
+        capacity.copy(), capacity, demands, counts, per_agent, plan.balanced
+    )
+    best_fit.replay(plan.order)
+    assert best_fit.outcome()[0] > 3
+
+
+# Agents of (10 cpus, 10 mem): (4, 1) x 2, (1, 3), (1, 8), (6, 6) fit two agents lowest
+# first (6+4 cpus with 6+1+3 mem beside 4+1 cpus with 1+8 mem) but no best-fit order does.
+FIRST_FIT = (np.array([[4.0, 1.0], [1.0, 3.0], [1.0, 8.0], [6.0, 6.0]]), np.array([2, 1, 1, 1]))
+
+
+def test_first_fit_decreasing_is_among_the_plans() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 4)
+    shapes, counts = FIRST_FIT
+    plan = scoring.plan_requests(shapes @ np.eye(2, 4), counts, capacity.copy(), capacity)
+    assert plan.fit is scoring.Fit.FIRST
+    assert plan.agents_used == 2
+
+
+def test_small_batches_also_try_other_balance_slacks() -> None:
+    # Agents of (10, 10): two (6 cpus, 2 mem) and two (4, 3) fit two agents only if no agent
+    # takes both copies of one shape, which a slack of 0.1 keeps and 0.2 does not.
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 4)
+    demands = np.array([[6.0, 2.0], [4.0, 3.0]]) @ np.eye(2, 4)
+    plan = scoring.plan_requests(demands, np.array([2, 2]), capacity.copy(), capacity)
+    assert plan.balanced and plan.slack == 0.1
+    assert plan.agents_used == 2
+    cpu_only = np.array([1.0, 0.0, 0.0, 0.0])  # 0.1 of an agent's cpus apart per copy
+    assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only) == 2).all()
+    assert (scoring.binpack_copy_limits(capacity, capacity, cpu_only, slack=0.1) == 1).all()
+
+
+def test_a_soft_cap_holds_in_the_first_pass_and_the_rest_still_fits() -> None:
+    capacity = np.array([[10.0, 10.0, 0.0, 0.0]] * 2)
+    pair = np.array([[4.0, 4.0, 0.0, 0.0]])
+
+    def outcome(counts: list[int], soft: list[int] | None) -> tuple[int, int]:
+        agents = scoring._LookAhead(
+            capacity.copy(), capacity, pair, np.array(counts), np.array(counts), False
+        )
+        agents.soft = None if soft is None else np.array(soft)
+        agents.replay(np.array([0]))
+        return agents.outcome()
+
+    assert outcome([2], None) == (1, 0)  # both copies on the fullest agent
+    assert outcome([2], [1]) == (2, 0)  # one per agent first
+    assert outcome([4], [1]) == (2, 0)  # then the rest where there is room
