@@ -15,7 +15,8 @@ HEALTH = {
     "path": "/",
     "gracePeriodSeconds": 30,
     "intervalSeconds": 1,
-    "timeoutSeconds": 1,
+    # Generous: a loaded machine must not make a check fail and the sample dip.
+    "timeoutSeconds": 3,
     "delaySeconds": 0,
 }
 SERVER = "exec python3 -m http.server $PORT0 --bind 127.0.0.1"
