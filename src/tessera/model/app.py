@@ -136,6 +136,20 @@ class UpgradeStrategy:
         return data
 
 
+_BOUNDS_EPSILON = 1e-9
+
+
+def strategy_bounds(
+    instances: int, minimum_health_capacity: float, maximum_over_capacity: float
+) -> tuple[int, int]:
+    """Marathon's upgradeStrategy for `instances`: (how many must keep serving, how many may
+    run at most), i.e. ceil(n x minimumHealthCapacity) and floor(n x (1 +
+    maximumOverCapacity)), rounding the float products' noise away."""
+    minimum = math.ceil(instances * minimum_health_capacity - _BOUNDS_EPSILON)
+    maximum = math.floor(instances * (1 + maximum_over_capacity) + _BOUNDS_EPSILON)
+    return minimum, maximum
+
+
 @dataclass(frozen=True, slots=True)
 class UnreachableStrategy:
     """When an instance on an unreachable agent is replaced (inactive) and forgotten

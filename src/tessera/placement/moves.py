@@ -9,12 +9,12 @@ below run the engine's own filters and constraint limits (`pipeline.evaluate`,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tessera.model.app import strategy_bounds
 from tessera.model.constraints import Operator
 from tessera.placement import rules as constraint_rules
 from tessera.placement.context import Context
@@ -24,8 +24,6 @@ from tessera.placement.request import Policy, Request
 from tessera.placement.snapshot import Snapshot
 from tessera.placement.tasks import RunningTask
 from tessera.placement.types import BoolArray, FloatArray, IntArray
-
-_EPSILON = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +42,20 @@ class MoveRules:
     maximum_over_capacity: float = 1.0
     movable: bool = True  # False: the app opted out, its instances never move
 
+    def _bounds(self) -> tuple[int, int]:
+        return strategy_bounds(
+            self.instances, self.minimum_health_capacity, self.maximum_over_capacity
+        )
+
     @property
     def surge(self) -> int:
         """Replacements that may run next to the old instances: floor(n(1+mOC)) - n."""
-        n = self.instances
-        return max(0, math.floor(n * (1 + self.maximum_over_capacity) + _EPSILON) - n)
+        return max(0, self._bounds()[1] - self.instances)
 
     @property
     def slack(self) -> int:
         """Instances that may be down at once: n - ceil(n x mHC)."""
-        n = self.instances
-        return max(0, n - math.ceil(n * self.minimum_health_capacity - _EPSILON))
+        return max(0, self.instances - self._bounds()[0])
 
     @property
     def per_wave(self) -> int:

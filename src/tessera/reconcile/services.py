@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from tessera.model.app import AppSpec, KillSelection, task_spec_for
+from tessera.model.app import AppSpec, KillSelection, strategy_bounds, task_spec_for
 from tessera.model.task import Task, TaskState
 
-_EPSILON = 1e-9
 KILL_PATIENCE_SECONDS = 30.0
 
 
@@ -272,11 +271,10 @@ def _maintain(
 
 def capacity_bounds(app: AppSpec) -> tuple[int, int]:
     """(instances that must keep serving, most instances that may run) during an upgrade."""
-    target = app.instances
     strategy = app.upgrade_strategy
-    minimum_healthy = math.ceil(target * strategy.minimum_health_capacity - _EPSILON)
-    maximum = math.floor(target * (1 + strategy.maximum_over_capacity) + _EPSILON)
-    return minimum_healthy, maximum
+    return strategy_bounds(
+        app.instances, strategy.minimum_health_capacity, strategy.maximum_over_capacity
+    )
 
 
 def _rolling(app: AppSpec, counted: list[Task]) -> tuple[int, list[Task]]:
