@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,18 @@ class Move:
     task_id: str
     source: str
     target: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "app": self.app_id,
+            "instance": self.task_id,
+            "from": self.source,
+            "to": self.target,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Move:
+        return Move(str(data["app"]), str(data["instance"]), str(data["from"]), str(data["to"]))
 
 
 def why_immovable(

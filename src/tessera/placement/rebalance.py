@@ -69,15 +69,9 @@ class RebalancePlan:
     blocked: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        def moves(items: tuple[Move, ...]) -> list[dict[str, str]]:
-            return [
-                {"app": m.app_id, "instance": m.task_id, "from": m.source, "to": m.target}
-                for m in items
-            ]
-
         document: dict[str, Any] = {
-            "moves": moves(self.moves),
-            "waves": [moves(wave) for wave in self.waves],
+            "moves": [m.to_json() for m in self.moves],
+            "waves": [[m.to_json() for m in wave] for wave in self.waves],
             "freed": list(self.freed),
             "agentsBefore": self.agents_before,
             "agentsAfter": self.agents_after,

@@ -77,14 +77,6 @@ class RebalanceFinished(Exception):
     """The rebalance has already ended (409)."""
 
 
-def _move_json(move: Move) -> dict[str, str]:
-    return {"app": move.app_id, "instance": move.task_id, "from": move.source, "to": move.target}
-
-
-def _move_from(data: Mapping[str, Any]) -> Move:
-    return Move(str(data["app"]), str(data["instance"]), str(data["from"]), str(data["to"]))
-
-
 @dataclass(frozen=True, slots=True)
 class Rebalance:
     """A rebalance as the store keeps it: its plan, its current wave and its outcome."""
@@ -107,13 +99,20 @@ class Rebalance:
     def moves(self) -> list[Move]:
         return [move for wave in self.waves for move in wave]
 
+    @property
+    def current_wave(self) -> tuple[Move, ...]:
+        """The moves under way (none once it has ended or all waves are done)."""
+        if self.status.active and self.wave < len(self.waves):
+            return self.waves[self.wave]
+        return ()
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "status": self.status.value,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "waves": [[_move_json(m) for m in wave] for wave in self.waves],
+            "waves": [[m.to_json() for m in wave] for wave in self.waves],
             "freed": list(self.freed),
             "summary": dict(self.summary),
             "wave": self.wave,
@@ -131,7 +130,7 @@ class Rebalance:
             status=Status(data["status"]),
             created_at=float(data["created_at"]),
             updated_at=float(data["updated_at"]),
-            waves=tuple(tuple(_move_from(m) for m in wave) for wave in data["waves"]),
+            waves=tuple(tuple(Move.from_json(m) for m in wave) for wave in data["waves"]),
             freed=tuple(data["freed"]),
             summary=dict(data.get("summary", {})),
             wave=int(data.get("wave", 0)),
@@ -369,11 +368,10 @@ class RebalanceController:
         """The services controller moves the instances of the current wave."""
         wanted: dict[str, str | None] = {}
         apps: set[str] = set()
-        if rebalance.status.active and rebalance.wave < len(rebalance.waves):
-            for move in rebalance.waves[rebalance.wave]:
-                if self._live(move.task_id) is not None:
-                    wanted[move.task_id] = move.target
-                    apps.add(move.app_id)
+        for move in rebalance.current_wave:
+            if self._live(move.task_id) is not None:
+                wanted[move.task_id] = move.target
+                apps.add(move.app_id)
         moves = self.services.rebalance_moves
         if wanted == moves:
             return
@@ -389,11 +387,7 @@ class RebalanceController:
 
     def _wave_done(self, wave: tuple[Move, ...]) -> bool:
         """Every instance of the wave has gone (its replacement took over, or it ended)."""
-        for move in wave:
-            task = self._live(move.task_id)
-            if task is not None:
-                return False
-        return True
+        return all(self._live(move.task_id) is None for move in wave)
 
     async def advance(self) -> None:
         async with self._lock:
@@ -401,7 +395,7 @@ class RebalanceController:
             if rebalance is None:
                 return
             now = self.master.clock.wall()
-            wave = rebalance.waves[rebalance.wave] if rebalance.wave < len(rebalance.waves) else ()
+            wave = rebalance.current_wave
             if wave and not self._wave_done(wave):
                 started = rebalance.wave_started_at or now
                 if now - started > self.config.rebalance_wave_timeout:
@@ -414,7 +408,7 @@ class RebalanceController:
                         + ", ".join(left),
                     )
                 else:
-                    self._set_moves(rebalance)  # a replacement that failed is retried
+                    self._set_moves(rebalance)  # instances that ended meanwhile move no more
                 return
             done = rebalance.done + tuple(m.task_id for m in wave)
             following = rebalance.wave + 1 if wave else rebalance.wave
@@ -466,16 +460,9 @@ class RebalanceController:
 
     def view(self, rebalance: Rebalance) -> dict[str, Any]:
         moves = rebalance.moves
+        current = rebalance.current_wave
         done = set(rebalance.done)
-        if rebalance.status.active and rebalance.wave < len(rebalance.waves):
-            done.update(
-                m.task_id for m in rebalance.waves[rebalance.wave] if self._live(m.task_id) is None
-            )
-        current = (
-            [_move_json(m) for m in rebalance.waves[rebalance.wave]]
-            if rebalance.status.active and rebalance.wave < len(rebalance.waves)
-            else []
-        )
+        done.update(m.task_id for m in current if self._live(m.task_id) is None)
         document: dict[str, Any] = {
             "id": rebalance.id,
             "status": rebalance.status.value,
@@ -489,8 +476,8 @@ class RebalanceController:
             "movesDone": sum(1 for m in moves if m.task_id in done),
             "freed": list(rebalance.freed),
             **dict(rebalance.summary),
-            "currentWave": current,
-            "plan": [[_move_json(m) for m in wave] for wave in rebalance.waves],
+            "currentWave": [m.to_json() for m in current],
+            "plan": [[m.to_json() for m in wave] for wave in rebalance.waves],
         }
         if rebalance.message is not None:
             document["message"] = rebalance.message
