@@ -14,6 +14,7 @@ item 1): the live master within 1 percentage point of the simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import statistics
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,37 +129,47 @@ async def _wait(http: httpx.Client, total: int) -> dict[str, Any]:
     raise TimeoutError(f"{total} instances did not settle in {SETTLE_SECONDS:.0f} s")
 
 
-async def _run_live(
-    workload: PackingWorkload, n_agents: int, batch: bool
-) -> tuple[dict[str, Any], float]:
-    with tempfile.TemporaryDirectory(prefix="tessera-live-packing-") as root:
+@contextlib.asynccontextmanager
+async def simulated_cluster(
+    n_agents: int, resources: dict[str, Any], zones: int = 1, timeout: float = 120
+) -> AsyncIterator[httpx.Client]:
+    """A `tessera master` process with `n_agents` simulated agents registered; yields an
+    API client with the superuser's credentials. Everything stops on the way out."""
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-live-") as root:
         cluster = Cluster(Path(root), heartbeat_interval=5.0, misses=3)
         cluster.start_master()
         agents: list[SimAgent] = []
         try:
             token, _pin = cluster.join_token()
             trust = cluster.ssl_context
-            agents = fleet(n_agents, [cluster.url], token, agent_resources(workload), verify=trust)
+            agents = fleet(n_agents, [cluster.url], token, resources, zones, trust)
             for agent in agents:
                 agent.start()
             await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in agents)), 120)
-            apps = marathon_apps(workload)
             with httpx.Client(
-                base_url=cluster.url, timeout=120, headers=cluster.headers, verify=trust
+                base_url=cluster.url, timeout=timeout, headers=cluster.headers, verify=trust
             ) as http:
-                started = time.perf_counter()
-                if batch:
-                    group = {"id": "/bench", "apps": apps}
-                    await asyncio.to_thread(_post, http, "/v2/groups", group)
-                else:
-                    for app in apps:
-                        await asyncio.to_thread(_post, http, "/v2/apps", app)
-                result = await _wait(http, workload.n_tasks)
-                return result, time.perf_counter() - started
+                yield http
         finally:
             for agent in agents:
                 await agent.stop()
             cluster.stop()
+
+
+async def _run_live(
+    workload: PackingWorkload, n_agents: int, batch: bool
+) -> tuple[dict[str, Any], float]:
+    async with simulated_cluster(n_agents, agent_resources(workload)) as http:
+        apps = marathon_apps(workload)
+        started = time.perf_counter()
+        if batch:
+            group = {"id": "/bench", "apps": apps}
+            await asyncio.to_thread(_post, http, "/v2/groups", group)
+        else:
+            for app in apps:
+                await asyncio.to_thread(_post, http, "/v2/apps", app)
+        result = await _wait(http, workload.n_tasks)
+        return result, time.perf_counter() - started
 
 
 def _post(http: httpx.Client, path: str, body: Any) -> None:

@@ -21,21 +21,18 @@ import argparse
 import asyncio
 import math
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from bench.placement_live import simulated_cluster
 from bench.rebalance import AGENT, FILL, NEW_WORK, App, _apps
 from tessera.model.constraints import Operator
-from tessera.testing.cluster import Cluster
-from tessera.testing.sim_agent import SimAgent, fleet
 
 SLEEP = "sleep 3600"
 ZONES = 20
@@ -233,25 +230,8 @@ def _scenario(http: httpx.Client, seed: int, n_agents: int, result: LiveResult) 
 
 async def run_seed(seed: int, n_agents: int) -> LiveResult:
     result = LiveResult(seed, n_agents)
-    with tempfile.TemporaryDirectory(prefix="tessera-rebalance-live-") as root:
-        cluster = Cluster(Path(root), heartbeat_interval=5.0, misses=3)
-        cluster.start_master()
-        agents: list[SimAgent] = []
-        try:
-            token, _pin = cluster.join_token()
-            trust = cluster.ssl_context
-            agents = fleet(n_agents, [cluster.url], token, _agent_resources(), ZONES, trust)
-            for agent in agents:
-                agent.start()
-            await asyncio.wait_for(asyncio.gather(*(a.registered.wait() for a in agents)), 120)
-            with httpx.Client(
-                base_url=cluster.url, timeout=300, headers=cluster.headers, verify=trust
-            ) as http:
-                await asyncio.to_thread(_scenario, http, seed, n_agents, result)
-        finally:
-            for agent in agents:
-                await agent.stop()
-            cluster.stop()
+    async with simulated_cluster(n_agents, _agent_resources(), ZONES, timeout=300) as http:
+        await asyncio.to_thread(_scenario, http, seed, n_agents, result)
     return result
 
 
