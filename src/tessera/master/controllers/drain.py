@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tessera.master.controllers.services import ServicesController
+from tessera.master.controllers.services import REASON_DRAINED, ServicesController
 from tessera.master.core import Master
 from tessera.model.agent import Agent, AgentState, Drain
 from tessera.model.task import Task, TaskState
@@ -26,7 +26,6 @@ from tessera.reconcile.services import capacity_bounds, is_ready
 log = logging.getLogger(__name__)
 
 CHECK_SECONDS = 1.0
-REASON_AGENT_DRAINING = "REASON_AGENT_DRAINING"
 
 
 class DrainRefused(Exception):
@@ -43,6 +42,14 @@ class Blocked:
 
     def to_json(self) -> dict[str, Any]:
         return {"taskId": self.task_id, "appId": self.app_id, "reason": self.reason}
+
+
+def _refuse_if_rebalancing(agent: Agent) -> None:
+    if agent.drain is not None and agent.drain.rebalance is not None:
+        raise DrainRefused(
+            f"agent {agent.id} is being emptied by rebalance {agent.drain.rebalance}; "
+            "cancel it first"
+        )
 
 
 class DrainController:
@@ -78,11 +85,7 @@ class DrainController:
         agent = self.master.state.agents[agent_id]
         if agent.state is AgentState.GONE:
             raise DrainRefused(f"agent {agent_id} is gone")
-        if agent.drain is not None and agent.drain.rebalance is not None:
-            raise DrainRefused(
-                f"agent {agent_id} is being emptied by rebalance {agent.drain.rebalance}; "
-                "cancel it first"
-            )
+        _refuse_if_rebalancing(agent)
         now = self.master.clock.wall()
         deadline = None if deadline_seconds is None else now + deadline_seconds
         started = agent.drain.started_at if agent.drain is not None else now
@@ -90,9 +93,7 @@ class DrainController:
 
     async def mark(self, agent: Agent, drain: Drain, user: str | None = None) -> Agent:
         """Record the agent's drain (an operator's or a rebalance's) and start it."""
-        state = agent.state
-        if state.reachable:
-            state = AgentState.DRAINED if self._empty(agent.id) else AgentState.DRAINING
+        state = self._drain_state(agent.id) if agent.state.reachable else agent.state
         changed = agent.with_changes(drain=drain, state=state)
         await self.master.state.save(agents=[changed])
         if agent.drain is None:
@@ -108,11 +109,8 @@ class DrainController:
         agent = self.master.state.agents[agent_id]
         if agent.drain is None:
             return agent
-        if agent.drain.rebalance is not None and agent.drain.rebalance != owner:
-            raise DrainRefused(
-                f"agent {agent_id} is being emptied by rebalance {agent.drain.rebalance}; "
-                "cancel it first"
-            )
+        if agent.drain.rebalance != owner:
+            _refuse_if_rebalancing(agent)
         state = AgentState.ACTIVE if agent.state.reachable else agent.state
         changed = agent.with_changes(drain=None, state=state)
         await self.master.state.save(agents=[changed])
@@ -130,8 +128,11 @@ class DrainController:
 
     # ---- the check -----------------------------------------------------------------------
 
-    def _empty(self, agent_id: str) -> bool:
-        return not self.master.state.active_tasks_on(agent_id)
+    def _drain_state(self, agent_id: str) -> AgentState:
+        """DRAINED once nothing runs on the agent, DRAINING until then."""
+        if self.master.state.active_tasks_on(agent_id):
+            return AgentState.DRAINING
+        return AgentState.DRAINED
 
     async def check(self) -> None:
         now = self.master.clock.wall()
@@ -146,10 +147,10 @@ class DrainController:
                         continue
                     await self.master.kill(
                         task.id,
-                        REASON_AGENT_DRAINING,
+                        REASON_DRAINED,
                         "killed at the deadline of its agent's drain",
                     )
-            state = AgentState.DRAINED if self._empty(agent.id) else AgentState.DRAINING
+            state = self._drain_state(agent.id)
             if state is not agent.state:
                 changed.append(agent.with_changes(state=state))
         if changed:

@@ -55,7 +55,8 @@ BATCH_WINDOW = 0.01
 # the replacement throttle (it missed a heartbeat; see `reconcile.liveness.outage`).
 OVERDUE_HEARTBEATS = 1.5
 THROTTLE_EVENT = "unreachable_throttle_event"
-# End reasons of instances stopped because they moved to another agent.
+# End reasons of tasks stopped because their agent drains (moved instances, and job runs
+# and one-off tasks at the drain's deadline) or a rebalance moved them.
 REASON_DRAINED = "REASON_AGENT_DRAINING"
 REASON_REBALANCED = "REASON_REBALANCED"
 
