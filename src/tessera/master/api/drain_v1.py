@@ -16,12 +16,11 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tessera.http_errors import ApiError
-from tessera.master.api.native_v1 import agent_view
+from tessera.master.api.native_v1 import agent_view, known_agent
 from tessera.master.audit import acting_user
 from tessera.master.controllers.drain import DrainController, DrainRefused
 from tessera.master.controllers.services import ServicesController
 from tessera.master.core import Master
-from tessera.model.agent import Agent
 
 router = APIRouter(prefix="/v1", tags=["agents"])
 
@@ -44,19 +43,12 @@ def drains(request: Request) -> DrainController:
     return controller
 
 
-def _agent(master: Master, agent_id: str) -> Agent:
-    agent = master.state.agents.get(agent_id)
-    if agent is None:
-        raise ApiError(404, f"Agent '{agent_id}' does not exist")
-    return agent
-
-
 @router.post("/agents/{agent_id}/drain")
 async def drain_agent(
     agent_id: str, request: Request, body: DrainIn | None = None
 ) -> dict[str, Any]:
     master: Master = request.app.state.master
-    _agent(master, agent_id)
+    known_agent(master, agent_id)
     deadline = body.deadlineSeconds if body is not None else None
     try:
         agent = await drains(request).drain(agent_id, deadline, acting_user(request.scope))
@@ -68,7 +60,7 @@ async def drain_agent(
 @router.post("/agents/{agent_id}/reactivate")
 async def reactivate_agent(agent_id: str, request: Request) -> dict[str, Any]:
     master: Master = request.app.state.master
-    _agent(master, agent_id)
+    known_agent(master, agent_id)
     try:
         agent = await drains(request).reactivate(agent_id, acting_user(request.scope))
     except DrainRefused as refused:

@@ -268,13 +268,18 @@ async def list_agents(request: Request) -> dict[str, Any]:
     return {"agents": [agent_view(agent, master, _drains(request)) for agent in agents]}
 
 
-@router.get("/agents/{agent_id}")
-async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
-    master = _master(request)
+def known_agent(master: Master, agent_id: str) -> Agent:
+    """The agent, or 404."""
     agent = master.state.agents.get(agent_id)
     if agent is None:
         raise ApiError(404, f"Agent '{agent_id}' does not exist")
-    return agent_view(agent, master, _drains(request))
+    return agent
+
+
+@router.get("/agents/{agent_id}")
+async def show_agent(agent_id: str, request: Request) -> dict[str, Any]:
+    master = _master(request)
+    return agent_view(known_agent(master, agent_id), master, _drains(request))
 
 
 @router.post("/tasks", status_code=201)
