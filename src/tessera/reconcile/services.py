@@ -327,12 +327,12 @@ def _migrate(
     def affordable(task: Task) -> bool:
         return not is_ready(task, app) or serving - 1 >= minimum_healthy
 
-    # Those whose replacement serves go first, then ones that serve nobody anyway.
+    # Those whose replacement is ready go first.
     for task in movers:
         new = replacement.get(task.id)
         if new is not None and is_ready(new, app) and affordable(task):
             stop(task)
-    unreplaced = [t for t in movers if t.id not in replacement and t not in kills]
+    unreplaced = [t for t in movers if t.id not in replacement]
     room = maximum - (len(counted) - len(kills))
     if room <= 0:
         # No surge allowed: stop instances within the slack, their replacements follow.
