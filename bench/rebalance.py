@@ -38,7 +38,6 @@ from tessera.model.constraints import Constraint, Operator
 from tessera.model.resources import Resources
 from tessera.placement import AgentDescription, Policy, Request, RunningTask, Snapshot, place
 from tessera.placement.rebalance import MoveRules, lower_bound, plan_rebalance
-from tessera.placement.types import EPSILON
 
 AGENT = Resources(cpus=16.0, mem=65536.0, disk=200000.0)
 RACKS = 20
@@ -177,7 +176,7 @@ def move_rules(cluster: Cluster) -> dict[str, MoveRules]:
 
 
 def _in_use(snapshot: Snapshot) -> np.ndarray:
-    return (snapshot.free < snapshot.total - EPSILON).any(axis=1)  # type: ignore[no-any-return]
+    return snapshot.in_use()
 
 
 def _drain(cluster: Cluster, snapshot: Snapshot, row: int) -> Snapshot | None:

@@ -18,7 +18,7 @@ from tessera.placement.preemption import find_room
 from tessera.placement.request import Policy, Request, Strategy
 from tessera.placement.scoring import EXTRA_EFFORT_SIZE
 from tessera.placement.snapshot import Snapshot
-from tessera.placement.types import EPSILON, IndexArray, IntArray
+from tessera.placement.types import IndexArray, IntArray
 
 
 class _PlanBuilder:
@@ -235,7 +235,7 @@ def _may_spread(snapshot: Snapshot, requests: Sequence[Request]) -> bool:
 
 
 def _agents_in_use(snapshot: Snapshot) -> int:
-    return int((snapshot.free < snapshot.total - EPSILON).any(axis=1).sum())
+    return int(snapshot.in_use().sum())
 
 
 def _place(

@@ -13,7 +13,7 @@ from tessera.model.resources import Resources
 from tessera.placement.attributes import AttributeColumn
 from tessera.placement.ports import PortTable
 from tessera.placement.tasks import AppCounts, RunningTask, TaskTable
-from tessera.placement.types import RESOURCE_NAMES, BoolArray, FloatArray, IntArray
+from tessera.placement.types import EPSILON, RESOURCE_NAMES, BoolArray, FloatArray, IntArray
 
 UNRESERVED = "*"
 _T = TypeVar("_T")
@@ -119,6 +119,10 @@ class Snapshot:
     @property
     def n_agents(self) -> int:
         return len(self.agent_ids)
+
+    def in_use(self) -> BoolArray:
+        """Agents something runs on (or is planned for): some resource is taken."""
+        return np.asarray((self.free < self.total - EPSILON).any(axis=1), dtype=np.bool_)
 
     def total_capacity(self) -> FloatArray:
         """Summed resources of the agents that can take work (the DRF denominator)."""
