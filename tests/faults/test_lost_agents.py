@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tessera.testing.cluster import Cluster, task_processes, wait_for
+from tessera.testing.cluster import Cluster, settled_task_processes, task_processes, wait_for
 from tessera.testing.netns import NetnsHost, netns_hosts, unavailable
 
 HEARTBEAT = 0.5
@@ -295,8 +295,8 @@ def test_task_the_master_has_as_ended_is_killed_when_its_agent_returns(
     cluster.start_agent()
     task = cluster.launch(name="ended", cmd="sleep 600", cpus=0.01, mem=8)
     cluster.wait_state(task["id"], "TASK_RUNNING")
-    processes = task_processes(task["id"])
-    assert processes and cluster.master is not None
+    processes = settled_task_processes(task["id"])
+    assert cluster.master is not None
     cluster.master.kill9()
     with sqlite3.connect(tmp_path / "master" / "state.db") as db:
         (value,) = db.execute(

@@ -315,6 +315,22 @@ def task_processes(task_id: str) -> list[psutil.Process]:
     return found
 
 
+def settled_task_processes(task_id: str, timeout: float = 20.0) -> list[psutil.Process]:
+    """The task's processes once its tree has settled: a task's tree grows for a moment
+    after TASK_RUNNING (the wrapper starts the command), so two looks half a second apart
+    must find the same, non-empty set of pids."""
+
+    def settled() -> list[psutil.Process] | None:
+        first = task_processes(task_id)
+        time.sleep(0.5)
+        again = task_processes(task_id)
+        same = {p.pid for p in first} == {p.pid for p in again}
+        return again if again and same else None
+
+    found: list[psutil.Process] = wait_for(settled, timeout, f"the processes of {task_id}")
+    return found
+
+
 def task_trees(task_id: str) -> list[psutil.Process]:
     """The roots of the task's process trees: one per launch of it."""
     processes = task_processes(task_id)
